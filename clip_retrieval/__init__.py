@@ -1,0 +1,7 @@
+"""clip_retrieval: search image collections with short Chinese queries through CLIP-style models.
+
+The public API lives in ``clip_retrieval.api``; this module stays import-light so the
+CLI starts fast.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,92 @@
+"""The Python API the CLI wraps: extract, open a searcher, search (and log), replay.
+
+Library first, CLI second: every subcommand is a thin layer over these functions, which
+tests call directly. This module wires the owners together and owns nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from . import searchlog, store
+from .dataset import DEFAULT_MAX_PIXELS, read_captions, scan_images
+from .encoders import DEFAULT_MODEL, Encoder, load_encoder
+from .errors import InputError
+from .expansion import DEFAULT_RULES, RuleTable, load_rules
+from .extract import ExtractResult, extract
+from .search import Searcher, SearchResult
+
+log = logging.getLogger(__name__)
+
+
+def extract_features(csv: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+                     model: str = DEFAULT_MODEL, checkpoint: str | None = None, out: str | os.PathLike = "outputs",
+                     batch_size: int = 32, num_workers: int | None = None, device: str = "auto",
+                     quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     encoder: Encoder | None = None) -> ExtractResult:
+    """Validate the collection first (cheap), then load the model and encode it."""
+    if csv is not None and images is not None:
+        raise InputError("give either --csv or --images, not both")
+    coll = scan_images(images) if images is not None else read_captions(csv or "data/captions.csv")
+    encoder = encoder or load_encoder(model, checkpoint, device)
+    result = extract(encoder, coll, out, batch_size=batch_size, num_workers=num_workers, quiet=quiet,
+                     max_pixels=max_pixels, checkpoint=checkpoint)
+    return result
+
+
+def encoder_for(manifest: dict, checkpoint: str | None = None, device: str = "auto") -> Encoder:
+    """The encoder that made a features folder (its checkpoint too, unless another is given)."""
+    name = manifest["model"]["name"]
+    saved = manifest["model"].get("checkpoint")
+    if checkpoint is None and saved and Path(saved).exists():
+        checkpoint = saved
+    return load_encoder(name, checkpoint, device)
+
+
+def open_searcher(features: str | os.PathLike = "outputs", model: str | None = None,
+                  checkpoint: str | None = None, rules: str | os.PathLike | None = DEFAULT_RULES,
+                  device: str = "auto", encoder: Encoder | None = None) -> Searcher:
+    """Load features, the model that built them and the rules table (``rules=None``: no expansion)."""
+    feats = store.load(features, with_text=False)
+    feats.check_model(model)
+    table: RuleTable | None = load_rules(rules) if rules is not None else None
+    encoder = encoder or encoder_for(feats.manifest, checkpoint, device)
+    return Searcher(feats, encoder, table)
+
+
+def record_for(searcher: Searcher, result: SearchResult) -> dict:
+    rules = searcher.rules
+    return searchlog.make_record(
+        result, model_fingerprint=searcher.encoder.fingerprint, features_fingerprint=searcher.store.fingerprint,
+        features_dir=str(searcher.store.folder), rules_sha256=rules.sha256 if rules and result.expand else None,
+        rules_path=rules.path if rules and result.expand else None)
+
+
+def search(searcher: Searcher, query: str, k: int = 5, expand: bool = True,
+           log_dir: str | os.PathLike | None = None) -> tuple[SearchResult, dict]:
+    """Search and append the record to the log in ``log_dir`` (the features folder by default)."""
+    result = searcher.search_text(query, k=k, expand=expand)
+    record = record_for(searcher, result)
+    searchlog.append(log_dir if log_dir is not None else searcher.store.folder, record)
+    return result, record
+
+
+def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None = None,
+               device: str = "auto") -> list[searchlog.ReplayOutcome]:
+    """Re-run every logged query against current (or other) features and rules, without logging again."""
+    records = list(searchlog.read_records(log_path))
+    searchers: dict[tuple, Searcher] = {}
+
+    def run(record: dict) -> dict:
+        folder = str(features or record["features_dir"])
+        rules = record.get("rules_path") if record["expand"] else None
+        key = (folder, rules)
+        if key not in searchers:
+            encoder = next((s.encoder for s in searchers.values() if s.store.folder == Path(folder)), None)
+            searchers[key] = open_searcher(folder, rules=rules, device=device, encoder=encoder)
+        searcher = searchers[key]
+        return record_for(searcher, searcher.search_text(record["query"], k=record["k"], expand=record["expand"]))
+
+    return searchlog.replay(records, run)

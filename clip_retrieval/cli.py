@@ -1,0 +1,192 @@
+"""The ``clip-retrieval`` command: argument parsing and printing over ``clip_retrieval.api``.
+
+Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 anything else.
+Heavy imports (torch, open_clip) happen inside the subcommands so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import UserError
+
+log = logging.getLogger("clip_retrieval")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors keep exit code 2, one line
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the model runs (default: cuda, then mps, then cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help="log details (and tracebacks) to stderr")
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--features", default="outputs", help="features folder made by extract (default: outputs)")
+    p.add_argument("--query", "-q", help="text query; without it, read one query per line from stdin")
+    p.add_argument("--top-k", "-k", type=int, default=5, help="results per query (default: 5)")
+    p.add_argument("--no-expand", action="store_true", help="search the query as typed, without the rules table")
+    p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
+    p.add_argument("--json", action="store_true", help="one JSON object per query on stdout")
+    p.add_argument("--model", help="refuse unless the features were built with this model")
+    p.add_argument("--checkpoint", help="local weights to load instead of the ones the features name")
+    p.add_argument("--log-dir", help="where search_log.txt/.jsonl go (default: the features folder)")
+    _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .encoders import DEFAULT_MODEL
+
+    parser = _Parser(prog="clip-retrieval", description="以中文短查询检索图片 / Search images with short Chinese queries.")
+    parser.add_argument("--version", action="version", version=f"clip-retrieval {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("extract", help="encode a collection's images and captions")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--csv", help="captions file with image_path,caption columns (default: data/captions.csv)")
+    src.add_argument("--images", help="index a folder of images instead (no captions)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model string: open_clip:ARCH/PRETRAINED, cn_clip:ARCH or demo (default: {DEFAULT_MODEL})")
+    p.add_argument("--checkpoint", help="local weights file or folder (offline use)")
+    p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
+    p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default: cores-1, 1 to 4)")
+    p.add_argument("--max-pixels", type=int, default=None, help="skip images with more pixels (default: 89 million)")
+    _common(p)
+
+    p = sub.add_parser("search", help="search the features with a text query")
+    _search_options(p)
+
+    p = sub.add_parser("replay", help="re-run logged searches and report what changed")
+    p.add_argument("--log", default="outputs/search_log.jsonl", help="search_log.jsonl to replay")
+    p.add_argument("--features", help="replay against this features folder instead of the logged one")
+    p.add_argument("--json", action="store_true", help="one JSON object per record")
+    _common(p)
+    return parser
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from . import api
+    from .dataset import DEFAULT_MAX_PIXELS
+
+    result = api.extract_features(csv=args.csv, images=args.images, model=args.model, checkpoint=args.checkpoint,
+                                  out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
+                                  device=args.device, quiet=args.quiet,
+                                  max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    counts = result.manifest["counts"]
+    print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
+          f"{counts['skipped']} skipped -> {args.out}")
+    for entry in result.skipped:
+        print(f"  skipped / 跳过: {entry['path']} (row {entry['row']}): {entry['reason']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _print_result(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+        return
+    print(f"查询 / query: {result.query}")
+    if result.expansions:
+        print("扩展 / expansions: " + " | ".join(p.text for p in result.expansions))
+    print(f"{'rank':>4}  {'score':>6}  image / 图片  caption / 描述")
+    for hit in result.results:
+        print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.image_path}  {hit.caption}")
+    print(flush=True)
+
+
+def _queries(args: argparse.Namespace):
+    if args.query is not None:
+        yield args.query
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("查询 / query (exit 退出)> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("exit", "quit"):
+            return
+        yield line.rstrip("\n")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from . import api
+
+    searcher = api.open_searcher(args.features, model=args.model, checkpoint=args.checkpoint,
+                                 rules=None if args.no_expand else args.rules, device=args.device)
+    status = EXIT_OK
+    for query in _queries(args):
+        if args.query is None and not query.strip():
+            print("clip-retrieval: 查询为空，已跳过 / empty query skipped", file=sys.stderr)
+            continue
+        try:
+            result, _ = api.search(searcher, query, k=args.top_k, expand=not args.no_expand, log_dir=args.log_dir)
+        except UserError as exc:
+            if args.query is not None:
+                raise
+            print(f"clip-retrieval: {exc}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        _print_result(result, args.json)
+    return status
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from . import api
+
+    outcomes = api.replay_log(args.log, features=args.features, device=args.device)
+    for o in outcomes:
+        if args.json:
+            print(json.dumps({"time": o.record["time"], "query": o.record["query"], "identical": o.identical,
+                              "changes": o.changes}, ensure_ascii=False))
+        else:
+            state = "identical / 一致" if o.identical else "different / 不同"
+            print(f"[{o.record['time']}] {o.record['query']}: {state}")
+            for change in o.changes:
+                print(f"    {change}")
+    same = sum(o.identical for o in outcomes)
+    if not args.json:
+        print(f"{same}/{len(outcomes)} identical")
+    return EXIT_OK
+
+
+COMMANDS = {"extract": cmd_extract, "search": cmd_search, "replay": cmd_replay}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"clip-retrieval: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("clip-retrieval: interrupted / 已中断", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: one line, the traceback only when asked
+        if args.verbose:
+            raise
+        print(f"clip-retrieval: unexpected error / 意外错误: {type(exc).__name__}: {exc} "
+              f"(run with --verbose for details)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def run_subcommand(command: str, argv: Sequence[str] | None = None) -> int:
+    """Entry for the ``scripts`` wrappers: ``python -m scripts.X`` is ``clip-retrieval command``."""
+    return main([command, *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Reading a collection: captions.csv or a folder of images, validated, and decoded safely.
+
+Owns: CSV encodings and quirks, path resolution, folder walking, turning any image file
+into an RGB picture (or a reason it was skipped), and the torch Dataset the extraction
+DataLoader reads. It must not load models or write outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import InputError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# About 89 megapixels: PIL's own default warns there; bigger files are skipped, not decoded.
+DEFAULT_MAX_PIXELS = 89_478_485
+CSV_ENCODINGS = ("utf-8-sig", "gb18030")
+
+
+@dataclass
+class Collection:
+    """Unique images and their captions (an image may have several, or none)."""
+
+    root: Path
+    images: list[str]                       # paths as written, relative to root unless absolute
+    captions: list[str] = field(default_factory=list)
+    caption_image: list[int] = field(default_factory=list)   # caption i belongs to images[caption_image[i]]
+    caption_rows: list[int] = field(default_factory=list)    # CSV line number of caption i
+    image_rows: list[int] = field(default_factory=list)      # first CSV line of each image (0: folder)
+    source: dict = field(default_factory=dict)
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
+
+def _decode_csv(path: Path) -> tuple[str, str]:
+    raw = path.read_bytes()
+    for encoding in CSV_ENCODINGS:
+        try:
+            return raw.decode(encoding), encoding
+        except UnicodeDecodeError:
+            continue
+    raise InputError(f"{path}: not UTF-8 or GBK/GB18030 text; save it as UTF-8 CSV")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_captions(csv_path: str | os.PathLike, check_images: bool = True) -> Collection:
+    """Parse ``image_path,caption`` rows as real files arrive (BOM, GBK, stray spaces, blank lines).
+
+    Problems are collected and reported together, each naming the file and line.
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise InputError(f"captions file not found: {path}")
+    text, encoding = _decode_csv(path)
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header = next(reader, None)
+    while header is not None and not any(cell.strip() for cell in header):
+        header = next(reader, None)
+    if header is None:
+        raise InputError(f"{path}: empty file; expected a header row 'image_path,caption'")
+    columns = [cell.strip().lower() for cell in header]
+    missing = [c for c in ("image_path", "caption") if c not in columns]
+    if missing:
+        raise InputError(f"{path} line {reader.line_num}: missing column {', '.join(missing)} "
+                         f"(found {', '.join(repr(c) for c in columns)}); the header must be 'image_path,caption'")
+    ip, cp = columns.index("image_path"), columns.index("caption")
+    root = path.resolve().parent
+    coll = Collection(root=root, images=[], source={"csv": str(path), "encoding": encoding})
+    index: dict[str, int] = {}
+    problems: list[str] = []
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(ip, cp):
+            problems.append(f"{path} line {line}: expected {len(columns)} columns, got {len(row)}; quote captions that contain commas")
+            continue
+        image, caption = row[ip].strip(), row[cp].strip()
+        if not image:
+            problems.append(f"{path} line {line}: empty image_path")
+            continue
+        if not caption:
+            problems.append(f"{path} line {line}: empty caption for {image}")
+            continue
+        if image not in index:
+            if check_images and not coll.resolve(image).is_file():
+                problems.append(f"{path} line {line}: image not found: {coll.resolve(image)}")
+                continue
+            index[image] = len(coll.images)
+            coll.images.append(image)
+            coll.image_rows.append(line)
+        coll.captions.append(caption)
+        coll.caption_image.append(index[image])
+        coll.caption_rows.append(line)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise InputError(problems[0] + more)
+    if not coll.images:
+        raise InputError(f"{path}: no rows; add lines 'image_path,caption'")
+    return coll
+
+
+def scan_images(folder: str | os.PathLike) -> Collection:
+    """Index a folder tree with no captions: common image types, hidden entries skipped, link loops survived."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"image folder not found: {root}")
+    root = root.resolve()
+    seen_dirs: set[tuple[int, int]] = set()
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            full = Path(dirpath) / name
+            if full.is_file():
+                found.append(str(full.relative_to(root)))
+    if not found:
+        raise InputError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return Collection(root=root, images=found, image_rows=[0] * len(found), source={"images": str(root)})
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB the way a person would expect to see it."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        return Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").split()[-1])
+        return background
+    return img.convert("RGB")
+
+
+def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode to RGB, honouring EXIF orientation; JPEGs decode at reduced size via draft mode.
+
+    Raises ``ValueError`` with a short reason for files that must be skipped.
+    """
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(source)
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ValueError(f"too many pixels ({width}x{height} > {max_pixels}); raise --max-pixels to include it")
+            if target_size and img.format == "JPEG":
+                # draft keeps each side >= the request, so later resizing sees enough detail
+                img.draft("RGB", (target_size, target_size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ValueError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"too many pixels ({exc})") from exc
+    except (OSError, SyntaxError, Image.UnidentifiedImageError) as exc:
+        reason = "truncated or corrupt" if "truncated" in str(exc) or "broken" in str(exc) else "not a readable image"
+        raise ValueError(f"{reason}: {exc}") from exc
+
+
+class ImageFiles:
+    """A map-style torch Dataset: index -> (index, pixels or None, sha256, skip reason).
+
+    It reads each file once, hashes those bytes and decodes them, so workers do all the
+    I/O and decoding while the main process runs the model.
+    """
+
+    def __init__(self, paths: list[Path], preprocess: Callable, target_size: int | None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.paths = paths
+        self.preprocess = preprocess
+        self.target_size = target_size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            data = Path(self.paths[i]).read_bytes()
+        except OSError as exc:
+            return i, None, "", f"unreadable: {exc.strerror or exc}"
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            pixels = self.preprocess(open_image(data, self.target_size, self.max_pixels))
+        except ValueError as exc:
+            return i, None, digest, str(exc)
+        return i, pixels, digest, ""
+
+
+def collate_images(items: list) -> tuple:
+    """Stack the decodable images of a batch; pass the others on with their reasons."""
+    import torch
+
+    good = [(i, px, h) for i, px, h, reason in items if px is not None]
+    bad = [(i, h, reason) for i, px, h, reason in items if px is None]
+    pixels = torch.stack([px for _, px, _ in good]) if good else None
+    return [i for i, _, _ in good], pixels, [h for _, _, h in good], bad

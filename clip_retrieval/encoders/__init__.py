@@ -1,0 +1,95 @@
+"""Encoder registry: one model string picks a family, as open_clip's factory does.
+
+Model strings: ``open_clip:ARCH/PRETRAINED`` (default ``open_clip:ViT-B-32/openai``),
+``open_clip:ARCH`` with a checkpoint, ``cn_clip:ARCH``, and ``demo`` (the small offline
+model shipped inside the package). Adding a family is adding an entry to ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import InputError, ModelUnavailableError
+from .base import Encoder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "open_clip:ViT-B-32/openai"
+DEMO_MODEL = "demo"
+DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+
+
+def _load_open_clip(spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
+    from . import openclip
+    return openclip.load(spec, checkpoint, device)
+
+
+def _load_cn_clip(spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
+    from . import cnclip
+    return cnclip.load(spec, checkpoint, device)
+
+
+def _load_demo(spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
+    folder = checkpoint or str(DEMO_DIR)
+    if not (Path(folder) / "open_clip_config.json").is_file():
+        raise ModelUnavailableError(
+            f"内置演示模型缺失：{folder} / the bundled demo model is missing at {folder}; "
+            f"reinstall clip_retrieval or rebuild it with `clip-retrieval train --demo`.")
+    from . import openclip
+    encoder = openclip.load("demo", folder, device)
+    encoder.name = DEMO_MODEL
+    return encoder
+
+
+FAMILIES: dict[str, Callable[[str, str | None, torch.device], Encoder]] = {
+    "open_clip": _load_open_clip,
+    "cn_clip": _load_cn_clip,
+    DEMO_MODEL: _load_demo,
+}
+
+
+def parse_model_name(name: str) -> tuple[str, str]:
+    """Split ``family:spec``; a bare ``demo`` is its own family."""
+    name = name.strip()
+    family, sep, spec = name.partition(":")
+    if not sep and family == DEMO_MODEL:
+        return DEMO_MODEL, ""
+    if not sep or family not in FAMILIES or (family != DEMO_MODEL and not spec):
+        raise InputError(
+            f"unknown model {name!r}: use open_clip:ARCH/PRETRAINED (e.g. {DEFAULT_MODEL}), "
+            f"cn_clip:ARCH (e.g. cn_clip:ViT-B-16) or demo")
+    return family, spec
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu, unless told; asking for a device that is absent is an input error."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but no CUDA device is available; use --device cpu")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps asked for, but MPS is not available; use --device cpu")
+    if requested not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {requested!r}: use auto, cpu, cuda or mps")
+    return torch.device(requested)
+
+
+def load_encoder(name: str = DEFAULT_MODEL, checkpoint: str | None = None, device: str = "auto") -> Encoder:
+    """Load the encoder a model string names, from cache, download, or a local checkpoint."""
+    family, spec = parse_model_name(name)
+    if checkpoint is not None and not Path(checkpoint).exists():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    dev = select_device(device)
+    log.info("loading %s on %s", name, dev)
+    return FAMILIES[family](spec, checkpoint, dev)
+
+
+__all__ = ["Encoder", "load_encoder", "parse_model_name", "select_device", "DEFAULT_MODEL", "DEMO_MODEL", "FAMILIES"]

@@ -1,0 +1,97 @@
+"""The one interface every encoder family implements.
+
+Owns batching, normalisation and the model identity (name + weights fingerprint).
+Families only say how to turn pixels and token ids into raw embeddings; they must
+not read files other than their weights, nor know about stores or search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Encoder:
+    """A loaded CLIP-style model with its matching tokenizer and image transform.
+
+    ``encode_images``/``encode_texts`` return L2-normalised float32 tensors on the CPU,
+    so callers never care where the model runs.
+    """
+
+    name: str
+    fingerprint: str
+    dim: int
+    languages: frozenset[str]
+    preprocess: Callable
+    device: torch.device
+    image_size: int
+    logit_scale: float
+    context_length: int
+    model: torch.nn.Module = field(repr=False)
+    _tokenize: Callable[[list[str]], torch.Tensor] = field(repr=False)
+    _encode_image: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
+    _encode_tokens: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
+    autocast: bool = False
+
+    @property
+    def id(self) -> str:
+        """Model name plus weights fingerprint: two encoders with the same id give the same vectors."""
+        return f"{self.name}@{self.fingerprint}"
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids padded to the model's context length (the library's own tokenizer)."""
+        return self._tokenize(list(texts))
+
+    def _autocast(self):
+        if self.autocast and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Encode a preprocessed batch ``[N, 3, H, W]``."""
+        if pixels.shape[0] == 0:
+            return torch.empty(0, self.dim)
+        pixels = pixels.to(self.device, non_blocking=True)
+        with self._autocast():
+            feats = self._encode_image(pixels)
+        return F.normalize(feats.float(), dim=-1).cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Encode texts in batches (families trim padding where that leaves the result unchanged)."""
+        out = []
+        texts = list(texts)
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenize(texts[start:start + batch_size]).to(self.device)
+            with self._autocast():
+                feats = self._encode_tokens(tokens)
+            out.append(F.normalize(feats.float(), dim=-1).cpu())
+        if not out:
+            return torch.empty(0, self.dim)
+        return torch.cat(out)
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Drop the trailing columns that are padding in every row.
+
+    A 5-way expanded query padded to 77 tokens costs several times its trimmed length;
+    with causal or masked attention the trimmed result is the same to float precision.
+    """
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    width = int(used.max()) + 1 if used.numel() else 1
+    return tokens[:, :width]
+
+
+def state_dict_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer, for weights that exist only in memory."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]

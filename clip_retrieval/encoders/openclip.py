@@ -1,0 +1,183 @@
+"""The open_clip family: ``open_clip:ARCH/PRETRAINED`` or ``open_clip:ARCH`` plus a checkpoint.
+
+Owns turning an open_clip name (or a local checkpoint file / folder) into an
+``Encoder``. Downloads go through open_clip's own code, but only after the cache has
+been checked and the host probed, so an offline machine gets an answer in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .base import Encoder, trim_padding
+from .weights import HF_HOST, file_fingerprint, host_reachable, unavailable, url_host
+
+log = logging.getLogger(__name__)
+
+# English-trained towers read English; the multilingual text towers read Chinese too.
+MULTILINGUAL_MARKERS = ("xlm", "multilingual", "mt5", "nllb")
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
+
+
+def _resolve_tag(arch: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
+    """Return (weights file, pretrained cfg) for a registry tag, downloading only when a host answers."""
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+
+    cfg = oc_pretrained.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = oc_pretrained.list_pretrained_tags_by_model(arch)
+        if arch not in open_clip.list_models():
+            raise InputError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
+        raise InputError(f"open_clip:{arch} has no pretrained tag {tag!r}; known tags: {', '.join(tags)}")
+    looked, host = [], HF_HOST
+    hf_hub = cfg.get("hf_hub", "")
+    if hf_hub:
+        from huggingface_hub import constants as hf_constants
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hf_hub)
+        filename = filename or oc_pretrained.HF_WEIGHTS_NAME
+        for candidate in [*oc_pretrained._get_safe_alternatives(filename), filename]:
+            hit = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+            looked.append(f"{cache_dir or hf_constants.HF_HUB_CACHE} ({repo_id}/{candidate})")
+            if isinstance(hit, str):
+                return hit, cfg
+    url = cfg.get("url", "")
+    if url:
+        local = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        looked.append(str(local))
+        if local.is_file():
+            return str(local), cfg
+        if not hf_hub:
+            host = url_host(url)
+    if not host_reachable(host):
+        raise unavailable(f"open_clip:{arch}/{tag}", looked, host)
+    return oc_pretrained.download_pretrained(cfg, cache_dir=cache_dir), cfg
+
+
+def _languages(model_cfg: dict, declared: list[str] | None) -> frozenset[str]:
+    if declared:
+        return frozenset(declared)
+    text_name = json.dumps(model_cfg.get("text_cfg", {})).lower()
+    return frozenset({"zh", "en"}) if any(m in text_name for m in MULTILINGUAL_MARKERS) else frozenset({"en"})
+
+
+def _text_encoder(model: torch.nn.Module, context_length: int):
+    """A token encoder that trims padding when the text tower is causal and pools at EOT."""
+    from open_clip.model import CLIP
+    from open_clip.transformer import text_global_pool
+
+    trimmable = (isinstance(model, CLIP) and getattr(model, "attn_mask", None) is not None
+                 and model.text_pool_type in ("argmax", "eos"))
+    if not trimmable:
+        return lambda tokens: model.encode_text(tokens)
+
+    def encode(tokens: torch.Tensor) -> torch.Tensor:
+        tokens = trim_padding(tokens)
+        width = tokens.shape[1]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:width].to(cast)
+        x = model.transformer(x, attn_mask=model.attn_mask[:width, :width])
+        x = model.ln_final(x)
+        x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+        if isinstance(model.text_projection, torch.nn.Linear):
+            return model.text_projection(x)
+        return x @ model.text_projection if model.text_projection is not None else x
+
+    return encode
+
+
+def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str | None = None) -> Encoder:
+    """Build an open_clip encoder from ``ARCH/TAG``, ``ARCH`` + checkpoint file, or a local-dir folder."""
+    import open_clip
+
+    arch, _, tag = spec.partition("/")
+    declared: list[str] | None = None
+    kwargs: dict = {}
+    if checkpoint and Path(checkpoint).is_dir():
+        config_path = Path(checkpoint) / "open_clip_config.json"
+        if not config_path.is_file():
+            raise InputError(f"{checkpoint}: a checkpoint folder needs open_clip_config.json beside its weights.")
+        declared = json.loads(config_path.read_text(encoding="utf-8")).get("languages")
+        model_name, pretrained, weights = f"local-dir:{checkpoint}", None, checkpoint
+    elif checkpoint:
+        if not Path(checkpoint).is_file():
+            raise InputError(f"checkpoint not found: {checkpoint}")
+        model_name, pretrained, weights = arch, checkpoint, checkpoint
+    elif tag:
+        weights, cfg = _resolve_tag(arch, tag, cache_dir)
+        model_name, pretrained = arch, weights
+        kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
+        kwargs["force_preprocess_cfg"] = {k: cfg[k] for k in PREPROCESS_KEYS if k in cfg}
+    else:
+        raise InputError(f"open_clip:{arch} names no weights: use open_clip:{arch}/TAG or pass --checkpoint PATH.")
+    if arch not in open_clip.list_models() and not model_name.startswith("local-dir:"):
+        raise InputError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device, weights_only=True, **kwargs)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    model_cfg = open_clip.get_model_config(arch) or {}
+    if model_name.startswith("local-dir:"):
+        model_cfg = json.loads((Path(checkpoint) / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    dim = model_cfg.get("embed_dim")
+    if dim is None:
+        with torch.inference_mode():
+            dim = model.encode_text(tokenizer(["a"]).to(device)).shape[-1]
+    name = f"open_clip:{spec}" if tag else f"open_clip:{arch}"
+    return Encoder(
+        name=name,
+        fingerprint=file_fingerprint(weights),
+        dim=int(dim),
+        languages=_languages(model_cfg, declared),
+        preprocess=preprocess,
+        device=device,
+        image_size=size,
+        logit_scale=float(model.logit_scale.detach().exp()),
+        context_length=int(getattr(tokenizer, "context_length", 77)),
+        model=model,
+        _tokenize=tokenizer,
+        _encode_image=lambda pixels: model.encode_image(pixels),
+        _encode_tokens=_text_encoder(model, int(getattr(tokenizer, "context_length", 77))),
+        autocast=device.type == "cuda",
+    )
+
+
+def build_model(model_cfg: dict, seed: int | None = None) -> torch.nn.Module:
+    """An open_clip CLIP from a config dict (random weights; ``seed`` makes them reproducible)."""
+    from open_clip.model import CLIP
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    return CLIP(**model_cfg)
+
+
+def save_checkpoint_dir(model: torch.nn.Module, model_cfg: dict, folder: str | os.PathLike,
+                        languages: list[str] | None = None, preprocess_cfg: dict | None = None) -> Path:
+    """Write ``open_clip_config.json`` + ``open_clip_model.safetensors``: a folder ``--checkpoint`` loads."""
+    from safetensors.torch import save_file
+
+    from ..store import write_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    if languages:
+        config["languages"] = languages
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomic(folder / "open_clip_model.safetensors", lambda tmp: save_file(state, str(tmp)))
+    write_atomic(folder / "open_clip_config.json",
+                 lambda tmp: tmp.write_text(json.dumps(config, indent=1, ensure_ascii=False), encoding="utf-8"))
+    return folder

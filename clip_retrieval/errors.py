@@ -1,0 +1,28 @@
+"""User-facing error types.
+
+Owns the exceptions a user can cause (bad input, missing weights, mismatched
+features). The CLI turns every ``UserError`` into one line on stderr and exit
+code 2; anything else is a bug and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error the user can fix; the message names the file, row or value and the fix."""
+
+
+class InputError(UserError):
+    """Bad input data: a CSV, an image folder, a rules file, a query."""
+
+
+class ModelUnavailableError(UserError):
+    """Weights are neither cached nor downloadable (offline, firewalled, unknown tag)."""
+
+
+class ModelMismatchError(UserError):
+    """Features were built with one model and a different one was asked for."""
+
+
+class FeatureStoreError(UserError):
+    """The features folder is missing, incomplete or from an unsupported format version."""

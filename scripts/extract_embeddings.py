@@ -1,0 +1,8 @@
+"""``python -m scripts.extract_embeddings``: same as ``clip-retrieval extract``."""
+
+import sys
+
+from clip_retrieval.cli import run_subcommand
+
+if __name__ == "__main__":
+    sys.exit(run_subcommand("extract"))

@@ -1,0 +1,8 @@
+"""``python -m scripts.search_demo``: same as ``clip-retrieval search``."""
+
+import sys
+
+from clip_retrieval.cli import run_subcommand
+
+if __name__ == "__main__":
+    sys.exit(run_subcommand("search"))
