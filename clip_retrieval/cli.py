@@ -68,6 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search the features with a text query")
     _search_options(p)
 
+    p = sub.add_parser("train", help="train (--arch) or fine-tune (--model) a CLIP model on a captions file")
+    p.add_argument("--csv", required=True, help="captions file with image_path,caption columns")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="fine-tune this model (open_clip:ARCH/PRETRAINED or demo)")
+    which.add_argument("--arch", help="train a small architecture from scratch (e.g. demo-small, or a JSON path)")
+    p.add_argument("--checkpoint", help="local weights for --model")
+    p.add_argument("--out", required=True, help="folder for epoch_NNN/, best/ and the training state")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-4 from scratch, 1e-5 fine-tuning)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch saved in --out")
+    _common(p)
+
     p = sub.add_parser("replay", help="re-run logged searches and report what changed")
     p.add_argument("--log", default="outputs/search_log.jsonl", help="search_log.jsonl to replay")
     p.add_argument("--features", help="replay against this features folder instead of the logged one")
@@ -160,7 +175,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"extract": cmd_extract, "search": cmd_search, "replay": cmd_replay}
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    result = train(args.csv, args.out, model=args.model, arch=args.arch, checkpoint=args.checkpoint,
+                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
+                   seed=args.seed, resume=args.resume, quiet=args.quiet)
+    print(f"best validation Recall@1 {result.best_recall:.3f} -> {result.best} "
+          f"(use: --model open_clip:{args.arch or 'finetuned'} --checkpoint {result.best})")
+    return EXIT_OK
+
+
+COMMANDS = {"extract": cmd_extract, "search": cmd_search, "train": cmd_train, "replay": cmd_replay}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

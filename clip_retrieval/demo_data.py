@@ -145,16 +145,22 @@ def render(subject: Subject, scene: Scene, rng: random.Random, size: int = 224) 
     return img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
 
 
-def captions_for(subject: Subject, scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """A Chinese and an English caption in the canonical phrasing."""
-    zh = rng.choice([f"{scene.zh}的{subject.zh}", f"{subject.zh}在{scene.zh.rstrip('上里')}"
-                     if scene.key in ("grass", "snow") else f"{scene.zh}的一只{subject.zh}"])
-    en = f"a {subject.en} {scene.en}"
+def captions_for(subject: Subject, scene: Scene, rng: random.Random, varied: bool = True) -> tuple[str, str]:
+    """A Chinese and an English caption in the canonical phrasing (the words the demo model learns).
+
+    ``varied=False`` always gives the full "scene + subject" phrasing, one caption per pair.
+    """
+    if not varied:
+        return f"{scene.zh}的{subject.zh}", f"a {subject.en} {scene.en}"
+    place = scene.zh.rstrip("上里")
+    zh = rng.choice([f"{scene.zh}的{subject.zh}", f"{scene.zh}的一只{subject.zh}", f"{subject.zh}在{place}",
+                     f"一只{subject.zh}", subject.zh])
+    en = rng.choice([f"a {subject.en} {scene.en}", f"a photo of a {subject.en} {scene.en}", f"a {subject.en}"])
     return zh, en
 
 
 def make_collection(out_dir: str | Path, per_pair: int = 2, seed: int = 0, size: int = 224,
-                    english: bool = False, fmt: str = "png") -> Path:
+                    english: bool = False, fmt: str = "png", varied: bool = True) -> Path:
     """Write images/ and captions.csv under ``out_dir``; returns the CSV path.
 
     Each image gets its Chinese caption, and its English one too when ``english`` is set.
@@ -172,7 +178,7 @@ def make_collection(out_dir: str | Path, per_pair: int = 2, seed: int = 0, size:
                     img.save(out / name, format="PNG", optimize=False)
                 else:
                     img.save(out / name, format="JPEG", quality=90)
-                zh, en = captions_for(subject, scene, rng)
+                zh, en = captions_for(subject, scene, rng, varied)
                 rows.append((name, zh))
                 if english:
                     rows.append((name, en))

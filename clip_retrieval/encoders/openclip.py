@@ -70,7 +70,7 @@ def _languages(model_cfg: dict, declared: list[str] | None) -> frozenset[str]:
     return frozenset({"zh", "en"}) if any(m in text_name for m in MULTILINGUAL_MARKERS) else frozenset({"en"})
 
 
-def _text_encoder(model: torch.nn.Module, context_length: int):
+def text_encoder_fn(model: torch.nn.Module):
     """A token encoder that trims padding when the text tower is causal and pools at EOT."""
     from open_clip.model import CLIP
     from open_clip.transformer import text_global_pool
@@ -150,7 +150,7 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
         model=model,
         _tokenize=tokenizer,
         _encode_image=lambda pixels: model.encode_image(pixels),
-        _encode_tokens=_text_encoder(model, int(getattr(tokenizer, "context_length", 77))),
+        _encode_tokens=text_encoder_fn(model),
         autocast=device.type == "cuda",
     )
 
@@ -181,3 +181,17 @@ def save_checkpoint_dir(model: torch.nn.Module, model_cfg: dict, folder: str | o
     write_atomic(folder / "open_clip_config.json",
                  lambda tmp: tmp.write_text(json.dumps(config, indent=1, ensure_ascii=False), encoding="utf-8"))
     return folder
+
+
+ARCH_DIR = Path(__file__).resolve().parent / "archs"
+
+
+def arch_config(name: str) -> dict:
+    """A small architecture by name (``encoders/archs/NAME.json``) or a path to such a JSON file."""
+    path = Path(name)
+    if not path.is_file():
+        path = ARCH_DIR / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in ARCH_DIR.glob("*.json")))
+        raise InputError(f"unknown architecture {name!r}: use one of {known} or a path to an open_clip model_cfg JSON")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,143 @@
+"""Encoders: the wrapper gives the library's own normalised embeddings; offline fails fast and clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_retrieval.encoders import load_encoder, parse_model_name, select_device
+from clip_retrieval.errors import InputError, ModelUnavailableError
+
+TEXTS = ["草地上的金毛", "a grey cat at the beach", "小猪", "一只在雪地里奔跑的哈士奇，旁边还有一辆红色汽车"]
+
+
+def _images(encoder, n=3):
+    imgs = [Image.new("RGB", (40 + 10 * i, 50), (30 * i, 200 - 40 * i, 90)) for i in range(n)]
+    return torch.stack([encoder.preprocess(im) for im in imgs])
+
+
+def test_open_clip_wrapper_matches_library(tiny_open_clip):
+    import open_clip
+
+    encoder = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_open_clip}")
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tiny_open_clip}")
+    pixels = _images(encoder)
+    with torch.no_grad():
+        want_img = F.normalize(model.encode_image(pixels), dim=-1)
+        want_txt = F.normalize(model.encode_text(tokenizer(TEXTS)), dim=-1)
+    assert torch.allclose(encoder.encode_images(pixels), want_img, atol=1e-5)
+    got = encoder.encode_texts(TEXTS)
+    assert got.shape == (len(TEXTS), encoder.dim)
+    assert torch.allclose(got, want_txt, atol=1e-5)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
+    assert encoder.languages == frozenset({"zh", "en"})
+
+
+def test_cn_clip_wrapper_matches_library(tiny_cn_clip):
+    from cn_clip.clip import tokenize
+
+    from clip_retrieval.encoders.cnclip import build_model
+
+    encoder = load_encoder("cn_clip:tiny", str(tiny_cn_clip), "cpu")
+    checkpoint = torch.load(tiny_cn_clip, weights_only=True)
+    model = build_model(checkpoint["model_info"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    pixels = _images(encoder)
+    with torch.no_grad():
+        want_img = F.normalize(model.encode_image(pixels), dim=-1)
+        want_txt = F.normalize(model.encode_text(tokenize(TEXTS)), dim=-1)
+    assert torch.allclose(encoder.encode_images(pixels), want_img, atol=1e-5)
+    assert torch.allclose(encoder.encode_texts(TEXTS), want_txt, atol=1e-5)
+    assert encoder.languages == frozenset({"zh"})
+
+
+def test_text_batch_trimming_equals_padded(tiny_open_clip):
+    encoder = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
+    one_by_one = torch.cat([encoder.encode_texts([t]) for t in TEXTS])
+    assert torch.allclose(encoder.encode_texts(TEXTS), one_by_one, atol=1e-5)
+
+
+def test_fingerprint_names_the_weights(tiny_open_clip, tmp_path):
+    from clip_retrieval.encoders.openclip import build_model, save_checkpoint_dir
+    from tests.conftest import TINY_OPEN_CLIP
+
+    first = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
+    again = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
+    other_dir = save_checkpoint_dir(build_model(TINY_OPEN_CLIP, seed=1), TINY_OPEN_CLIP, tmp_path / "other")
+    other = load_encoder("open_clip:tiny", str(other_dir), "cpu")
+    assert first.id == again.id
+    assert first.fingerprint != other.fingerprint
+
+
+def test_open_clip_checkpoint_file(tmp_path):
+    """A single weights file plus a built-in architecture name loads through open_clip's own loader."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("RN50")
+    path = tmp_path / "rn50.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    encoder = load_encoder("open_clip:RN50", str(path), "cpu")
+    with torch.no_grad():
+        want = F.normalize(model.eval().encode_text(open_clip.get_tokenizer("RN50")(["金毛"])), dim=-1)
+    assert torch.allclose(encoder.encode_texts(["金毛"]), want, atol=1e-5)
+    assert encoder.languages == frozenset({"en"})
+
+
+@pytest.mark.parametrize("name", ["open_clip:ViT-B-32/openai", "cn_clip:ViT-B-16"])
+def test_offline_download_fails_fast_with_a_way_out(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLIP_RETRIEVAL_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as info:
+        load_encoder(name, device="cpu")
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert name in message and "--checkpoint" in message and "离线" in message
+    assert str(tmp_path) in message
+
+
+def test_offline_cli_one_line_no_traceback(tmp_path, small_collection):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
+           "CLIP_RETRIEVAL_OFFLINE": "1", "PYTHONPATH": str(__import__("tests.conftest").conftest.ROOT)}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "clip_retrieval", "extract", "--csv", str(small_collection),
+                           "--out", str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert time.monotonic() - start < 30  # process start + torch import included; the model lookup itself is instant
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "open_clip:ViT-B-32/openai" in proc.stderr and "--checkpoint" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_names_are_input_errors():
+    for bad in ["", "clip", "foo:bar", "open_clip:"]:
+        with pytest.raises(InputError):
+            parse_model_name(bad)
+    with pytest.raises(InputError, match="no pretrained tag"):
+        load_encoder("open_clip:ViT-B-32/nonexistent", device="cpu")
+    with pytest.raises(InputError, match="names no weights"):
+        load_encoder("open_clip:ViT-B-32", device="cpu")
+    with pytest.raises(InputError, match="checkpoint not found"):
+        load_encoder("open_clip:ViT-B-32", "/no/such/file.pt", device="cpu")
+
+
+def test_device_selection():
+    assert select_device("cpu").type == "cpu"
+    assert select_device("auto").type in {"cuda", "mps", "cpu"}
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="cuda"):
+            select_device("cuda")

@@ -1,0 +1,95 @@
+"""Pooling, the exact scan, and text search end to end with a real (tiny) model."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from clip_retrieval import api
+from clip_retrieval.errors import InputError, ModelMismatchError
+from clip_retrieval.search import MAX_QUERY_CHARS, exact_topk, pool
+
+from tests.conftest import ROOT
+
+
+def test_pool_is_the_renormalised_weighted_mean():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert torch.allclose(pool(a, [1.0, 1.0]), torch.tensor([1.0, 1.0]) / 2 ** 0.5)
+    weighted = pool(a, [3.0, 1.0])
+    assert torch.allclose(weighted, torch.tensor([3.0, 1.0]) / 10 ** 0.5)
+    assert abs(float(weighted.norm()) - 1.0) < 1e-6
+
+
+def test_exact_topk_matches_full_sort_with_stable_ties():
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((1000, 16)).astype(np.float32)
+    m[10] = m[20]  # a tie: lower index first
+    q = m[10] / np.linalg.norm(m[10])
+    idx, scores = exact_topk(m, q, 7)
+    full = sorted(range(1000), key=lambda i: (-float(m[i] @ q), i))[:7]
+    assert idx.tolist() == full
+    assert np.allclose(scores, m[full] @ q)
+    assert exact_topk(m, q, 5000)[0].shape == (1000,)
+
+
+def test_search_ranks_by_the_pooled_query_vector(tiny_features, tiny_open_clip):
+    searcher = api.open_searcher(tiny_features, rules=ROOT / "rules" / "expansions.yaml", device="cpu")
+    result = searcher.search_text("草地上的金毛", k=4)
+    texts = ["草地上的金毛"] + [p.text for p in result.expansions]
+    assert len(texts) > 3
+    enc = searcher.encoder
+    want = pool(enc.encode_texts(texts), [1.0] * len(texts))
+    scores = searcher.store.image_features @ want
+    order = torch.argsort(scores, descending=True)[:4].tolist()
+    assert [h.index for h in result.results] == order
+    assert [h.rank for h in result.results] == [1, 2, 3, 4]
+    assert np.allclose([h.score for h in result.results], scores[order].numpy(), atol=1e-5)
+    no_exp = searcher.search_text("草地上的金毛", k=4, expand=False)
+    assert no_exp.expansions == [] and [h.score for h in no_exp.results] != [h.score for h in result.results]
+
+
+def test_caption_query_finds_its_own_image_with_matching_text_vector(tiny_features):
+    """A query vector equal to an image's own vector must come back first with score 1."""
+    searcher = api.open_searcher(tiny_features, rules=None, device="cpu")
+    target = 5
+    hits = searcher.search_vector(searcher.store.image_features[target], 3)
+    assert hits[0].index == target and abs(hits[0].score - 1.0) < 1e-5
+    assert hits[0].caption == searcher.store.captions_of(target)[0]
+
+
+def test_empty_query_refused_and_not_logged(tiny_features, tmp_path):
+    searcher = api.open_searcher(tiny_features, rules=None, device="cpu")
+    with pytest.raises(InputError, match="empty query"):
+        api.search(searcher, "   ", log_dir=tmp_path)
+    assert not (tmp_path / "search_log.jsonl").exists()
+
+
+def test_long_query_truncated_with_warning(tiny_features, tmp_path, caplog):
+    searcher = api.open_searcher(tiny_features, rules=None, device="cpu")
+    with caplog.at_level(logging.WARNING):
+        result, _ = api.search(searcher, "猫" * (MAX_QUERY_CHARS + 50), log_dir=tmp_path)
+    assert len(result.query) == MAX_QUERY_CHARS and result.truncated
+    assert "truncated" in caplog.text
+
+
+def test_other_model_refused(tiny_features):
+    with pytest.raises(ModelMismatchError, match="open_clip:tiny"):
+        api.open_searcher(tiny_features, model="cn_clip:ViT-B-16", rules=None, device="cpu")
+
+
+def test_search_appends_a_reproducible_record(tiny_features, tmp_path):
+    searcher = api.open_searcher(tiny_features, rules=ROOT / "rules" / "expansions.yaml", device="cpu")
+    result, record = api.search(searcher, "灰猫", k=3, log_dir=tmp_path)
+    lines = (tmp_path / "search_log.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[-1]) == record
+    for key in ("time", "query", "expansions", "model", "model_fingerprint", "features_fingerprint",
+                "rules_sha256", "k", "tool_version", "results"):
+        assert key in record
+    assert record["time"][-6] in "+-" and "T" in record["time"]
+    assert record["model_fingerprint"] == searcher.encoder.fingerprint
+    text = (tmp_path / "search_log.txt").read_text(encoding="utf-8")
+    assert "灰猫" in text and result.results[0].image_path in text and "灰色的猫" in text
