@@ -90,3 +90,54 @@ def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None =
         return record_for(searcher, searcher.search_text(record["query"], k=record["k"], expand=record["expand"]))
 
     return searchlog.replay(records, run)
+
+
+def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike | None = None,
+             rules: str | os.PathLike | None = DEFAULT_RULES, compare_expansion: bool = False,
+             device: str = "auto", encoder: Encoder | None = None) -> dict:
+    """Text-to-image and image-to-text metrics over a features folder (its captions or a query file).
+
+    With ``compare_expansion`` the text-to-image metrics come twice: ``no_expansion`` and ``expansion``.
+    """
+    from . import evaluate as ev
+
+    feats = store.load(features)
+    searcher = Searcher(feats, encoder or encoder_for(feats.manifest, device=device),
+                        load_rules(rules) if rules is not None else None)
+    qs = ev.file_queries(queries, feats.manifest) if queries else ev.caption_queries(feats.manifest)
+    modes = [False, True] if compare_expansion else [rules is not None]
+    result: dict = {"model": feats.model, "queries": len(qs.queries), "images": feats.image_features.shape[0]}
+    t2i = {("expansion" if m else "no_expansion"): ev.text_to_image(searcher.query_vectors(qs.queries, m),
+                                                                       feats.image_features, qs.relevant)
+           for m in modes}
+    result["text_to_image"] = t2i if compare_expansion else next(iter(t2i.values()))
+    if feats.manifest["captions"]:
+        texts = list(dict.fromkeys(c["text"] for c in feats.manifest["captions"]))
+        result["image_to_text"] = ev.image_to_text(feats.manifest, feats.image_features,
+                                                   searcher.encoder.encode_texts(texts), texts)
+    return result
+
+
+def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAULT_RULES, device: str = "auto",
+                   quiet: bool = True) -> dict:
+    """The held-out demo benchmark: a collection drawn with seed 2000 (training used 1000, the demo data 0),
+    searched with canonical and paraphrased queries, with and without expansion."""
+    import csv as csv_module
+
+    from .demo_data import benchmark_queries, make_collection
+
+    workdir = Path(workdir)
+    collection = make_collection(workdir / "collection", per_pair=3, seed=2000)
+    out = workdir / "features"
+    extract_features(csv=collection, model="demo", out=out, device=device, quiet=quiet)
+    encoder = encoder_for(store.read_manifest(out), device=device)
+    report = {}
+    for name, rows in benchmark_queries(collection).items():
+        path = workdir / f"{name}.csv"
+        with open(path, "w", encoding="utf-8", newline="") as fh:
+            writer = csv_module.writer(fh)
+            writer.writerow(["query", "image_path"])
+            writer.writerows((q, str(collection.parent / p)) for q, p in rows)
+        report[name] = evaluate(out, queries=path, rules=rules, compare_expansion=True,
+                                encoder=encoder)["text_to_image"]
+    return report

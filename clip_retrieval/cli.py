@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last epoch saved in --out")
     _common(p)
 
+    p = sub.add_parser("eval", help="Recall@K, mAP, NDCG@10 and ranks over captions, a query file or the demo benchmark")
+    p.add_argument("--features", default="outputs", help="features folder made by extract (default: outputs)")
+    p.add_argument("--queries", help="query,image_path rows (several rows per query give its relevant set)")
+    p.add_argument("--benchmark", choices=["demo"], help="run the held-out demo benchmark instead")
+    p.add_argument("--compare-expansion", action="store_true", help="with and without expansion side by side")
+    p.add_argument("--no-expand", action="store_true", help="evaluate queries as typed")
+    p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    _common(p)
+
     p = sub.add_parser("replay", help="re-run logged searches and report what changed")
     p.add_argument("--log", default="outputs/search_log.jsonl", help="search_log.jsonl to replay")
     p.add_argument("--features", help="replay against this features folder instead of the logged one")
@@ -186,7 +196,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"extract": cmd_extract, "search": cmd_search, "train": cmd_train, "replay": cmd_replay}
+METRICS = ("recall@1", "recall@5", "recall@10", "map", "ndcg@10", "mean_rank", "median_rank")
+
+
+def _metric_table(title: str, columns: dict[str, dict]) -> None:
+    print(title)
+    print(f"  {'metric':<12}" + "".join(f"{name:>14}" for name in columns))
+    for metric in METRICS:
+        if all(metric in m for m in columns.values()):
+            print(f"  {metric:<12}" + "".join(f"{m[metric]:>14.4f}" for m in columns.values()))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from . import api
+
+    rules = None if args.no_expand else args.rules
+    if args.benchmark:
+        with tempfile.TemporaryDirectory(prefix="clip_retrieval_bench_") as work:
+            report = api.demo_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet)
+        report = {name: {mode: {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "map", "ndcg@10")}
+                         for mode, m in modes.items()} for name, modes in report.items()}
+        if args.json:
+            print(json.dumps(report, ensure_ascii=False))
+        else:
+            for name, modes in report.items():
+                _metric_table(f"demo benchmark / 演示基准: {name}", modes)
+        return EXIT_OK
+    report = api.evaluate(args.features, queries=args.queries, rules=rules,
+                          compare_expansion=args.compare_expansion, device=args.device)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+        return EXIT_OK
+    print(f"model {report['model']}: {report['queries']} queries, {report['images']} images")
+    t2i = report["text_to_image"]
+    _metric_table("text -> image / 文搜图", t2i if args.compare_expansion else {"value": t2i})
+    if "image_to_text" in report:
+        _metric_table("image -> text / 图搜文", {"value": report["image_to_text"]})
+    return EXIT_OK
+
+
+COMMANDS = {"extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
+            "replay": cmd_replay}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -188,3 +188,40 @@ def make_collection(out_dir: str | Path, per_pair: int = 2, seed: int = 0, size:
         writer.writerow(["image_path", "caption"])
         writer.writerows(rows)
     return csv_path
+
+
+# Phrasings the demo model never saw in training; rules/expansions.yaml maps each to the
+# canonical words (the paraphrased half of the demo benchmark).
+SUBJECT_PARAPHRASES = {
+    "golden_retriever": ["黄金猎犬", "金毛寻回犬"],
+    "husky": ["二哈", "西伯利亚雪橇犬"],
+    "grey_cat": ["灰色的猫", "gray kitty"],
+    "orange_cat": ["大橘", "ginger cat"],
+    "black_cat": ["黑色的猫"],
+    "piglet": ["猪仔", "baby pig"],
+    "rabbit": ["小白兔", "bunny"],
+    "red_car": ["红车", "红色轿车"],
+}
+SCENE_PARAPHRASES = {"grass": "草坪上", "snow": "雪景里", "beach": "沙滩上", "night": "晚上"}
+
+
+def benchmark_queries(collection_csv: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """``{"canonical": [(query, image_path)], "paraphrased": [...]}`` over a generated collection.
+
+    Each subject alone, and each scene + subject pair, is a query; its relevant images are
+    those showing it.
+    """
+    with open(collection_csv, encoding="utf-8") as fh:
+        images = sorted({row["image_path"] for row in csv.DictReader(fh)})
+    sets: dict[str, list[tuple[str, str]]] = {"canonical": [], "paraphrased": []}
+    for subject in SUBJECTS:
+        mine = [p for p in images if Path(p).name.startswith(subject.key + "_")]
+        sets["canonical"] += [(subject.zh, p) for p in mine]
+        for para in SUBJECT_PARAPHRASES[subject.key]:
+            sets["paraphrased"] += [(para, p) for p in mine]
+        for scene in SCENES:
+            pair = [p for p in mine if Path(p).name.startswith(f"{subject.key}_{scene.key}_")]
+            sets["canonical"] += [(f"{scene.zh}的{subject.zh}", p) for p in pair]
+            para = SUBJECT_PARAPHRASES[subject.key][0]
+            sets["paraphrased"] += [(f"{SCENE_PARAPHRASES[scene.key]}的{para}", p) for p in pair]
+    return sets

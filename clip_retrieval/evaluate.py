@@ -1,8 +1,9 @@
 """Retrieval metrics as the CLIP and Chinese-CLIP papers use them.
 
-Owns Recall@K, mAP, NDCG@10 and mean/median rank over a score matrix and relevant sets.
-It must not load models or features: callers hand it scores, so a result can be
-recomputed from saved features without running a model.
+Owns Recall@K, mAP, NDCG@10 and mean/median rank over a score matrix and relevant sets,
+and building query sets from a captions file or a query file. It must not load models
+or open feature files itself: callers hand it a loaded encoder and store, so a result
+can be recomputed from saved features.
 
 Definitions: ``recall@k`` is the share of queries with at least one relevant item in
 the top k; ``map`` is the mean over queries of average precision over the query's whole
@@ -14,9 +15,16 @@ scores everything equal earns nothing from the order of the collection.
 
 from __future__ import annotations
 
+import csv
 import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
+
+from .errors import InputError
 
 KS = (1, 5, 10)
 
@@ -58,3 +66,67 @@ def retrieval_metrics(scores: np.ndarray, relevant: list[set[int]], ks: tuple[in
     out["median_rank"] = float(np.median(ranks)) if ranks.size else float("nan")
     out["queries"] = len(per)
     return out
+
+
+@dataclass
+class QuerySet:
+    """Text queries and, for each, the indices of the relevant images (negative: missing from the collection)."""
+
+    queries: list[str]
+    relevant: list[set[int]]
+
+
+def caption_queries(manifest: dict) -> QuerySet:
+    """Each distinct caption is a query; every image carrying that caption is relevant."""
+    by_text: dict[str, set[int]] = {}
+    for entry in manifest["captions"]:
+        by_text.setdefault(entry["text"], set()).add(entry["image"])
+    if not by_text:
+        raise InputError("these features have no captions; evaluate with --queries FILE (query,image_path rows)")
+    texts = list(by_text)
+    return QuerySet(texts, [by_text[t] for t in texts])
+
+
+def file_queries(path: str | os.PathLike, manifest: dict) -> QuerySet:
+    """``query,image_path`` rows; several rows per query give its relevant set."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"query file not found: {path}")
+    root = Path(manifest["root"])
+    index = {}
+    for i, img in enumerate(manifest["images"]):
+        p = Path(img["path"])
+        index[str((p if p.is_absolute() else root / p).resolve())] = i
+    grouped: dict[str, set[int]] = {}
+    missing = 0
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, skipinitialspace=True)
+        header = [c.strip().lower() for c in next(reader, [])]
+        if header[:2] != ["query", "image_path"]:
+            raise InputError(f"{path} line 1: the header must be 'query,image_path', got {','.join(header)!r}")
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) < 2 or not row[0].strip():
+                raise InputError(f"{path} line {reader.line_num}: expected 'query,image_path'")
+            image = Path(row[1].strip())
+            full = str((image if image.is_absolute() else path.resolve().parent / image).resolve())
+            if full not in index:
+                missing += 1
+            grouped.setdefault(row[0].strip(), set()).add(index.get(full, -missing))
+    if not grouped:
+        raise InputError(f"{path}: no queries")
+    queries = list(grouped)
+    return QuerySet(queries, [grouped[q] for q in queries])
+
+
+def text_to_image(query_vectors: torch.Tensor, image_features: torch.Tensor, relevant: list[set[int]]) -> dict:
+    return retrieval_metrics((query_vectors @ image_features.T).numpy(), relevant)
+
+
+def image_to_text(manifest: dict, image_features: torch.Tensor, caption_vectors: torch.Tensor,
+                  captions: list[str]) -> dict:
+    """Each image queries the distinct captions; its own captions (and identical texts) are relevant."""
+    position = {t: i for i, t in enumerate(captions)}
+    relevant = [{position[t] for t in img.get("captions", []) if t in position} for img in manifest["images"]]
+    return retrieval_metrics((image_features @ caption_vectors.T).numpy(), relevant)

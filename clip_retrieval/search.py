@@ -105,6 +105,18 @@ class Searcher:
         embeddings = self.encoder.encode_texts([p.text for p in expansion.phrases])
         return pool(embeddings, [p.weight for p in expansion.phrases])
 
+    def query_vectors(self, queries: list[str], expand: bool = True) -> torch.Tensor:
+        """Pooled vectors for many queries, every phrasing of every query encoded in one pass."""
+        expansions = [self.expand(clean_query(q)[0], expand) for q in queries]
+        phrases = [p for e in expansions for p in e.phrases]
+        embeddings = self.encoder.encode_texts([p.text for p in phrases])
+        out, start = [], 0
+        for e in expansions:
+            n = len(e.phrases)
+            out.append(pool(embeddings[start:start + n], [p.weight for p in e.phrases]))
+            start += n
+        return torch.stack(out) if out else torch.empty(0, self.encoder.dim)
+
     def search_vector(self, vector: torch.Tensor, k: int) -> list[Hit]:
         idx, scores = exact_topk(self._matrix, vector.numpy().astype(np.float32), k)
         hits = []

@@ -61,3 +61,21 @@ def test_bad_arguments(train_csv, tiny_arch, tmp_path):
         train(train_csv, tmp_path / "empty", arch=str(tiny_arch), resume=True, quiet=True)
     with pytest.raises(InputError, match="unknown architecture"):
         train(train_csv, tmp_path, arch="no-such-arch", quiet=True)
+
+
+@pytest.mark.slow
+def test_cli_fine_tunes_the_demo_model_and_the_result_searches(train_csv, tmp_path):
+    from tests.e2e.test_scripts import run
+
+    proc = run("clip_retrieval", "train", "--csv", str(train_csv), "--model", "demo", "--out", str(tmp_path / "ft"),
+               "--epochs", "1", "--batch-size", "32", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "best validation Recall@1" in proc.stdout
+    best = tmp_path / "ft" / "best"
+    proc = run("clip_retrieval", "extract", "--csv", str(train_csv), "--model", "open_clip:finetuned",
+               "--checkpoint", str(best), "--out", str(tmp_path / "feats"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    proc = run("clip_retrieval", "search", "--features", str(tmp_path / "feats"), "--query", "雪地里的哈士奇",
+               "--top-k", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert all("husky_snow" in r["image_path"] for r in json.loads(proc.stdout)["results"])

@@ -1,0 +1,80 @@
+"""Metrics against hand-computed cases, and the evaluation harness on real features."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from clip_retrieval import api
+from clip_retrieval.evaluate import query_metrics, ranks_of_relevant, retrieval_metrics
+
+from tests.conftest import ROOT
+
+
+def test_several_relevant_items():
+    m = query_metrics(np.array([0.9, 0.8, 0.7, 0.6]), {1, 3})
+    assert m["recall@1"] == 0.0 and m["recall@5"] == 1.0
+    assert m["map"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    ideal = 1 + 1 / math.log2(3)
+    assert m["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / ideal)
+    assert m["rank"] == 2
+
+
+def test_ties_rank_relevant_items_last():
+    assert ranks_of_relevant(np.array([0.5, 0.5, 0.5]), {0}) == [3]
+    m = query_metrics(np.array([0.5, 0.5, 0.5]), {0})
+    assert m["recall@1"] == 0.0 and m["map"] == pytest.approx(1 / 3)
+    assert ranks_of_relevant(np.array([0.5, 0.9, 0.5]), {0, 2}) == [2, 3]
+
+
+def test_relevant_item_missing_from_the_collection_counts_against_map():
+    m = query_metrics(np.array([0.9, 0.1]), {0, -1})
+    assert m["recall@1"] == 1.0
+    assert m["map"] == pytest.approx(0.5)
+    assert m["ndcg@10"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+
+
+def test_averages_and_ranks():
+    scores = np.array([[0.9, 0.1, 0.0], [0.1, 0.2, 0.9], [0.3, 0.2, 0.1]])
+    m = retrieval_metrics(scores, [{0}, {1}, {2}])
+    assert m["recall@1"] == pytest.approx(1 / 3)
+    assert m["map"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    assert m["mean_rank"] == pytest.approx(2.0) and m["median_rank"] == 2.0
+    with pytest.raises(ValueError):
+        retrieval_metrics(scores, [{0}])
+
+
+def test_eval_over_captions_and_query_file(tiny_features, small_collection, tmp_path):
+    report = api.evaluate(tiny_features, rules=ROOT / "rules" / "expansions.yaml", compare_expansion=True,
+                          device="cpu")
+    assert set(report["text_to_image"]) == {"no_expansion", "expansion"}
+    captions = {line.split(",", 1)[1] for line in small_collection.read_text(encoding="utf-8").splitlines()[1:]}
+    assert report["queries"] == len(captions)  # identical captions are one query
+    for key in ("recall@1", "recall@5", "recall@10", "map", "ndcg@10", "mean_rank", "median_rank"):
+        assert 0 <= report["image_to_text"][key] <= 40
+    queries = tmp_path / "queries.csv"
+    images = sorted((small_collection.parent / "images").iterdir())
+    queries.write_text("query,image_path\n金毛," + str(images[0]) + "\n金毛," + str(images[1])
+                       + "\n灰猫,images/nope.png\n", encoding="utf-8")
+    report = api.evaluate(tiny_features, queries=queries, rules=None, device="cpu")
+    assert report["queries"] == 2 and report["text_to_image"]["queries"] == 2
+
+
+@pytest.mark.slow
+def test_demo_benchmark_meets_its_targets():
+    from tests.e2e.test_scripts import run
+
+    proc = run("clip_retrieval", "eval", "--benchmark", "demo", "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert set(report) == {"canonical", "paraphrased"}
+    for name in report:
+        for mode in ("no_expansion", "expansion"):
+            assert set(report[name][mode]) == {"recall@1", "recall@5", "recall@10", "map", "ndcg@10"}
+    canon, para = report["canonical"], report["paraphrased"]
+    assert canon["expansion"]["recall@5"] >= 0.9
+    assert para["expansion"]["recall@5"] - para["no_expansion"]["recall@5"] >= 0.2
+    assert canon["no_expansion"]["recall@5"] - canon["expansion"]["recall@5"] <= 0.02
