@@ -10,13 +10,14 @@ import logging
 import os
 from pathlib import Path
 
-from . import searchlog, store
+from . import ann, searchlog, store
 from .dataset import DEFAULT_MAX_PIXELS, read_captions, scan_images
-from .encoders import DEFAULT_MODEL, Encoder, load_encoder
+from .encoders import DEFAULT_MODEL, load_encoder
+from .encoders.base import Encoder
 from .errors import InputError
 from .expansion import DEFAULT_RULES, RuleTable, load_rules
 from .extract import ExtractResult, extract
-from .search import Searcher, SearchResult
+from .search import Searcher, SearchResult, build_expansion_cache
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,29 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                      model: str = DEFAULT_MODEL, checkpoint: str | None = None, out: str | os.PathLike = "outputs",
                      batch_size: int = 32, num_workers: int | None = None, device: str = "auto",
                      quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     encoder: Encoder | None = None) -> ExtractResult:
-    """Validate the collection first (cheap), then load the model and encode it."""
+                     encoder: Encoder | None = None,
+                     rules: str | os.PathLike | None = DEFAULT_RULES, update: bool = False) -> ExtractResult:
+    """Validate the collection first (cheap), then load the model and encode it.
+
+    When the rules file exists, the expansion cache is built too, so first searches are fast.
+    ``update`` re-encodes only what changed since the features already in ``out``.
+    """
     if csv is not None and images is not None:
         raise InputError("give either --csv or --images, not both")
     coll = scan_images(images) if images is not None else read_captions(csv or "data/captions.csv")
+    previous = None
+    if update and (Path(out) / store.MANIFEST_FILE).is_file():
+        previous = store.load(out)
+        previous.check_model(model)
     encoder = encoder or load_encoder(model, checkpoint, device)
+    if previous is not None and previous.model_fingerprint != encoder.fingerprint:
+        raise InputError(f"--update: {out} was built with other {model} weights ({previous.model_fingerprint}, "
+                         f"now {encoder.fingerprint}); run a full extract without --update")
     result = extract(encoder, coll, out, batch_size=batch_size, num_workers=num_workers, quiet=quiet,
-                     max_pixels=max_pixels, checkpoint=checkpoint)
+                     max_pixels=max_pixels, checkpoint=checkpoint, previous=previous)
+    if rules is not None and Path(rules).is_file():
+        table = load_rules(rules)
+        store.save_expansion_cache(out, *build_expansion_cache(encoder, table), encoder.fingerprint, table.sha256)
     return result
 
 
@@ -47,21 +63,39 @@ def encoder_for(manifest: dict, checkpoint: str | None = None, device: str = "au
 
 def open_searcher(features: str | os.PathLike = "outputs", model: str | None = None,
                   checkpoint: str | None = None, rules: str | os.PathLike | None = DEFAULT_RULES,
-                  device: str = "auto", encoder: Encoder | None = None) -> Searcher:
-    """Load features, the model that built them and the rules table (``rules=None``: no expansion)."""
+                  device: str = "auto", encoder: Encoder | None = None, exact: bool = False) -> Searcher:
+    """Load features and the rules table (``rules=None``: no expansion); the model loads on first need.
+
+    An ANN index beside the features is used unless ``exact`` is set.
+
+    The expansion cache beside the features is used when it matches the model and rules,
+    and rebuilt (which loads the model) when it does not.
+    """
     feats = store.load(features, with_text=False)
     feats.check_model(model)
     table: RuleTable | None = load_rules(rules) if rules is not None else None
-    encoder = encoder or encoder_for(feats.manifest, checkpoint, device)
-    return Searcher(feats, encoder, table)
+    index = None
+    if not exact and (Path(features) / ann.INDEX_FILE).is_file():
+        index = ann.load(features, feats.fingerprint)
+    searcher = Searcher(feats, encoder or (lambda: encoder_for(feats.manifest, checkpoint, device)), table, ann=index)
+    if table is not None:
+        fingerprint = feats.model_fingerprint
+        cache = store.load_expansion_cache(features, fingerprint, table.sha256)
+        if cache is None:
+            log.info("building the expansion cache for %s", table.path)
+            cache = build_expansion_cache(searcher.encoder, table)
+            store.save_expansion_cache(features, *cache, fingerprint, table.sha256)
+        searcher.use_cache(*cache)
+    return searcher
 
 
 def record_for(searcher: Searcher, result: SearchResult) -> dict:
     rules = searcher.rules
+    used = rules is not None and result.expand
     return searchlog.make_record(
-        result, model_fingerprint=searcher.encoder.fingerprint, features_fingerprint=searcher.store.fingerprint,
-        features_dir=str(searcher.store.folder), rules_sha256=rules.sha256 if rules and result.expand else None,
-        rules_path=rules.path if rules and result.expand else None)
+        result, model_fingerprint=searcher.model_fingerprint, features_fingerprint=searcher.store.fingerprint,
+        features_dir=str(searcher.store.folder), rules_sha256=rules.sha256 if used else None,
+        rules_path=rules.path if used else None)
 
 
 def search(searcher: Searcher, query: str, k: int = 5, expand: bool = True,
@@ -141,3 +175,11 @@ def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAUL
         report[name] = evaluate(out, queries=path, rules=rules, compare_expansion=True,
                                 encoder=encoder)["text_to_image"]
     return report
+
+
+def build_index(features: str | os.PathLike = "outputs", kind: str = "auto", fp16: bool = False) -> dict:
+    """Build the ANN index beside a features folder; returns what was built (kind, time, memory, size)."""
+    feats = store.load(features, with_text=False)
+    built = ann.build(feats.image_matrix(), kind=kind, fp16=fp16)
+    ann.save(features, built, feats.fingerprint)
+    return built.meta

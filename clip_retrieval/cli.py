@@ -63,10 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default: cores-1, 1 to 4)")
     p.add_argument("--max-pixels", type=int, default=None, help="skip images with more pixels (default: 89 million)")
+    p.add_argument("--rules", default="rules/expansions.yaml",
+                   help="expansion table whose phrasings are pre-encoded beside the features")
+    p.add_argument("--update", action="store_true",
+                   help="re-encode only new or changed images and captions; drop removed ones")
     _common(p)
 
     p = sub.add_parser("search", help="search the features with a text query")
     _search_options(p)
+    p.add_argument("--exact", action="store_true", help="scan every vector even when an ANN index exists")
+
+    p = sub.add_parser("index", help="build an ANN index beside the features (used by search when present)")
+    p.add_argument("--features", default="outputs", help="features folder made by extract (default: outputs)")
+    p.add_argument("--backend", default="faiss", choices=["faiss"])
+    p.add_argument("--kind", default="auto", choices=["auto", "hnsw", "ivf", "flat"],
+                   help="auto: exact below 20k vectors, HNSW up to 300k, IVF above")
+    p.add_argument("--fp16", action="store_true", help="store vectors as float16 (half the memory)")
+    _common(p)
 
     p = sub.add_parser("train", help="train (--arch) or fine-tune (--model) a CLIP model on a captions file")
     p.add_argument("--csv", required=True, help="captions file with image_path,caption columns")
@@ -108,10 +121,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     result = api.extract_features(csv=args.csv, images=args.images, model=args.model, checkpoint=args.checkpoint,
                                   out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
                                   device=args.device, quiet=args.quiet,
-                                  max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+                                  max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, rules=args.rules,
+                                  update=args.update)
     counts = result.manifest["counts"]
     print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
-          f"{counts['skipped']} skipped -> {args.out}")
+          f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "
+          f"reused {result.reused_images})")
     for entry in result.skipped:
         print(f"  skipped / 跳过: {entry['path']} (row {entry['row']}): {entry['reason']}", file=sys.stderr)
     return EXIT_OK
@@ -148,7 +163,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from . import api
 
     searcher = api.open_searcher(args.features, model=args.model, checkpoint=args.checkpoint,
-                                 rules=None if args.no_expand else args.rules, device=args.device)
+                                 rules=None if args.no_expand else args.rules, device=args.device,
+                                 exact=getattr(args, "exact", False))
     status = EXIT_OK
     for query in _queries(args):
         if args.query is None and not query.strip():
@@ -237,7 +253,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
+def cmd_index(args: argparse.Namespace) -> int:
+    from . import api
+
+    meta = api.build_index(args.features, kind=args.kind, fp16=args.fp16)
+    print(f"索引 / index: {meta['kind']}{' fp16' if meta['fp16'] else ''} over {meta['count']} vectors in "
+          f"{meta['build_seconds']:.1f} s, {meta['size_bytes'] / 1e6:.1f} MB on disk -> {args.features}")
+    return EXIT_OK
+
+
+COMMANDS = {"index": cmd_index, "extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
             "replay": cmd_replay}
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import store
 from .dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images, sha256_file
-from .encoders import Encoder
+from .encoders.base import Encoder
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -34,22 +34,30 @@ def default_workers() -> int:
 class ExtractResult:
     manifest: dict
     skipped: list[dict] = field(default_factory=list)
+    encoded_images: int = 0
+    reused_images: int = 0
+    encoded_captions: int = 0
 
 
-def encode_collection_images(encoder: Encoder, coll: Collection, batch_size: int = 32,
-                             num_workers: int | None = None, quiet: bool = False,
-                             max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, list[str], list[tuple[int, str, str]]]:
-    """Encode every image; returns (features of the kept images in order, all hashes, skipped)."""
-    paths = [coll.resolve(p) for p in coll.images]
+def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num_workers: int | None = None,
+                  quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[tuple[int, str, str]]]:
+    """Encode image files in batches, decoding in worker processes while the model runs.
+
+    Returns (features with a row per path, mask of rows encoded, content hashes, skipped as
+    (position, hash, reason)).
+    """
+    feats = torch.zeros(len(paths), encoder.dim)
+    kept = torch.zeros(len(paths), dtype=torch.bool)
+    hashes = [""] * len(paths)
+    skipped: list[tuple[int, str, str]] = []
+    if not paths:
+        return feats, kept, hashes, skipped
     dataset = ImageFiles(paths, encoder.preprocess, encoder.image_size, max_pixels)
     workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
                         pin_memory=encoder.device.type == "cuda",
                         prefetch_factor=4 if workers else None, persistent_workers=False)
-    feats = torch.empty(len(paths), encoder.dim)
-    kept = torch.zeros(len(paths), dtype=torch.bool)
-    hashes = [""] * len(paths)
-    skipped: list[tuple[int, str, str]] = []
     with tqdm(total=len(paths), desc="images / 图片", unit="img", disable=quiet) as bar:
         for idx, pixels, digests, bad in loader:
             if pixels is not None:
@@ -61,38 +69,73 @@ def encode_collection_images(encoder: Encoder, coll: Collection, batch_size: int
                 hashes[i] = h
                 skipped.append((i, h, reason))
             bar.update(len(idx) + len(bad))
-    return feats[kept], hashes, sorted(skipped)
+    return feats, kept, hashes, sorted(skipped)
+
+
+def _reusable(coll: Collection, paths: list[Path], stats: list[os.stat_result],
+              previous: store.FeatureStore) -> dict[int, tuple[int, str]]:
+    """Images whose content is unchanged since ``previous``: position -> (old row, sha256).
+
+    Size and modification time unchanged means unchanged (as make and rsync assume); when
+    either differs the content hash decides, so a touched but identical file is not re-encoded.
+    """
+    old_root = Path(previous.manifest["root"])
+    old = {}
+    for row, entry in enumerate(previous.manifest["images"]):
+        p = Path(entry["path"])
+        old[str(p if p.is_absolute() else old_root / p)] = (row, entry)
+    reuse = {}
+    for i, (path, st) in enumerate(zip(paths, stats)):
+        hit = old.get(str(path))
+        if hit is None:
+            continue
+        row, entry = hit
+        if (entry.get("size"), entry.get("mtime_ns")) == (st.st_size, st.st_mtime_ns) or \
+                sha256_file(path) == entry["sha256"]:
+            reuse[i] = (row, entry["sha256"])
+    return reuse
 
 
 def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_size: int = 32,
             num_workers: int | None = None, quiet: bool = False,
-            max_pixels: int = DEFAULT_MAX_PIXELS, checkpoint: str | None = None) -> ExtractResult:
+            max_pixels: int = DEFAULT_MAX_PIXELS, checkpoint: str | None = None,
+            previous: store.FeatureStore | None = None) -> ExtractResult:
     """Encode a collection and save features + manifest under ``out`` (atomically).
 
-    ``checkpoint`` is recorded so a later search loads the same local weights by itself.
+    With ``previous`` (features made by the same model), only new or changed images and
+    new captions are encoded; removed rows are dropped. ``checkpoint`` is recorded so a
+    later search loads the same local weights by itself.
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    image_feats, hashes, skipped = encode_collection_images(
-        encoder, coll, batch_size, num_workers, quiet, max_pixels)
-    skipped_ids = {i for i, _, _ in skipped}
-    keep = [i for i in range(len(coll.images)) if i not in skipped_ids]
+    paths = [coll.resolve(p) for p in coll.images]
+    stats = [p.stat() for p in paths]
+    reuse = _reusable(coll, paths, stats, previous) if previous is not None else {}
+    todo = [i for i in range(len(paths)) if i not in reuse]
+    new_feats, new_kept, new_hashes, new_skipped = encode_images(
+        encoder, [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels)
+    all_feats = torch.zeros(len(paths), encoder.dim)
+    hashes = [""] * len(paths)
+    kept_mask = torch.zeros(len(paths), dtype=torch.bool)
+    for i, (row, digest) in reuse.items():
+        all_feats[i] = previous.image_features[row]
+        hashes[i] = digest
+        kept_mask[i] = True
+    for j, i in enumerate(todo):
+        all_feats[i] = new_feats[j]
+        hashes[i] = new_hashes[j]
+        kept_mask[i] = new_kept[j]
+    skipped = [(todo[j], h, reason) for j, h, reason in new_skipped]
+    keep = [i for i in range(len(paths)) if kept_mask[i]]
     if not keep:
         raise InputError(f"no image in {coll.source} could be read; see the reasons logged above")
+    image_feats = all_feats[keep]
     new_index = {old: new for new, old in enumerate(keep)}
     caption_ids = [c for c, img in enumerate(coll.caption_image) if img in new_index]
     captions = [coll.captions[c] for c in caption_ids]
-    text_feats = torch.empty(0, encoder.dim)
-    if captions:
-        chunks = []
-        with tqdm(total=len(captions), desc="captions / 文本", unit="txt", disable=quiet) as bar:
-            for start in range(0, len(captions), 256):
-                chunks.append(encoder.encode_texts(captions[start:start + 256]))
-                bar.update(len(chunks[-1]))
-        text_feats = torch.cat(chunks)
-    images = []
-    for old in keep:
-        images.append({"path": coll.images[old], "sha256": hashes[old], "captions": []})
+    text_feats, encoded_captions = _caption_features(encoder, captions, previous, quiet)
+    images = [{"path": coll.images[old], "sha256": hashes[old], "size": stats[old].st_size,
+               "mtime_ns": stats[old].st_mtime_ns, "captions": []} for old in keep]
     caption_entries = []
     for c in caption_ids:
         img = new_index[coll.caption_image[c]]
@@ -120,4 +163,24 @@ def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_si
                         "device": str(encoder.device)},
     }
     written = store.save(out, image_feats, text_feats, manifest)
-    return ExtractResult(manifest=written, skipped=skipped_entries)
+    return ExtractResult(manifest=written, skipped=skipped_entries, encoded_images=len(todo),
+                         reused_images=len(reuse), encoded_captions=encoded_captions)
+
+
+def _caption_features(encoder: Encoder, captions: list[str], previous: store.FeatureStore | None,
+                      quiet: bool) -> tuple[torch.Tensor, int]:
+    """Caption vectors, reusing ``previous`` ones for identical texts; returns (features, how many encoded)."""
+    known: dict[str, int] = {}
+    if previous is not None and previous.text_features.shape[0] == len(previous.manifest["captions"]):
+        known = {c["text"]: row for row, c in enumerate(previous.manifest["captions"])}
+    todo = list(dict.fromkeys(t for t in captions if t not in known))
+    fresh: dict[str, torch.Tensor] = {}
+    with tqdm(total=len(todo), desc="captions / 文本", unit="txt", disable=quiet or not todo) as bar:
+        for start in range(0, len(todo), 256):
+            chunk = todo[start:start + 256]
+            fresh.update(zip(chunk, encoder.encode_texts(chunk)))
+            bar.update(len(chunk))
+    if not captions:
+        return torch.empty(0, encoder.dim), 0
+    rows = [fresh[t] if t in fresh else previous.text_features[known[t]] for t in captions]
+    return torch.stack(rows), len(todo)

@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 IMAGE_FILE = "image_features.pt"
 TEXT_FILE = "text_features.pt"
 MANIFEST_FILE = "manifest.json"
+EXPANSION_CACHE_FILE = "expansion_cache.pt"
 
 
 def tensor_fingerprint(tensor: torch.Tensor) -> str:
@@ -201,3 +202,29 @@ def load(folder: str | os.PathLike, with_text: bool = True) -> FeatureStore:
         raise FeatureStoreError(f"{folder}: {images.shape[0]} image vectors but {len(manifest['images'])} "
                                 f"images in the manifest; rebuild with clip-retrieval extract --out {folder}")
     return FeatureStore(folder=folder, manifest=manifest, image_features=images, text_features=texts)
+
+
+def save_expansion_cache(folder: str | os.PathLike, texts: list[str], embeddings: torch.Tensor,
+                         model_fingerprint: str, rules_sha256: str) -> Path:
+    """Embeddings of every phrase in a rules file, tagged with the model and rules they came from."""
+    path = Path(folder) / EXPANSION_CACHE_FILE
+    payload = {"texts": list(texts), "embeddings": embeddings.float().contiguous(),
+               "model_fingerprint": model_fingerprint, "rules_sha256": rules_sha256, "format_version": FORMAT_VERSION}
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    return path
+
+
+def load_expansion_cache(folder: str | os.PathLike, model_fingerprint: str,
+                         rules_sha256: str) -> tuple[list[str], torch.Tensor] | None:
+    """The cached phrases and embeddings, or None when missing or made for another model or rules file."""
+    path = Path(folder) / EXPANSION_CACHE_FILE
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a damaged cache is rebuilt, never trusted
+        return None
+    if (payload.get("model_fingerprint") != model_fingerprint or payload.get("rules_sha256") != rules_sha256
+            or payload.get("format_version") != FORMAT_VERSION):
+        return None
+    return payload["texts"], payload["embeddings"]

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import InputError, ModelUnavailableError
-from .base import Encoder
+if TYPE_CHECKING:  # torch loads only when a model does, so `--help` and argument errors stay instant
+    import torch
+
+    from .base import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _load_demo(spec: str, checkpoint: str | None, device: torch.device) -> Encod
     return encoder
 
 
-FAMILIES: dict[str, Callable[[str, str | None, torch.device], Encoder]] = {
+FAMILIES: dict[str, Callable[[str, str | None, "torch.device"], "Encoder"]] = {
     "open_clip": _load_open_clip,
     "cn_clip": _load_cn_clip,
     DEMO_MODEL: _load_demo,
@@ -67,6 +68,8 @@ def parse_model_name(name: str) -> tuple[str, str]:
 
 def select_device(requested: str = "auto") -> torch.device:
     """cuda, then mps, then cpu, unless told; asking for a device that is absent is an input error."""
+    import torch
+
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -90,6 +93,13 @@ def load_encoder(name: str = DEFAULT_MODEL, checkpoint: str | None = None, devic
     dev = select_device(device)
     log.info("loading %s on %s", name, dev)
     return FAMILIES[family](spec, checkpoint, dev)
+
+
+def __getattr__(name: str):
+    if name == "Encoder":
+        from .base import Encoder
+        return Encoder
+    raise AttributeError(name)
 
 
 __all__ = ["Encoder", "load_encoder", "parse_model_name", "select_device", "DEFAULT_MODEL", "DEMO_MODEL", "FAMILIES"]

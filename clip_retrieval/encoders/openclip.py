@@ -125,23 +125,29 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
         warnings.simplefilter("ignore", UserWarning)
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name, pretrained=pretrained, device=device, weights_only=True, **kwargs)
-    model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
     model_cfg = open_clip.get_model_config(arch) or {}
     if model_name.startswith("local-dir:"):
         model_cfg = json.loads((Path(checkpoint) / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]
+    name = f"open_clip:{spec}" if tag else f"open_clip:{arch}"
+    return wrap(model, preprocess, tokenizer, name, file_fingerprint(weights),
+                _languages(model_cfg, declared), device, model_cfg.get("embed_dim"))
+
+
+def wrap(model: torch.nn.Module, preprocess, tokenizer, name: str, fingerprint: str, languages: frozenset[str],
+         device: torch.device, dim: int | None = None) -> Encoder:
+    """An ``Encoder`` around an open_clip model and its own tokenizer and transform."""
+    model.eval()
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    dim = model_cfg.get("embed_dim")
     if dim is None:
         with torch.inference_mode():
             dim = model.encode_text(tokenizer(["a"]).to(device)).shape[-1]
-    name = f"open_clip:{spec}" if tag else f"open_clip:{arch}"
     return Encoder(
         name=name,
-        fingerprint=file_fingerprint(weights),
+        fingerprint=fingerprint,
         dim=int(dim),
-        languages=_languages(model_cfg, declared),
+        languages=languages,
         preprocess=preprocess,
         device=device,
         image_size=size,
@@ -153,6 +159,20 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
         _encode_tokens=text_encoder_fn(model),
         autocast=device.type == "cuda",
     )
+
+
+def random_encoder(arch: str = "ViT-B-32", seed: int = 0, device: str = "cpu") -> Encoder:
+    """A built-in architecture with seeded random weights: same cost as the pretrained one (benchmarks)."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device)
+    from .base import state_dict_fingerprint
+
+    return wrap(model, preprocess, open_clip.get_tokenizer(arch), f"open_clip:{arch}/random-{seed}",
+                state_dict_fingerprint(model), frozenset({"en"}), torch.device(device))
 
 
 def build_model(model_cfg: dict, seed: int | None = None) -> torch.nn.Module:

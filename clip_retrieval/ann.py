@@ -1,0 +1,127 @@
+"""Approximate nearest-neighbour indexes beside the features (FAISS).
+
+Owns building, saving, loading and querying ``index.faiss`` + ``index.json``. The kind is
+chosen by size: below ``EXACT_BELOW`` vectors the exact scan is already fast, up to
+``HNSW_UP_TO`` an HNSW graph, above that an inverted file (IVF). The index records the
+features fingerprint it was built from; a stale one is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .store import write_atomic
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+INDEX_META = "index.json"
+EXACT_BELOW = 20_000
+HNSW_UP_TO = 300_000
+KINDS = ("auto", "hnsw", "ivf", "flat")
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:
+        raise InputError("the faiss backend needs faiss-cpu: pip install 'clip_retrieval[ann]'") from exc
+    return faiss
+
+
+def choose_kind(n: int) -> str:
+    return "flat" if n < EXACT_BELOW else "hnsw" if n <= HNSW_UP_TO else "ivf"
+
+
+@dataclass
+class AnnIndex:
+    index: object
+    meta: dict
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, scores) for a ``[Q, D]`` float32 batch, best first; -1 marks no result."""
+        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return ids, scores
+
+
+def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int = 0) -> AnnIndex:
+    """Build an inner-product index over unit vectors; returns it with build time and memory measured."""
+    faiss = _faiss()
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    kind = choose_kind(n) if kind == "auto" else kind
+    if kind not in KINDS:
+        raise InputError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    metric = faiss.METRIC_INNER_PRODUCT
+    params: dict = {}
+    if kind == "flat":
+        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, metric) if fp16 else faiss.IndexFlatIP(d)
+        index.add(vectors)
+    elif kind == "hnsw":
+        params = {"M": 32, "ef_construction": 80, "ef_search": 96}
+        index = (faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, params["M"], metric) if fp16
+                 else faiss.IndexHNSWFlat(d, params["M"], metric))
+        index.hnsw.efConstruction = params["ef_construction"]
+        if fp16:
+            index.train(vectors)
+        index.add(vectors)
+        index.hnsw.efSearch = params["ef_search"]
+    else:
+        nlist = int(4 * math.sqrt(n))
+        params = {"nlist": nlist, "nprobe": max(8, nlist // 64)}
+        quantizer = faiss.IndexFlatIP(d)
+        index = (faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, metric) if fp16
+                 else faiss.IndexIVFFlat(quantizer, d, nlist, metric))
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(n, size=min(n, nlist * 64), replace=False)]
+        index.cp.seed = seed
+        index.train(sample)
+        index.add(vectors)
+        index.nprobe = params["nprobe"]
+    seconds = time.perf_counter() - start
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    meta = {"backend": "faiss", "kind": kind, "fp16": fp16, "count": n, "dim": d, "params": params,
+            "build_seconds": round(seconds, 3), "build_peak_rss_growth_mb": round(grown_mb, 1)}
+    return AnnIndex(index, meta)
+
+
+def save(folder: str | os.PathLike, ann: AnnIndex, features_fingerprint: str) -> Path:
+    folder = Path(folder)
+    faiss = _faiss()
+    write_atomic(folder / INDEX_FILE, lambda tmp: faiss.write_index(ann.index, str(tmp)))
+    meta = dict(ann.meta, features_fingerprint=features_fingerprint,
+                size_bytes=(folder / INDEX_FILE).stat().st_size)
+    write_atomic(folder / INDEX_META, lambda tmp: tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+    ann.meta = meta
+    return folder / INDEX_FILE
+
+
+def load(folder: str | os.PathLike, features_fingerprint: str) -> AnnIndex | None:
+    """The index beside these features, or None when there is none or it was built from other features."""
+    folder = Path(folder)
+    if not (folder / INDEX_FILE).is_file() or not (folder / INDEX_META).is_file():
+        return None
+    meta = json.loads((folder / INDEX_META).read_text(encoding="utf-8"))
+    if meta.get("features_fingerprint") != features_fingerprint:
+        log.warning("ignoring %s: built from other features; rebuild with clip-retrieval index --features %s",
+                    folder / INDEX_FILE, folder)
+        return None
+    faiss = _faiss()
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    if meta["kind"] == "hnsw":
+        faiss.downcast_index(index).hnsw.efSearch = meta["params"]["ef_search"]
+    elif meta["kind"] == "ivf":
+        faiss.extract_index_ivf(index).nprobe = meta["params"]["nprobe"]
+    return AnnIndex(index, meta)

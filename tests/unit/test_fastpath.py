@@ -1,0 +1,135 @@
+"""The fast path: expansion cache, incremental update, ANN index."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_retrieval import ann, api, store
+from clip_retrieval.search import Searcher, exact_topk
+
+from tests.conftest import ROOT, TINY_OPEN_CLIP
+
+RULES = ROOT / "rules" / "expansions.yaml"
+
+
+def _extract(csv, checkpoint, out, **kw):
+    return api.extract_features(csv=csv, model="open_clip:tiny", checkpoint=str(checkpoint), out=out,
+                                num_workers=0, device="cpu", quiet=True, **kw)
+
+
+def test_cache_hit_needs_no_text_encoding(small_collection, tiny_open_clip, tmp_path):
+    _extract(small_collection, tiny_open_clip, tmp_path, rules=RULES)
+    assert (tmp_path / store.EXPANSION_CACHE_FILE).is_file()
+    loads = []
+
+    def load():
+        loads.append(1)
+        return api.encoder_for(store.read_manifest(tmp_path), device="cpu")
+
+    feats = store.load(tmp_path, with_text=False)
+    from clip_retrieval.expansion import load_rules
+    table = load_rules(RULES)
+    cached = store.load_expansion_cache(tmp_path, feats.model_fingerprint, table.sha256)
+    searcher = Searcher(feats, load, table, cache=cached)
+    hit = searcher.search_text("金毛", k=3)
+    assert loads == [] and len(hit.expansions) >= 2
+    miss = searcher.search_text("金毛在雪地里打滚", k=3)   # substituted phrasings are not in the cache
+    assert loads == [1]
+    # the cached answer equals encoding everything afresh
+    fresh = Searcher(feats, searcher.encoder, table)
+    assert [h.index for h in fresh.search_text("金毛", k=3).results] == [h.index for h in hit.results]
+    assert np.allclose([h.score for h in fresh.search_text("金毛", k=3).results],
+                       [h.score for h in hit.results], atol=1e-5)
+    assert miss.results
+
+
+def test_cache_invalidated_when_rules_or_model_change(small_collection, tiny_open_clip, tmp_path):
+    from clip_retrieval.encoders.openclip import build_model, save_checkpoint_dir
+
+    rules = tmp_path / "rules.yaml"
+    shutil.copy(RULES, rules)
+    out = tmp_path / "f"
+    _extract(small_collection, tiny_open_clip, out, rules=rules)
+    feats = store.load(out)
+    from clip_retrieval.expansion import load_rules
+    sha = load_rules(rules).sha256
+    assert store.load_expansion_cache(out, feats.model_fingerprint, sha) is not None
+    rules.write_text(rules.read_text(encoding="utf-8").replace("golden retriever dog", "golden dog"), encoding="utf-8")
+    new_sha = load_rules(rules).sha256
+    assert store.load_expansion_cache(out, feats.model_fingerprint, new_sha) is None
+    searcher = api.open_searcher(out, rules=rules, device="cpu")   # rebuilds for the new rules
+    texts, _ = store.load_expansion_cache(out, feats.model_fingerprint, new_sha)
+    assert "a golden dog" in texts and "a golden retriever dog" not in texts
+    assert searcher.search_text("金毛").results
+
+    other = save_checkpoint_dir(build_model(TINY_OPEN_CLIP, seed=5), TINY_OPEN_CLIP, tmp_path / "m2")
+    _extract(small_collection, other, out, rules=None)
+    refreshed = store.load(out)
+    assert store.load_expansion_cache(out, refreshed.model_fingerprint, new_sha) is None
+
+
+def test_update_equals_full_rebuild_and_encodes_only_changes(small_collection, tiny_open_clip, tmp_path):
+    src = tmp_path / "coll"
+    shutil.copytree(small_collection.parent, src)
+    csv = src / "captions.csv"
+    _extract(csv, tiny_open_clip, tmp_path / "inc")
+    lines = csv.read_text(encoding="utf-8").splitlines()
+    changed_image = lines[3].split(",")[0]
+    Image.new("RGB", (64, 64), (250, 0, 250)).save(src / changed_image)
+    lines[5] = lines[5].split(",")[0] + ",一个全新的描述"
+    removed = lines.pop(7)
+    Image.new("RGB", (64, 64), (0, 250, 250)).save(src / "images" / "new.png")
+    lines.append("images/new.png,新图片")
+    os.utime(src / lines[10].split(",")[0])  # touched, same content: the hash keeps it
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    result = _extract(csv, tiny_open_clip, tmp_path / "inc", update=True)
+    assert result.encoded_images == 2 and result.reused_images == 30
+    assert result.encoded_captions == 2
+    _extract(csv, tiny_open_clip, tmp_path / "full")
+    inc, full = store.load(tmp_path / "inc"), store.load(tmp_path / "full")
+    assert torch.allclose(inc.image_features, full.image_features, atol=1e-6)
+    assert torch.allclose(inc.text_features, full.text_features, atol=1e-6)
+    assert inc.manifest["images"] == full.manifest["images"]
+    assert inc.manifest["captions"] == full.manifest["captions"]
+    assert removed.split(",")[0] not in [i["path"] for i in inc.manifest["images"]]
+
+
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(8, n // 200), d)).astype(np.float32)
+    x = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind, fp16", [("hnsw", False), ("ivf", False), ("hnsw", True)])
+def test_ann_recall_against_exact(kind, fp16):
+    x = _clustered(30_000, 64)
+    built = ann.build(x, kind=kind, fp16=fp16)
+    queries = x[:50] + 0.05 * np.random.default_rng(1).standard_normal((50, 64)).astype(np.float32)
+    ids, _ = built.search(queries, 10)
+    recall = np.mean([len(set(ids[q]) & set(exact_topk(x, queries[q], 10)[0])) / 10 for q in range(50)])
+    assert recall >= 0.95, recall
+    assert built.meta["kind"] == kind and built.meta["build_seconds"] >= 0
+
+
+def test_search_uses_the_index_and_ignores_a_stale_one(tiny_features, tmp_path):
+    out = tmp_path / "f"
+    shutil.copytree(tiny_features, out)
+    meta = api.build_index(out, kind="hnsw")
+    assert meta["count"] == 32 and (out / ann.INDEX_FILE).is_file()
+    searcher = api.open_searcher(out, rules=None, device="cpu")
+    exact = api.open_searcher(out, rules=None, device="cpu", exact=True)
+    assert searcher.ann is not None and exact.ann is None
+    assert [h.index for h in searcher.search_text("灰猫", k=5).results] == \
+        [h.index for h in exact.search_text("灰猫", k=5).results]
+    store.save(out, store.load(out).image_features.flip(0), store.load(out).text_features,
+               {k: v for k, v in store.read_manifest(out).items()})
+    assert api.open_searcher(out, rules=None, device="cpu").ann is None
