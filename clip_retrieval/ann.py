@@ -79,13 +79,13 @@ def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int
         index.add(vectors)
         index.hnsw.efSearch = params["ef_search"]
     else:
-        nlist = int(4 * math.sqrt(n))
-        params = {"nlist": nlist, "nprobe": max(8, nlist // 64)}
+        nlist = int(math.sqrt(n))
+        params = {"nlist": nlist, "nprobe": max(16, nlist // 32)}
         quantizer = faiss.IndexFlatIP(d)
         index = (faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, metric) if fp16
                  else faiss.IndexIVFFlat(quantizer, d, nlist, metric))
         rng = np.random.default_rng(seed)
-        sample = vectors[rng.choice(n, size=min(n, nlist * 64), replace=False)]
+        sample = vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)]
         index.cp.seed = seed
         index.train(sample)
         index.add(vectors)

@@ -10,6 +10,9 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from . import ann, searchlog, store
 from .dataset import DEFAULT_MAX_PIXELS, read_captions, scan_images
 from .encoders import DEFAULT_MODEL, load_encoder
@@ -39,10 +42,10 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     previous = None
     if update and (Path(out) / store.MANIFEST_FILE).is_file():
         previous = store.load(out)
-        previous.check_model(model)
+        previous.check_model(encoder.name if encoder else model)
     encoder = encoder or load_encoder(model, checkpoint, device)
     if previous is not None and previous.model_fingerprint != encoder.fingerprint:
-        raise InputError(f"--update: {out} was built with other {model} weights ({previous.model_fingerprint}, "
+        raise InputError(f"--update: {out} was built with other {encoder.name} weights ({previous.model_fingerprint}, "
                          f"now {encoder.fingerprint}); run a full extract without --update")
     result = extract(encoder, coll, out, batch_size=batch_size, num_workers=num_workers, quiet=quiet,
                      max_pixels=max_pixels, checkpoint=checkpoint, previous=previous)
@@ -98,13 +101,29 @@ def record_for(searcher: Searcher, result: SearchResult) -> dict:
         rules_path=rules.path if used else None)
 
 
-def search(searcher: Searcher, query: str, k: int = 5, expand: bool = True,
-           log_dir: str | os.PathLike | None = None) -> tuple[SearchResult, dict]:
-    """Search and append the record to the log in ``log_dir`` (the features folder by default)."""
-    result = searcher.search_text(query, k=k, expand=expand)
+def search(searcher: Searcher, query: str | None = None, k: int = 5, expand: bool = True,
+           log_dir: str | os.PathLike | None = None, image: str | os.PathLike | None = None, to: str = "image",
+           text_weight: float = 0.5, fuse: bool = False) -> tuple[SearchResult, dict]:
+    """Run one search (text, image, or image plus text) and append its record to the log.
+
+    The log goes to ``log_dir`` (the features folder by default).
+    """
+    result = run_query(searcher, query=query, k=k, expand=expand, image=image, to=to, text_weight=text_weight,
+                       fuse=fuse)
     record = record_for(searcher, result)
     searchlog.append(log_dir if log_dir is not None else searcher.store.folder, record)
     return result, record
+
+
+def run_query(searcher: Searcher, query: str | None = None, k: int = 5, expand: bool = True,
+              image: str | os.PathLike | None = None, to: str = "image", text_weight: float = 0.5,
+              fuse: bool = False) -> SearchResult:
+    """Dispatch to the search mode the arguments name (shared by the CLI, the page and replay)."""
+    if image is not None:
+        return searcher.search_image(image, k=k, to=to, text=query, text_weight=text_weight, expand=expand)
+    if to != "image":
+        raise InputError("--to text needs --image PATH (image-to-text search)")
+    return searcher.search_text(query or "", k=k, expand=expand, fuse=fuse)
 
 
 def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None = None,
@@ -121,14 +140,18 @@ def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None =
             encoder = next((s.encoder for s in searchers.values() if s.store.folder == Path(folder)), None)
             searchers[key] = open_searcher(folder, rules=rules, device=device, encoder=encoder)
         searcher = searchers[key]
-        return record_for(searcher, searcher.search_text(record["query"], k=record["k"], expand=record["expand"]))
+        mode = record.get("mode", "text")
+        result = run_query(searcher, query=None if mode == "image" else record["query"], k=record["k"], expand=record["expand"],
+                           image=record.get("image"), to=record.get("to", "image"),
+                           text_weight=record.get("text_weight") or 0.5, fuse=record.get("fuse", False))
+        return record_for(searcher, result)
 
     return searchlog.replay(records, run)
 
 
 def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike | None = None,
              rules: str | os.PathLike | None = DEFAULT_RULES, compare_expansion: bool = False,
-             device: str = "auto", encoder: Encoder | None = None) -> dict:
+             device: str = "auto", encoder: Encoder | None = None, fuse: bool = False) -> dict:
     """Text-to-image and image-to-text metrics over a features folder (its captions or a query file).
 
     With ``compare_expansion`` the text-to-image metrics come twice: ``no_expansion`` and ``expansion``.
@@ -144,7 +167,11 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
     t2i = {("expansion" if m else "no_expansion"): ev.text_to_image(searcher.query_vectors(qs.queries, m),
                                                                        feats.image_features, qs.relevant)
            for m in modes}
-    result["text_to_image"] = t2i if compare_expansion else next(iter(t2i.values()))
+    if fuse:
+        vectors = searcher.query_vectors(qs.queries, rules is not None)
+        fused = np.stack([searcher.fused_scores(v, feats.image_features.shape[0]) for v in vectors])
+        t2i[("expansion" if rules is not None else "no_expansion") + "_fused"] = ev.retrieval_metrics(fused, qs.relevant)
+    result["text_to_image"] = t2i if compare_expansion or fuse else next(iter(t2i.values()))
     if feats.manifest["captions"]:
         texts = list(dict.fromkeys(c["text"] for c in feats.manifest["captions"]))
         result["image_to_text"] = ev.image_to_text(feats.manifest, feats.image_features,
@@ -153,7 +180,7 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
 
 
 def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAULT_RULES, device: str = "auto",
-                   quiet: bool = True) -> dict:
+                   quiet: bool = True, fuse: bool = False) -> dict:
     """The held-out demo benchmark: a collection drawn with seed 2000 (training used 1000, the demo data 0),
     searched with canonical and paraphrased queries, with and without expansion."""
     import csv as csv_module
@@ -173,7 +200,7 @@ def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAUL
             writer.writerow(["query", "image_path"])
             writer.writerows((q, str(collection.parent / p)) for q, p in rows)
         report[name] = evaluate(out, queries=path, rules=rules, compare_expansion=True,
-                                encoder=encoder)["text_to_image"]
+                                encoder=encoder, fuse=fuse)["text_to_image"]
     return report
 
 
@@ -183,3 +210,94 @@ def build_index(features: str | os.PathLike = "outputs", kind: str = "auto", fp1
     built = ann.build(feats.image_matrix(), kind=kind, fp16=fp16)
     ann.save(features, built, feats.fingerprint)
     return built.meta
+
+
+def parse_labels(labels: str | list[str]) -> list[str]:
+    """``猫,狗,鸟`` (ASCII or full-width commas) into distinct non-empty labels."""
+    items = labels.replace("，", ",").split(",") if isinstance(labels, str) else labels
+    out = list(dict.fromkeys(x.strip() for x in items if x.strip()))
+    if len(out) < 2:
+        raise InputError(f"--labels needs at least two labels separated by commas, got {labels!r}")
+    return out
+
+
+def classifier_encoder(model: str | None = None, checkpoint: str | None = None,
+                       features: str | os.PathLike | None = None, device: str = "auto") -> Encoder:
+    """The model named, else the one that built ``features`` (when there are some), else the default."""
+    if model:
+        return load_encoder(model, checkpoint, device)
+    if features is not None and (Path(features) / store.MANIFEST_FILE).is_file():
+        return encoder_for(store.read_manifest(features), checkpoint, device)
+    return load_encoder(DEFAULT_MODEL, checkpoint, device)
+
+
+def label_vectors(encoder: Encoder, labels: list[str], rules: RuleTable | None) -> torch.Tensor:
+    """One vector per label: its expansions in the encoder's languages, each in every prompt template, pooled."""
+    from .expansion import Expansion, Phrase
+    from .search import pool
+
+    prompts, weights, owners = [], [], []
+    for n, label in enumerate(labels):
+        expansion = rules.expand(label, encoder.languages) if rules else Expansion(label, [Phrase(label, "zh")])
+        for phrase in expansion.phrases:
+            for prompt in (rules.prompts(phrase.text, phrase.lang) if rules else [phrase.text]):
+                prompts.append(prompt)
+                weights.append(phrase.weight)
+                owners.append(n)
+    vectors = encoder.encode_texts(prompts)
+    owners_t = torch.tensor(owners)
+    return torch.stack([pool(vectors[owners_t == n], [w for w, o in zip(weights, owners) if o == n])
+                        for n in range(len(labels))])
+
+
+def classify(images: list[str | os.PathLike], labels: str | list[str], encoder: Encoder,
+             rules: str | os.PathLike | None = DEFAULT_RULES) -> list[dict]:
+    """Zero-shot classification: probabilities over the labels from the model's logit scale."""
+    from .dataset import open_image
+
+    names = parse_labels(labels)
+    table = load_rules(rules) if rules is not None else None
+    classes = label_vectors(encoder, names, table)
+    out = []
+    for path in images:
+        try:
+            img = open_image(Path(path).read_bytes(), encoder.image_size)
+        except OSError as exc:
+            raise InputError(f"image not readable: {path} ({exc.strerror or exc})") from exc
+        except ValueError as exc:
+            raise InputError(f"image {path}: {exc}") from exc
+        vec = encoder.encode_images(encoder.preprocess(img)[None])[0]
+        probs = torch.softmax(encoder.logit_scale * (classes @ vec), dim=0)
+        out.append({"image": str(path), "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)}})
+    return out
+
+
+def dedup(features: str | os.PathLike = "outputs", threshold: float = 0.95, block: int = 4096) -> list[list[dict]]:
+    """Groups of near-duplicate images (cosine similarity at least ``threshold``), largest first."""
+    if not 0.0 < threshold <= 1.0:
+        raise InputError(f"--threshold must be in (0, 1], got {threshold}")
+    feats = store.load(features, with_text=False)
+    x = feats.image_features
+    parent = list(range(x.shape[0]))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, x.shape[0], block):
+        sims = x[start:start + block] @ x.T
+        rows, cols = torch.nonzero(sims >= threshold - 1e-6, as_tuple=True)
+        for r, c in zip((rows + start).tolist(), cols.tolist()):
+            if r < c:
+                parent[find(c)] = find(r)
+    groups: dict[int, list[int]] = {}
+    for i in range(x.shape[0]):
+        groups.setdefault(find(i), []).append(i)
+    out = []
+    for members in groups.values():
+        if len(members) > 1:
+            first = x[members[0]]
+            out.append([{"path": feats.image_path(i), "similarity": round(float(x[i] @ first), 6)} for i in members])
+    return sorted(out, key=lambda g: (-len(g), g[0]["path"]))

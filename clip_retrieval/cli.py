@@ -32,8 +32,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="log details (and tracebacks) to stderr")
 
 
-def _search_options(p: argparse.ArgumentParser) -> None:
+def _features_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", default="outputs", help="features folder made by extract (default: outputs)")
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    _features_arg(p)
     p.add_argument("--query", "-q", help="text query; without it, read one query per line from stdin")
     p.add_argument("--top-k", "-k", type=int, default=5, help="results per query (default: 5)")
     p.add_argument("--no-expand", action="store_true", help="search the query as typed, without the rules table")
@@ -69,12 +73,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-encode only new or changed images and captions; drop removed ones")
     _common(p)
 
-    p = sub.add_parser("search", help="search the features with a text query")
+    p = sub.add_parser("search", help="search the features with a text query, an image, or both")
     _search_options(p)
     p.add_argument("--exact", action="store_true", help="scan every vector even when an ANN index exists")
+    p.add_argument("--image", help="query image: similar images (itself excluded), or captions with --to text; "
+                                   "with --query too, 'this picture, but ...'")
+    p.add_argument("--to", default="image", choices=["image", "text"], help="what to return for --image")
+    p.add_argument("--text-weight", type=float, default=0.5, help="share of the text in an image+text query")
+    p.add_argument("--fuse", action="store_true",
+                   help="rank by image and caption features and merge the rankings (reciprocal-rank fusion)")
+    p.add_argument("--queries", help="batch: a file with one text query per line (JSON Lines out)")
+    p.add_argument("--image-dir", help="batch: every image in a folder is a query (JSON Lines out)")
+    p.add_argument("--output", help="batch: write the JSON Lines here instead of stdout")
+    p.add_argument("--grid", help="also draw the query and its results into this PNG "
+                                  "(batch: one file per query, numbered)")
+
+    p = sub.add_parser("classify", help="zero-shot classification of images among labels")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--labels", required=True, help="comma-separated labels, e.g. 猫,狗,鸟")
+    p.add_argument("--model", help="model string (default: the model of --features, else the default model)")
+    p.add_argument("--checkpoint", help="local weights file or folder")
+    p.add_argument("--features", default="outputs", help="take the model from this features folder")
+    p.add_argument("--rules", default="rules/expansions.yaml", help="labels and prompt templates come from here")
+    p.add_argument("--no-expand", action="store_true", help="use the labels as typed, no templates")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    _common(p)
+
+    p = sub.add_parser("dedup", help="groups of near-duplicate images in the collection")
+    _features_arg(p)
+    p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity to call two images duplicates")
+    p.add_argument("--json", action="store_true", help="one JSON object: {groups: [[{path, similarity}]]}")
+    _common(p)
 
     p = sub.add_parser("index", help="build an ANN index beside the features (used by search when present)")
-    p.add_argument("--features", default="outputs", help="features folder made by extract (default: outputs)")
+    _features_arg(p)
     p.add_argument("--backend", default="faiss", choices=["faiss"])
     p.add_argument("--kind", default="auto", choices=["auto", "hnsw", "ivf", "flat"],
                    help="auto: exact below 20k vectors, HNSW up to 300k, IVF above")
@@ -97,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("eval", help="Recall@K, mAP, NDCG@10 and ranks over captions, a query file or the demo benchmark")
-    p.add_argument("--features", default="outputs", help="features folder made by extract (default: outputs)")
+    _features_arg(p)
     p.add_argument("--queries", help="query,image_path rows (several rows per query give its relevant set)")
     p.add_argument("--benchmark", choices=["demo"], help="run the held-out demo benchmark instead")
     p.add_argument("--compare-expansion", action="store_true", help="with and without expansion side by side")
+    p.add_argument("--fuse", action="store_true",
+                   help="also score reciprocal-rank fusion of image and caption rankings (expansion_fused)")
     p.add_argument("--no-expand", action="store_true", help="evaluate queries as typed")
     p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -136,7 +170,10 @@ def _print_result(result, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
         return
-    print(f"查询 / query: {result.query}")
+    if result.image:
+        print(f"图片 / image: {result.image}" + ("  -> captions / 图搜文" if result.to == "text" else ""))
+    if result.mode != "image":
+        print(f"查询 / query: {result.query}")
     if result.expansions:
         print("扩展 / expansions: " + " | ".join(p.text for p in result.expansions))
     print(f"{'rank':>4}  {'score':>6}  image / 图片  caption / 描述")
@@ -159,27 +196,104 @@ def _queries(args: argparse.Namespace):
         yield line.rstrip("\n")
 
 
+def _batch_queries(args: argparse.Namespace):
+    """(text, image) pairs for a batch run, from --queries or --image-dir."""
+    from .dataset import scan_images
+    from .errors import InputError
+
+    if args.queries:
+        try:
+            lines = open(args.queries, encoding="utf-8-sig").read().splitlines()
+        except OSError as exc:
+            raise InputError(f"queries file not readable: {args.queries} ({exc.strerror or exc})") from exc
+        return [(line.strip(), None) for line in lines if line.strip()]
+    coll = scan_images(args.image_dir)
+    return [(None, str(coll.resolve(p))) for p in coll.images]
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from . import api
 
+    batch = bool(args.queries or args.image_dir)
+    if args.queries and args.image_dir:
+        raise UserError("give --queries or --image-dir, not both")
+    needs_captions = args.to == "text" or args.fuse
     searcher = api.open_searcher(args.features, model=args.model, checkpoint=args.checkpoint,
                                  rules=None if args.no_expand else args.rules, device=args.device,
-                                 exact=getattr(args, "exact", False))
+                                 exact=args.exact)
+    if needs_captions:
+        searcher.store.caption_features()
+    if batch:
+        items = _batch_queries(args)
+    elif args.image:
+        items = [(args.query, args.image)]
+    else:
+        items = ((q, None) for q in _queries(args))
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     status = EXIT_OK
-    for query in _queries(args):
-        if args.query is None and not query.strip():
-            print("clip-retrieval: 查询为空，已跳过 / empty query skipped", file=sys.stderr)
-            continue
-        try:
-            result, _ = api.search(searcher, query, k=args.top_k, expand=not args.no_expand, log_dir=args.log_dir)
-        except UserError as exc:
-            if args.query is not None:
-                raise
-            print(f"clip-retrieval: {exc}", file=sys.stderr)
-            status = EXIT_USAGE
-            continue
-        _print_result(result, args.json)
+    try:
+        for n, (query, image) in enumerate(items, start=1):
+            if image is None and args.query is None and not batch and not query.strip():
+                print("clip-retrieval: 查询为空，已跳过 / empty query skipped", file=sys.stderr)
+                continue
+            try:
+                result, _ = api.search(searcher, query, k=args.top_k, expand=not args.no_expand,
+                                       log_dir=args.log_dir, image=image, to=args.to,
+                                       text_weight=args.text_weight, fuse=args.fuse)
+            except UserError as exc:
+                if not batch and (args.query is not None or args.image):
+                    raise
+                print(f"clip-retrieval: {exc}", file=sys.stderr)
+                status = EXIT_USAGE
+                continue
+            if batch:
+                print(json.dumps(result.to_json(), ensure_ascii=False), file=out, flush=True)
+            else:
+                _print_result(result, args.json)
+            if args.grid:
+                from .grid import render_grid
+                target = args.grid if not batch else _numbered(args.grid, n)
+                render_grid(target, result.query, result.results, query_image=image)
+    finally:
+        if out is not sys.stdout:
+            out.close()
     return status
+
+
+def _numbered(path: str, n: int) -> str:
+    from pathlib import Path
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}_{n:03d}{p.suffix or '.png'}"))
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from . import api
+
+    labels = api.parse_labels(args.labels)
+    encoder = api.classifier_encoder(args.model, args.checkpoint, args.features, args.device)
+    for item in api.classify(args.images, labels, encoder, rules=None if args.no_expand else args.rules):
+        if args.json:
+            print(json.dumps(item, ensure_ascii=False))
+        else:
+            ranked = sorted(item["probabilities"].items(), key=lambda kv: -kv[1])
+            print(f"{item['image']}: " + "  ".join(f"{label} {p:.3f}" for label, p in ranked))
+    return EXIT_OK
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from . import api
+
+    groups = api.dedup(args.features, threshold=args.threshold)
+    if args.json:
+        print(json.dumps({"threshold": args.threshold, "groups": groups}, ensure_ascii=False))
+        return EXIT_OK
+    if not groups:
+        print(f"没有近似重复 / no near-duplicates at threshold {args.threshold}")
+    for n, group in enumerate(groups, start=1):
+        print(f"group {n} ({len(group)} images):")
+        for item in group:
+            print(f"  {item['similarity']:.4f}  {item['path']}")
+    return EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -217,10 +331,10 @@ METRICS = ("recall@1", "recall@5", "recall@10", "map", "ndcg@10", "mean_rank", "
 
 def _metric_table(title: str, columns: dict[str, dict]) -> None:
     print(title)
-    print(f"  {'metric':<12}" + "".join(f"{name:>14}" for name in columns))
+    print(f"  {'metric':<12}" + "".join(f"{name:>18}" for name in columns))
     for metric in METRICS:
         if all(metric in m for m in columns.values()):
-            print(f"  {metric:<12}" + "".join(f"{m[metric]:>14.4f}" for m in columns.values()))
+            print(f"  {metric:<12}" + "".join(f"{m[metric]:>18.4f}" for m in columns.values()))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -231,7 +345,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rules = None if args.no_expand else args.rules
     if args.benchmark:
         with tempfile.TemporaryDirectory(prefix="clip_retrieval_bench_") as work:
-            report = api.demo_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet)
+            report = api.demo_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet,
+                                        fuse=args.fuse)
         report = {name: {mode: {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "map", "ndcg@10")}
                          for mode, m in modes.items()} for name, modes in report.items()}
         if args.json:
@@ -241,13 +356,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 _metric_table(f"demo benchmark / 演示基准: {name}", modes)
         return EXIT_OK
     report = api.evaluate(args.features, queries=args.queries, rules=rules,
-                          compare_expansion=args.compare_expansion, device=args.device)
+                          compare_expansion=args.compare_expansion, device=args.device, fuse=args.fuse)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return EXIT_OK
     print(f"model {report['model']}: {report['queries']} queries, {report['images']} images")
     t2i = report["text_to_image"]
-    _metric_table("text -> image / 文搜图", t2i if args.compare_expansion else {"value": t2i})
+    _metric_table("text -> image / 文搜图", t2i if args.compare_expansion or args.fuse else {"value": t2i})
     if "image_to_text" in report:
         _metric_table("image -> text / 图搜文", {"value": report["image_to_text"]})
     return EXIT_OK
@@ -262,7 +377,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"index": cmd_index, "extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
+COMMANDS = {"classify": cmd_classify, "dedup": cmd_dedup, "index": cmd_index, "extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
             "replay": cmd_replay}
 
 
@@ -278,6 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clip-retrieval: interrupted / 已中断", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `| head` closed the pipe: not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:  # the last line of defence: one line, the traceback only when asked
         if args.verbose:
             raise

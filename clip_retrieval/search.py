@@ -6,13 +6,17 @@ a feature store and a rules table together. It must not print or write logs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .dataset import open_image
 from .encoders.base import Encoder
 from .errors import InputError
 from .expansion import Expansion, Phrase, RuleTable
@@ -21,6 +25,8 @@ from .store import FeatureStore
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 200
+RRF_K = 60          # the constant of reciprocal-rank fusion (Cormack et al.)
+RRF_DEPTH = 200     # how deep each ranking is read before fusing
 
 
 @dataclass
@@ -42,6 +48,12 @@ class SearchResult:
     expand: bool
     truncated: bool = False
     matched: list[str] = field(default_factory=list)
+    mode: str = "text"                       # text, image, image+text
+    to: str = "image"                        # what the results are: images or captions
+    image: str | None = None                 # the query image, for image modes
+    image_sha256: str | None = None
+    text_weight: float | None = None         # image+text: the text's share of the fused vector
+    fuse: bool = False                       # text: image and caption rankings merged by RRF
 
     def to_json(self) -> dict:
         """The ``--json`` object: query, expansions, model, results."""
@@ -189,13 +201,112 @@ class Searcher:
             hits.append(Hit(rank, float(s), self.store.image_path(i), captions[0] if captions else "", i))
         return hits
 
-    def search_text(self, query: str, k: int = 5, expand: bool = True) -> SearchResult:
-        """Expand, encode, pool, renormalise, scan: the whole text-to-image path."""
-        if k < 1:
-            raise InputError(f"--top-k must be at least 1, got {k}")
+    def search_text(self, query: str, k: int = 5, expand: bool = True, fuse: bool = False) -> SearchResult:
+        """Expand, encode, pool, renormalise, scan: the whole text-to-image path.
+
+        ``fuse`` ranks the images by their own vectors and by their captions' vectors and
+        merges the two rankings by reciprocal-rank fusion.
+        """
+        _check_k(k)
         text, truncated = clean_query(query)
         expansion = self.expand(text, expand)
-        hits = self.search_vector(self.query_vector(expansion), k)
+        vector = self.query_vector(expansion)
+        hits = self.fused(vector, k) if fuse else self.search_vector(vector, k)
         return SearchResult(query=text, expansions=expansion.expansions, results=hits,
                             model=self.store.model, k=k, expand=expand, truncated=truncated,
-                            matched=expansion.matched)
+                            matched=expansion.matched, fuse=fuse)
+
+    def _captions(self) -> tuple[list[tuple[str, int]], np.ndarray]:
+        """Distinct (caption, image) pairs and their vectors, for image-to-text and fusion."""
+        if not hasattr(self, "_caption_rows"):
+            feats = self.store.caption_features()
+            rows, seen = [], set()
+            for row, entry in enumerate(self.store.manifest["captions"]):
+                key = (entry["text"], entry["image"])
+                if key not in seen:
+                    seen.add(key)
+                    rows.append((row, *key))
+            self._caption_rows = [(text, img) for _, text, img in rows]
+            self._caption_matrix = np.ascontiguousarray(feats[[r for r, _, _ in rows]].numpy(), dtype=np.float32)
+        if not self._caption_rows:
+            raise InputError(f"{self.store.folder} has no captions (built from --images); "
+                             f"use a captions file for image-to-text search or --fuse")
+        return self._caption_rows, self._caption_matrix
+
+    def fused_scores(self, vector: torch.Tensor, depth: int = RRF_DEPTH) -> np.ndarray:
+        """Reciprocal-rank fusion of the image ranking and the caption ranking (best caption per image).
+
+        Each ranking is read ``depth`` deep; an image in neither scores 0.
+        """
+        rows, matrix = self._captions()
+        n = self._matrix.shape[0]
+        img_ids, _ = exact_topk(self._matrix, vector.numpy(), min(n, depth), self._scores)
+        cap_ids, _ = exact_topk(matrix, vector.numpy(), len(rows))
+        fused = np.zeros(n, dtype=np.float64)
+        fused[img_ids] += 1.0 / (RRF_K + np.arange(1, len(img_ids) + 1))
+        caption_rank: dict[int, int] = {}
+        for c in cap_ids.tolist():
+            if len(caption_rank) >= depth:
+                break
+            caption_rank.setdefault(rows[c][1], len(caption_rank) + 1)
+        for i, rank in caption_rank.items():
+            fused[i] += 1.0 / (RRF_K + rank)
+        return fused
+
+    def fused(self, vector: torch.Tensor, k: int) -> list[Hit]:
+        scores = self.fused_scores(vector, max(RRF_DEPTH, k))
+        best = sorted(np.flatnonzero(scores).tolist(), key=lambda i: (-scores[i], i))[:k]
+        return [Hit(r, float(scores[i]), self.store.image_path(i), (self.store.captions_of(i) or [""])[0], i)
+                for r, i in enumerate(best, start=1)]
+
+    def image_vector(self, path: str | os.PathLike) -> tuple[torch.Tensor, str]:
+        """The encoded query image and its content hash."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InputError(f"query image not readable: {path} ({exc.strerror or exc})") from exc
+        try:
+            img = open_image(data, self.encoder.image_size)
+        except ValueError as exc:
+            raise InputError(f"query image {path}: {exc}") from exc
+        vector = self.encoder.encode_images(self.encoder.preprocess(img)[None])[0]
+        return vector, hashlib.sha256(data).hexdigest()
+
+    def search_image(self, path: str | os.PathLike, k: int = 5, to: str = "image", text: str | None = None,
+                     text_weight: float = 0.5, expand: bool = True) -> SearchResult:
+        """Image-to-image (the query itself excluded, by path and by content) or image-to-text.
+
+        With ``text`` the query is "this picture, but ...": the image and text vectors are
+        mixed with ``text_weight`` and renormalised.
+        """
+        _check_k(k)
+        if to not in ("image", "text"):
+            raise InputError(f"--to must be image or text, got {to!r}")
+        if not 0.0 <= text_weight <= 1.0:
+            raise InputError(f"--text-weight must be between 0 and 1, got {text_weight}")
+        vector, digest = self.image_vector(path)
+        expansion, truncated, clean = None, False, None
+        if text:
+            clean, truncated = clean_query(text)
+            expansion = self.expand(clean, expand)
+            vector = pool(torch.stack([vector, self.query_vector(expansion)]), [1.0 - text_weight, text_weight])
+        if to == "text":
+            rows, matrix = self._captions()
+            ids, scores = exact_topk(matrix, vector.numpy(), k)
+            hits = [Hit(r, float(sc), self.store.image_path(rows[c][1]), rows[c][0], rows[c][1])
+                    for r, (c, sc) in enumerate(zip(ids.tolist(), scores.tolist()), start=1)]
+        else:
+            same = self.store.same_image(path, digest)
+            ids, scores = self.nearest(vector, k + len(same))
+            keep = [(i, sc) for i, sc in zip(ids.tolist(), scores.tolist()) if i not in same][:k]
+            hits = [Hit(r, float(sc), self.store.image_path(i), (self.store.captions_of(i) or [""])[0], i)
+                    for r, (i, sc) in enumerate(keep, start=1)]
+        return SearchResult(query=clean or str(path), expansions=expansion.expansions if expansion else [], results=hits,
+                            model=self.store.model, k=k, expand=expand and bool(text), truncated=truncated,
+                            matched=expansion.matched if expansion else [], mode="image+text" if text else "image",
+                            to=to, image=str(path), image_sha256=digest, text_weight=text_weight if text else None)
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise InputError(f"--top-k must be at least 1, got {k}")

@@ -33,11 +33,16 @@ def now_iso() -> str:
 
 
 def make_record(result, *, model_fingerprint: str, features_fingerprint: str, features_dir: str,
-                rules_sha256: str | None, rules_path: str | None, mode: str = "text") -> dict:
+                rules_sha256: str | None, rules_path: str | None) -> dict:
     """Everything a replay needs, beside what a person reads."""
     return {
         "time": now_iso(),
-        "mode": mode,
+        "mode": result.mode,
+        "to": result.to,
+        "fuse": result.fuse,
+        "image": result.image,
+        "image_sha256": result.image_sha256,
+        "text_weight": result.text_weight,
         "query": result.query,
         "expand": result.expand,
         "expansions": [{"text": p.text, "lang": p.lang, "weight": p.weight} for p in result.expansions],
@@ -56,7 +61,13 @@ def make_record(result, *, model_fingerprint: str, features_fingerprint: str, fe
 
 def format_block(record: dict) -> str:
     """The human-readable block appended to search_log.txt."""
-    lines = [f"[{record['time']}] query / 查询: {record['query']}"]
+    mode = record.get("mode", "text")
+    head = {"text": "query / 查询", "image": "image query / 以图搜", "image+text": "image+text / 图文组合"}.get(mode, mode)
+    lines = [f"[{record['time']}] {head}: {record['query']}"]
+    if record.get("to") == "text":
+        lines[0] += "  (-> captions / 图搜文)"
+    if record.get("fuse"):
+        lines[0] += "  (fused with captions / 融合描述)"
     if record["expansions"]:
         lines.append("  expansions / 扩展: " + " | ".join(e["text"] for e in record["expansions"]))
     else:

@@ -80,7 +80,7 @@ class FeatureStore:
     folder: Path
     manifest: dict
     image_features: torch.Tensor
-    text_features: torch.Tensor
+    text_features: torch.Tensor | None     # None until caption_features() is asked for
 
     @property
     def model(self) -> str:
@@ -110,6 +110,22 @@ class FeatureStore:
 
     def captions_of(self, i: int) -> list[str]:
         return self.manifest["images"][i].get("captions", [])
+
+    def caption_features(self) -> torch.Tensor:
+        """Caption vectors, read from disk the first time they are needed."""
+        if self.text_features is None or self.text_features.shape[0] != len(self.manifest["captions"]):
+            self.text_features = _load_tensor(self.folder / TEXT_FILE, self.manifest["generation"], self.folder)
+        return self.text_features
+
+    def same_image(self, path: str | os.PathLike, sha256: str) -> set[int]:
+        """Indexed images that are this file: the same path, or the same content under another name."""
+        target = str(Path(path).resolve())
+        found = set()
+        for i, entry in enumerate(self.manifest["images"]):
+            p = Path(entry["path"])
+            if entry.get("sha256") == sha256 or str((p if p.is_absolute() else self.root / p).resolve()) == target:
+                found.add(i)
+        return found
 
     def image_matrix(self) -> np.ndarray:
         """The image features as a C-contiguous float32 array (for the fast exact scan)."""
@@ -197,7 +213,7 @@ def load(folder: str | os.PathLike, with_text: bool = True) -> FeatureStore:
     manifest = read_manifest(folder)
     generation = manifest["generation"]
     images = _load_tensor(folder / IMAGE_FILE, generation, folder)
-    texts = _load_tensor(folder / TEXT_FILE, generation, folder) if with_text else torch.empty(0, images.shape[1])
+    texts = _load_tensor(folder / TEXT_FILE, generation, folder) if with_text else None
     if images.shape[0] != len(manifest["images"]):
         raise FeatureStoreError(f"{folder}: {images.shape[0]} image vectors but {len(manifest['images'])} "
                                 f"images in the manifest; rebuild with clip-retrieval extract --out {folder}")

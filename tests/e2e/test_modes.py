@@ -1,0 +1,173 @@
+"""Image-to-image, image-to-text, image+text, fusion, dedup, zero-shot classification, batch and grids,
+with the offline demo model on generated pictures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from clip_retrieval import api, searchlog
+from clip_retrieval.errors import InputError
+
+from tests.conftest import ROOT
+from tests.e2e.test_scripts import run
+
+RULES = ROOT / "rules" / "expansions.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo data plus one picture indexed twice under another name; features by the demo model."""
+    root = tmp_path_factory.mktemp("modes")
+    shutil.copytree(ROOT / "data" / "images", root / "images")
+    shutil.copy(root / "images" / "husky_snow_00.png", root / "images" / "copy_of_husky.png")
+    rows = (ROOT / "data" / "captions.csv").read_text(encoding="utf-8").rstrip("\n").splitlines()
+    rows.append("images/copy_of_husky.png,雪地里的哈士奇")
+    (root / "captions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = root / "out"
+    api.extract_features(csv=root / "captions.csv", model="demo", out=out, quiet=True, num_workers=0, rules=RULES)
+    return root
+
+
+def test_image_to_image_excludes_the_query_and_its_copies(demo):
+    searcher = api.open_searcher(demo / "out", rules=RULES)
+    result = searcher.search_image(demo / "images" / "husky_snow_00.png", k=3)
+    paths = [Path(h.image_path).name for h in result.results]
+    assert "husky_snow_00.png" not in paths and "copy_of_husky.png" not in paths
+    assert paths[0] == "husky_snow_01.png"
+    assert all(p.startswith("husky_") for p in paths)
+    outside = demo / "query.png"
+    shutil.copy(demo / "images" / "piglet_beach_00.png", outside)   # same content, not indexed under this path
+    names = [Path(h.image_path).name for h in searcher.search_image(outside, k=3).results]
+    assert "piglet_beach_00.png" not in names and all(n.startswith("piglet_") for n in names)
+
+
+def test_image_to_text_returns_captions(demo):
+    searcher = api.open_searcher(demo / "out", rules=RULES)
+    result = searcher.search_image(demo / "images" / "grey_cat_beach_01.png", k=3, to="text")
+    assert result.to == "text" and len(result.results) == 3
+    assert all("灰猫" in h.caption or "grey cat" in h.caption for h in result.results)
+
+
+def test_image_plus_text_moves_the_scene(demo):
+    searcher = api.open_searcher(demo / "out", rules=RULES)
+    plain = [Path(h.image_path).name for h in searcher.search_image(demo / "images" / "husky_snow_00.png", k=3).results]
+    mixed = searcher.search_image(demo / "images" / "husky_snow_00.png", k=3, text="海边", text_weight=0.5)
+    names = [Path(h.image_path).name for h in mixed.results]
+    assert plain[0].startswith("husky_snow")
+    assert all("_beach_" in n for n in names) and any(n.startswith("husky_beach") for n in names)
+    assert mixed.mode == "image+text" and mixed.query == "海边"
+    with pytest.raises(InputError, match="text-weight"):
+        searcher.search_image(demo / "images" / "husky_snow_00.png", text="海边", text_weight=1.5)
+
+
+def test_fusion_merges_image_and_caption_rankings(demo):
+    searcher = api.open_searcher(demo / "out", rules=RULES)
+    fused = searcher.search_text("雪地里的哈士奇", k=3, fuse=True)
+    assert fused.fuse and all(0 < h.score <= 2 / 61 + 1e-9 for h in fused.results)
+    assert all(Path(h.image_path).name.startswith("husky_snow") or "copy_of_husky" in h.image_path
+               for h in fused.results)
+
+
+def test_modes_are_logged_and_replay_identical(demo, tmp_path):
+    searcher = api.open_searcher(demo / "out", rules=RULES)
+    api.search(searcher, image=demo / "images" / "rabbit_night_00.png", k=3, log_dir=tmp_path)
+    api.search(searcher, "夜晚", image=demo / "images" / "rabbit_grass_00.png", k=3, log_dir=tmp_path)
+    api.search(searcher, image=demo / "images" / "rabbit_night_00.png", to="text", k=3, log_dir=tmp_path)
+    api.search(searcher, "兔子", fuse=True, k=3, log_dir=tmp_path)
+    records = list(searchlog.read_records(tmp_path / "search_log.jsonl"))
+    assert [r["mode"] for r in records] == ["image", "image+text", "image", "text"]
+    assert records[2]["to"] == "text" and records[3]["fuse"] is True and len(records[0]["image_sha256"]) == 64
+    assert [o.identical for o in api.replay_log(tmp_path / "search_log.jsonl")] == [True] * 4
+    assert "image query / 以图搜" in (tmp_path / "search_log.txt").read_text(encoding="utf-8")
+
+
+def test_dedup_groups_the_copy(demo):
+    groups = api.dedup(demo / "out", threshold=0.999)
+    names = [sorted(Path(i["path"]).name for i in g) for g in groups]
+    assert ["copy_of_husky.png", "husky_snow_00.png"] in names
+    assert all(i["similarity"] >= 0.999 for g in groups for i in g)
+    proc = run("clip_retrieval", "dedup", "--features", str(demo / "out"), "--threshold", "0.999", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["groups"] == json.loads(json.dumps(groups))
+
+
+@pytest.mark.parametrize("image, labels, expected", [
+    ("husky_snow_00.png", "哈士奇,小猪,灰猫,金毛", "哈士奇"),
+    ("piglet_grass_01.png", "哈士奇,小猪,灰猫,金毛", "小猪"),
+    ("red_car_night_00.png", "红色汽车，兔子，橘猫", "红色汽车"),
+    ("grey_cat_beach_00.png", "灰猫,橘猫,黑猫", "灰猫"),
+])
+def test_zero_shot_classification_with_the_demo_model(demo, image, labels, expected):
+    proc = run("clip_retrieval", "classify", str(demo / "images" / image), "--labels", labels, "--model", "demo",
+               "--json")
+    assert proc.returncode == 0, proc.stderr
+    obj = json.loads(proc.stdout)
+    assert obj["image"].endswith(image)
+    probs = obj["probabilities"]
+    assert abs(sum(probs.values()) - 1) < 1e-4
+    assert max(probs, key=probs.get) == expected
+
+
+def test_classify_bad_input():
+    with pytest.raises(InputError, match="at least two labels"):
+        api.parse_labels("猫")
+    proc = run("clip_retrieval", "classify", "nope.png", "--labels", "猫,狗", "--model", "demo")
+    assert proc.returncode == 2 and "nope.png" in proc.stderr
+
+
+def test_batch_queries_and_image_dir_write_json_lines_and_log_each(demo, tmp_path):
+    queries = tmp_path / "q.txt"
+    queries.write_text("金毛\n\n灰猫\n海边的兔子\n", encoding="utf-8")
+    out = tmp_path / "results.jsonl"
+    proc = run("clip_retrieval", "search", "--features", str(demo / "out"), "--queries", str(queries),
+               "--output", str(out), "--log-dir", str(tmp_path), "-k", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    assert [x["query"] for x in lines] == ["金毛", "灰猫", "海边的兔子"]
+    assert "golden_retriever" in lines[0]["results"][0]["image_path"]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("rabbit_beach_00.png", "red_car_snow_01.png"):
+        shutil.copy(demo / "images" / name, folder / name)
+    proc = run("clip_retrieval", "search", "--features", str(demo / "out"), "--image-dir", str(folder),
+               "--log-dir", str(tmp_path), "-k", "2")
+    assert proc.returncode == 0, proc.stderr
+    image_lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert len(image_lines) == 2 and "rabbit_beach" not in image_lines[0]["results"][0]["image_path"]
+    records = list(searchlog.read_records(tmp_path / "search_log.jsonl"))
+    assert len(records) == 5 and [r["mode"] for r in records][-2:] == ["image", "image"]
+
+
+def test_grid_renders_chinese_as_glyphs(demo, tmp_path):
+    from clip_retrieval.grid import find_cjk_font, has_glyphs
+
+    font = find_cjk_font()
+    assert has_glyphs(font, "金毛灰猫雪地")
+    dejavu = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+    if Path(dejavu).is_file():
+        assert not has_glyphs(dejavu, "金毛")   # the check can fail: a Latin font draws boxes
+    target = tmp_path / "grid.png"
+    proc = run("clip_retrieval", "search", "--features", str(demo / "out"), "--query", "雪地里的哈士奇", "-k", "4",
+               "--grid", str(target), "--log-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    img = Image.open(target)
+    assert img.size[0] > 4 * 200 and img.size[1] > 200
+
+
+def test_missing_font_message_says_what_to_install(monkeypatch, tmp_path):
+    from clip_retrieval import grid
+
+    grid.find_cjk_font.cache_clear()
+    monkeypatch.setattr(grid, "CJK_FONT_FILES", ())
+    monkeypatch.setenv("CLIP_RETRIEVAL_FONT", str(tmp_path / "none.ttf"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no fc-match
+    try:
+        with pytest.raises(grid.FontMissingError, match="fonts-wqy-microhei"):
+            grid.find_cjk_font()
+    finally:
+        grid.find_cjk_font.cache_clear()
