@@ -20,7 +20,7 @@ from .encoders.base import Encoder
 from .errors import InputError
 from .expansion import DEFAULT_RULES, RuleTable, load_rules
 from .extract import ExtractResult, extract
-from .search import Searcher, SearchResult, build_expansion_cache
+from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
 
 log = logging.getLogger(__name__)
 

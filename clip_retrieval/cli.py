@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="also draw the query and its results into this PNG "
                                   "(batch: one file per query, numbered)")
 
+    p = sub.add_parser("serve", help="the web page: every search mode in a browser")
+    _features_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
+    _common(p)
+
     p = sub.add_parser("classify", help="zero-shot classification of images among labels")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--labels", required=True, help="comma-separated labels, e.g. 猫,狗,鸟")
@@ -377,7 +384,17 @@ def cmd_index(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"classify": cmd_classify, "dedup": cmd_dedup, "index": cmd_index, "extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .web import serve
+        import gradio  # noqa: F401  (checked here so a missing extra is one clear line)
+    except ImportError as exc:
+        raise UserError("the web page needs gradio: pip install 'clip_retrieval[web]'") from exc
+    serve(args.features, args.host, args.port, args.rules, args.device)
+    return EXIT_OK
+
+
+COMMANDS = {"serve": cmd_serve, "classify": cmd_classify, "dedup": cmd_dedup, "index": cmd_index, "extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
             "replay": cmd_replay}
 
 

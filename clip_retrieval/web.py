@@ -1,0 +1,183 @@
+"""The web page: ``clip-retrieval serve``, one tab per search mode, over ``clip_retrieval.api``.
+
+Owns the Gradio layout and turning page events into API calls. Every search is logged
+exactly as the CLI logs it. Safety: binds to 127.0.0.1 unless told otherwise; result
+images are handed to Gradio as thumbnails it caches itself, so no path on disk is
+addressable through the page; uploads land in a private temporary folder and are
+deleted after each request and when the server stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+from . import api
+from .dataset import DEFAULT_MAX_PIXELS, open_image
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+THUMB = 256
+MAX_UPLOAD = "20mb"
+
+
+def _thumb(path: str):
+    try:
+        img = open_image(path, THUMB)
+    except (ValueError, OSError):
+        from PIL import Image
+        return Image.new("RGB", (THUMB, THUMB), (220, 220, 220))
+    img.thumbnail((THUMB, THUMB))
+    return img
+
+
+def _gallery(result) -> list:
+    return [(_thumb(h.image_path), f"#{h.rank}  {h.score:.3f}  {h.caption}") for h in result.results]
+
+
+def _expansions(result) -> str:
+    if not result.expand:
+        return "扩展已关闭 / expansion off"
+    if not result.expansions:
+        return "没有扩展 / no expansions"
+    return "扩展 / expansions: " + " | ".join(p.text for p in result.expansions)
+
+
+class Page:
+    """The handlers, holding the one searcher (and its model) the page was started with."""
+
+    def __init__(self, features: str, rules: str, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.features = features
+        self.rules = rules
+        self.max_pixels = max_pixels
+        self.searcher = api.open_searcher(features, rules=rules, device=device)
+        self.plain = api.Searcher(self.searcher.store, lambda: self.searcher.encoder, None)
+
+    def _checked_upload(self, upload) -> str:
+        """The uploaded file's path, after checking it is an image we will decode (else a page message)."""
+        import gradio as gr
+
+        if not upload:
+            raise gr.Error("请先上传图片 / upload an image first")
+        path = upload if isinstance(upload, str) else upload.name
+        try:
+            open_image(Path(path).read_bytes(), 64, self.max_pixels)
+        except (ValueError, OSError) as exc:
+            self._discard(path)
+            raise gr.Error(f"无法使用这张图片 / cannot use this upload: {exc}") from None
+        return path
+
+    @staticmethod
+    def _discard(path: str) -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    def _run(self, searcher, **kwargs):
+        import gradio as gr
+
+        try:
+            return api.search(searcher, **kwargs)[0]
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def text_search(self, query: str, expand: bool, k: float):
+        result = self._run(self.searcher if expand else self.plain, query=query, k=int(k), expand=expand)
+        return _expansions(result), _gallery(result)
+
+    def image_search(self, upload, k: float):
+        path = self._checked_upload(upload)
+        try:
+            result = self._run(self.searcher, image=path, k=int(k))
+        finally:
+            self._discard(path)
+        return _gallery(result)
+
+    def image_to_text(self, upload, k: float):
+        path = self._checked_upload(upload)
+        try:
+            result = self._run(self.searcher, image=path, k=int(k), to="text")
+        finally:
+            self._discard(path)
+        return [[h.rank, round(h.score, 4), h.caption, h.image_path] for h in result.results]
+
+    def classify(self, upload, labels: str):
+        import gradio as gr
+
+        path = self._checked_upload(upload)
+        try:
+            item = api.classify([path], labels, self.searcher.encoder, rules=self.rules)[0]
+        except UserError as exc:
+            raise gr.Error(str(exc)) from None
+        finally:
+            self._discard(path)
+        return item["probabilities"]
+
+
+def build(page: Page):
+    """The Gradio Blocks for a page."""
+    import gradio as gr
+
+    with gr.Blocks(title="clip_retrieval", analytics_enabled=False) as app:
+        gr.Markdown(f"## clip_retrieval · 以中文短查询检索图片\n模型 / model: `{page.searcher.store.model}` · "
+                    f"{page.searcher.store.image_features.shape[0]} images")
+        with gr.Tab("文搜图 / text to image"):
+            with gr.Row():
+                query = gr.Textbox(label="查询 / query", placeholder="金毛、灰猫、雪地里的哈士奇…", elem_id="query")
+                expand = gr.Checkbox(value=True, label="扩展 / expand", elem_id="expand")
+                k = gr.Slider(1, 20, value=6, step=1, label="top-k", elem_id="topk")
+            go = gr.Button("搜索 / Search", variant="primary", elem_id="search")
+            used = gr.Markdown(elem_id="expansions")
+            gallery = gr.Gallery(label="结果 / results", columns=6, elem_id="results")
+            go.click(page.text_search, [query, expand, k], [used, gallery])
+            query.submit(page.text_search, [query, expand, k], [used, gallery])
+        with gr.Tab("以图搜图 / image to image"):
+            upload = gr.File(label="上传图片 / upload an image", file_types=["image"], type="filepath",
+                             elem_id="i2i-upload")
+            k2 = gr.Slider(1, 20, value=6, step=1, label="top-k")
+            go2 = gr.Button("搜索 / Search", variant="primary", elem_id="i2i-search")
+            gallery2 = gr.Gallery(label="相似图片 / similar images", columns=6, elem_id="i2i-results")
+            go2.click(page.image_search, [upload, k2], [gallery2])
+        with gr.Tab("以图搜文 / image to text"):
+            upload3 = gr.File(label="上传图片 / upload an image", file_types=["image"], type="filepath",
+                              elem_id="i2t-upload")
+            k3 = gr.Slider(1, 20, value=5, step=1, label="top-k")
+            go3 = gr.Button("搜索 / Search", variant="primary", elem_id="i2t-search")
+            table = gr.Dataframe(headers=["rank", "score", "caption", "image"], elem_id="i2t-results")
+            go3.click(page.image_to_text, [upload3, k3], [table])
+        with gr.Tab("零样本分类 / zero-shot"):
+            upload4 = gr.File(label="上传图片 / upload an image", file_types=["image"], type="filepath",
+                              elem_id="cls-upload")
+            labels = gr.Textbox(label="标签 / labels", value="猫,狗,小猪,兔子,汽车", elem_id="labels")
+            go4 = gr.Button("分类 / Classify", variant="primary", elem_id="cls-go")
+            probs = gr.Label(label="概率 / probabilities", elem_id="cls-results")
+            go4.click(page.classify, [upload4, labels], [probs])
+    return app
+
+
+def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, rules: str = "rules/expansions.yaml",
+          device: str = "auto") -> None:
+    """Start the page and block until interrupted; the upload folder is removed on the way out."""
+    upload_dir = tempfile.mkdtemp(prefix="clip_retrieval_uploads_")
+
+    def stop(*_):  # a service manager's SIGTERM ends the page as Ctrl-C does, so the cleanup runs
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    os.environ["GRADIO_TEMP_DIR"] = upload_dir
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        app = build(Page(features, rules, device))
+        print(f"serving on http://{host}:{port}  (uploads: {upload_dir}; Ctrl-C to stop)", flush=True)
+        app.launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True,
+                   max_file_size=MAX_UPLOAD, ssr_mode=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutil.rmtree(upload_dir, ignore_errors=True)

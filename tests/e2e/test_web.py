@@ -1,0 +1,177 @@
+"""The web page in a real headless Chromium (Debian's), driven by Playwright; screenshots go to outputs/."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from clip_retrieval import api, searchlog
+
+from tests.conftest import ROOT
+
+pytest.importorskip("gradio")
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+SHOTS = ROOT / "outputs"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                                 reason="Debian chromium not installed (CI installs it)")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    features = tmp_path_factory.mktemp("web") / "out"
+    api.extract_features(csv=ROOT / "data" / "captions.csv", model="demo", out=features, quiet=True,
+                         num_workers=0, rules=ROOT / "rules" / "expansions.yaml")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.Popen([sys.executable, "-m", "clip_retrieval", "serve", "--features", str(features),
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    banner = proc.stdout.readline()
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not start: {banner}")
+    uploads = Path(re.search(r"uploads: (\S+);", banner).group(1))
+    yield {"url": url, "features": features, "banner": banner, "uploads": uploads}
+    proc.terminate()
+    proc.wait(20)
+    assert not uploads.exists()  # the upload folder goes with the server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+def _captions(page, gallery: str) -> list[str]:
+    page.wait_for_selector(f"{gallery} img", timeout=30_000)
+    text = page.locator(gallery).inner_text()
+    return [line for line in text.splitlines() if line.startswith("#")]
+
+
+def test_binds_to_loopback_and_serves_no_other_file(server):
+    assert "http://127.0.0.1:" in server["banner"]
+    base = server["url"] + "gradio_api/file="
+    for path in ("/etc/passwd", str(ROOT / "data" / "captions.csv"), str(ROOT / "data" / "images" / "husky_snow_00.png"),
+                 str(server["features"] / "manifest.json"), "../../../../etc/passwd"):
+        try:
+            status = urllib.request.urlopen(base + path, timeout=5).status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status in (403, 404), path
+
+
+def test_text_query_shows_the_expected_image_first_and_logs_it(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server["url"])
+    page.locator("#query textarea").fill("金毛")
+    page.locator("#search").click()
+    page.wait_for_function("document.querySelector('#expansions').innerText.includes('golden retriever')",
+                           timeout=30_000)
+    captions = _captions(page, "#results")
+    assert captions[0].startswith("#1") and "金毛" in captions[0]
+    page.screenshot(path=str(SHOTS / "web_text_search.png"), full_page=True)
+    records = list(searchlog.read_records(server["features"] / searchlog.JSON_LOG))
+    assert records[-1]["query"] == "金毛" and records[-1]["expand"] is True
+    page.close()
+
+
+def test_expansion_toggle_changes_what_is_shown(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server["url"])
+    page.locator("#query textarea").fill("黄金猎犬")
+    page.locator("#search").click()
+    page.wait_for_function("document.querySelector('#expansions').innerText.includes('金毛')", timeout=30_000)
+    with_expansion = _captions(page, "#results")
+    page.locator("#expand input[type=checkbox]").uncheck()
+    page.locator("#search").click()
+    page.wait_for_function("document.querySelector('#expansions').innerText.includes('expansion off')",
+                           timeout=30_000)
+    page.wait_for_timeout(500)
+    without = _captions(page, "#results")
+    assert with_expansion != without
+    assert all("金毛" in c for c in with_expansion[:3])
+    records = list(searchlog.read_records(server["features"] / searchlog.JSON_LOG))
+    assert [r["expand"] for r in records[-2:]] == [True, False]
+    page.close()
+
+
+def test_upload_shows_similar_images_and_is_deleted(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server["url"])
+    page.get_by_role("tab", name=re.compile("以图搜图")).click()
+    upload = ROOT / "data" / "images" / "husky_snow_00.png"
+    page.locator("#i2i-upload input[type=file]").set_input_files(str(upload))
+    page.wait_for_timeout(1000)
+    page.locator("#i2i-search").click()
+    captions = _captions(page, "#i2i-results")
+    assert "哈士奇" in captions[0] or "husky" in captions[0]
+    page.screenshot(path=str(SHOTS / "web_image_search.png"), full_page=True)
+    leftovers = [p for p in server["uploads"].rglob("husky_snow_00.png")]
+    assert leftovers == []
+    page.close()
+
+
+def test_bad_upload_gets_a_message_not_a_crash(server, browser, tmp_path):
+    fake = tmp_path / "not_an_image.png"
+    fake.write_text("this is text, not pixels")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server["url"])
+    page.get_by_role("tab", name=re.compile("以图搜图")).click()
+    page.locator("#i2i-upload input[type=file]").set_input_files(str(fake))
+    page.wait_for_timeout(1000)
+    page.locator("#i2i-search").click()
+    page.get_by_text(re.compile("cannot use this upload")).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "web_bad_upload.png"))
+    # the page still works afterwards
+    page.get_by_role("tab", name=re.compile("文搜图")).click()
+    page.locator("#query textarea").fill("小猪")
+    page.locator("#search").click()
+    page.wait_for_function("document.querySelector('#expansions').innerText.includes('piglet')", timeout=30_000)
+    page.close()
+
+
+def test_zero_shot_tab(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server["url"])
+    page.get_by_role("tab", name=re.compile("零样本")).click()
+    page.locator("#cls-upload input[type=file]").set_input_files(str(ROOT / "data" / "images" / "piglet_grass_00.png"))
+    page.wait_for_timeout(1000)
+    page.locator("#labels textarea").fill("哈士奇,小猪,灰猫")
+    page.locator("#cls-go").click()
+    page.wait_for_function("document.querySelector('#cls-results').innerText.includes('小猪')", timeout=30_000)
+    lines = [x for x in page.locator("#cls-results").inner_text().strip().splitlines() if x.strip()]
+    top = next(x for x in lines if x.strip() in ("哈士奇", "小猪", "灰猫"))
+    assert top.strip() == "小猪", lines
+    page.close()
