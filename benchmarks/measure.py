@@ -94,7 +94,7 @@ def extraction(sizes: dict, work: str) -> dict:
 def text_latency(sizes: dict, work: str) -> dict:
     """A 5-way expanded query: one trimmed batch against each phrasing padded to 77 tokens, one by one."""
     enc = _vit_b32()
-    model, tokenizer = enc.model, enc._tokenize
+    model, tokenizer = enc.model, enc.tokenize
 
     def naive():
         with torch.inference_mode():

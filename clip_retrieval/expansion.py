@@ -263,4 +263,4 @@ def load_rules(path: str | os.PathLike = DEFAULT_RULES) -> RuleTable:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 ({exc}); save the rules file as UTF-8") from exc
-    return parse_rules(text, str(path))
+    return parse_rules(text, str(path.resolve()))

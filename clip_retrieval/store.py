@@ -69,10 +69,6 @@ def write_atomic(path: Path, write) -> None:
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 @dataclass
 class FeatureStore:
     """Loaded features plus the manifest that says what made them."""

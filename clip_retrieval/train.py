@@ -83,13 +83,14 @@ def _model_for(model_name: str | None, checkpoint: str | None, arch: str | None,
         from .encoders import DEMO_DIR
         cfg = json.loads((DEMO_DIR / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]
     else:
-        cfg = open_clip.get_model_config(spec.partition("/")[0])
-        if encoder.model.__dict__.get("quick_gelu") or "openai" in spec:
-            cfg = dict(cfg, quick_gelu=True)
+        arch, _, tag = spec.partition("/")
+        cfg = open_clip.get_model_config(arch)
+        if tag and open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu"):
+            cfg = dict(cfg, quick_gelu=True)  # the saved config must rebuild the activation the weights expect
     model = encoder.model
     for p in model.parameters():
         p.requires_grad_(True)
-    return model, cfg, encoder.preprocess, encoder._tokenize, sorted(encoder.languages)
+    return model, cfg, encoder.preprocess, encoder.tokenize, sorted(encoder.languages)
 
 
 @torch.no_grad()

@@ -141,3 +141,36 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="cuda"):
             select_device("cuda")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".bin"])
+def test_open_clip_pickle_free_state_dict_files(tmp_path, suffix):
+    """.pt/.bin state dicts go through open_clip's loader with weights_only=True."""
+    import open_clip
+
+    torch.manual_seed(1)
+    model = open_clip.create_model("RN50")
+    path = tmp_path / f"weights{suffix}"
+    torch.save({"state_dict": model.state_dict()}, path)
+    encoder = load_encoder("open_clip:RN50", str(path), "cpu")
+    with torch.no_grad():
+        want = F.normalize(model.eval().encode_text(open_clip.get_tokenizer("RN50")(["灰猫"])), dim=-1)
+    assert torch.allclose(encoder.encode_texts(["灰猫"]), want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cn_clip_official_checkpoint_layout(tmp_path):
+    """A checkpoint as Chinese-CLIP publishes it (state_dict with 'module.' keys, no architecture inside)
+    is rebuilt from the architecture the model name gives."""
+    from cn_clip.clip import tokenize
+    from cn_clip.clip import utils as cn_utils
+
+    torch.manual_seed(0)
+    model = cn_utils.create_model(cn_utils._MODEL_INFO["RN50"]["struct"]).float().eval()
+    path = tmp_path / "clip_cn_rn50.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    encoder = load_encoder("cn_clip:RN50", str(path), "cpu")
+    with torch.no_grad():
+        want = F.normalize(model.encode_text(tokenize(["雪地里的哈士奇"])), dim=-1)
+    assert torch.allclose(encoder.encode_texts(["雪地里的哈士奇"]), want, atol=1e-5)
+    assert encoder.dim == 1024 and encoder.name == "cn_clip:RN50"
