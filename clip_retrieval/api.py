@@ -51,7 +51,8 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                      max_pixels=max_pixels, checkpoint=checkpoint, previous=previous)
     if rules is not None and Path(rules).is_file():
         table = load_rules(rules)
-        store.save_expansion_cache(out, *build_expansion_cache(encoder, table), encoder.fingerprint, table.sha256)
+        if store.load_expansion_cache(out, encoder.fingerprint, table.sha256) is None:
+            store.save_expansion_cache(out, *build_expansion_cache(encoder, table), encoder.fingerprint, table.sha256)
     return result
 
 

@@ -132,6 +132,8 @@ class Searcher:
             self.use_cache(*cache)
         self._matrix = store.image_matrix()
         self._scores = np.empty(self._matrix.shape[0], dtype=np.float32)
+        self._caption_rows: list[tuple[str, int]] | None = None
+        self._caption_matrix: np.ndarray | None = None
 
     def _accept(self, encoder: Encoder) -> None:
         self.store.check_model(encoder.name)
@@ -218,7 +220,7 @@ class Searcher:
 
     def _captions(self) -> tuple[list[tuple[str, int]], np.ndarray]:
         """Distinct (caption, image) pairs and their vectors, for image-to-text and fusion."""
-        if not hasattr(self, "_caption_rows"):
+        if self._caption_rows is None:
             feats = self.store.caption_features()
             rows, seen = [], set()
             for row, entry in enumerate(self.store.manifest["captions"]):

@@ -133,3 +133,12 @@ def test_search_uses_the_index_and_ignores_a_stale_one(tiny_features, tmp_path):
     store.save(out, store.load(out).image_features.flip(0), store.load(out).text_features,
                {k: v for k, v in store.read_manifest(out).items()})
     assert api.open_searcher(out, rules=None, device="cpu").ann is None
+
+
+def test_update_keeps_a_valid_expansion_cache(small_collection, tiny_open_clip, tmp_path):
+    _extract(small_collection, tiny_open_clip, tmp_path, rules=RULES)
+    cache = tmp_path / store.EXPANSION_CACHE_FILE
+    before = cache.stat().st_mtime_ns
+    time.sleep(0.01)
+    _extract(small_collection, tiny_open_clip, tmp_path, rules=RULES, update=True)
+    assert cache.stat().st_mtime_ns == before
