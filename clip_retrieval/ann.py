@@ -54,7 +54,17 @@ class AnnIndex:
         return ids, scores
 
 
-def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int = 0) -> AnnIndex:
+def _add(index, vectors: np.ndarray, quiet: bool, chunk: int = 50_000) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=len(vectors), desc="index / 索引", unit="vec", disable=quiet or len(vectors) <= chunk) as bar:
+        for start in range(0, len(vectors), chunk):
+            index.add(vectors[start:start + chunk])
+            bar.update(min(chunk, len(vectors) - start))
+
+
+def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int = 0,
+          quiet: bool = True) -> AnnIndex:
     """Build an inner-product index over unit vectors; returns it with build time and memory measured."""
     faiss = _faiss()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -68,7 +78,7 @@ def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int
     params: dict = {}
     if kind == "flat":
         index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, metric) if fp16 else faiss.IndexFlatIP(d)
-        index.add(vectors)
+        _add(index, vectors, quiet)
     elif kind == "hnsw":
         params = {"M": 32, "ef_construction": 80, "ef_search": 96}
         index = (faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, params["M"], metric) if fp16
@@ -76,7 +86,7 @@ def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int
         index.hnsw.efConstruction = params["ef_construction"]
         if fp16:
             index.train(vectors)
-        index.add(vectors)
+        _add(index, vectors, quiet)
         index.hnsw.efSearch = params["ef_search"]
     else:
         nlist = int(math.sqrt(n))
@@ -88,7 +98,7 @@ def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int
         sample = vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)]
         index.cp.seed = seed
         index.train(sample)
-        index.add(vectors)
+        _add(index, vectors, quiet)
         index.nprobe = params["nprobe"]
     seconds = time.perf_counter() - start
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024

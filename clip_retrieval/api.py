@@ -205,10 +205,11 @@ def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAUL
     return report
 
 
-def build_index(features: str | os.PathLike = "outputs", kind: str = "auto", fp16: bool = False) -> dict:
+def build_index(features: str | os.PathLike = "outputs", kind: str = "auto", fp16: bool = False,
+                quiet: bool = True) -> dict:
     """Build the ANN index beside a features folder; returns what was built (kind, time, memory, size)."""
     feats = store.load(features, with_text=False)
-    built = ann.build(feats.image_matrix(), kind=kind, fp16=fp16)
+    built = ann.build(feats.image_matrix(), kind=kind, fp16=fp16, quiet=quiet)
     ann.save(features, built, feats.fingerprint)
     return built.meta
 

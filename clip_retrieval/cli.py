@@ -378,7 +378,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from . import api
 
-    meta = api.build_index(args.features, kind=args.kind, fp16=args.fp16)
+    meta = api.build_index(args.features, kind=args.kind, fp16=args.fp16, quiet=args.quiet)
     print(f"索引 / index: {meta['kind']}{' fp16' if meta['fp16'] else ''} over {meta['count']} vectors in "
           f"{meta['build_seconds']:.1f} s, {meta['size_bytes'] / 1e6:.1f} MB on disk -> {args.features}")
     return EXIT_OK

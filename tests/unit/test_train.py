@@ -79,3 +79,16 @@ def test_cli_fine_tunes_the_demo_model_and_the_result_searches(train_csv, tmp_pa
                "--top-k", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     assert all("husky_snow" in r["image_path"] for r in json.loads(proc.stdout)["results"])
+
+
+@pytest.mark.slow
+def test_training_is_reproducible_from_its_seed(train_csv, tmp_path):
+    """What makes the demo model rebuildable: same data, same seed, same weights."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(2)
+    runs = [train(train_csv, tmp_path / name, arch="demo-small", epochs=1, batch_size=64, seed=3, quiet=True)
+            for name in ("a", "b")]
+    a, b = (load_file(str(r.out / "epoch_001" / "open_clip_model.safetensors")) for r in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[0].history == runs[1].history
