@@ -18,7 +18,7 @@ from .dataset import DEFAULT_MAX_PIXELS, read_captions, scan_images
 from .encoders import DEFAULT_MODEL, load_encoder
 from .encoders.base import Encoder
 from .errors import InputError
-from .expansion import DEFAULT_RULES, RuleTable, load_rules
+from .expansion import DEFAULT_RULES, SHIPPED_RULES, RuleTable, load_rules
 from .extract import ExtractResult, extract
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
 
@@ -49,7 +49,7 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                          f"now {encoder.fingerprint}); run a full extract without --update")
     result = extract(encoder, coll, out, batch_size=batch_size, num_workers=num_workers, quiet=quiet,
                      max_pixels=max_pixels, checkpoint=checkpoint, previous=previous)
-    if rules is not None and Path(rules).is_file():
+    if rules is not None and (Path(rules).is_file() or (Path(rules) == DEFAULT_RULES and SHIPPED_RULES.is_file())):
         table = load_rules(rules)
         if store.load_expansion_cache(out, encoder.fingerprint, table.sha256) is None:
             store.save_expansion_cache(out, *build_expansion_cache(encoder, table), encoder.fingerprint, table.sha256)

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 LANGUAGES = ("zh", "en")
 MAX_VARIANTS = 24
 DEFAULT_RULES = Path("rules") / "expansions.yaml"
+# the table that ships beside the package, for runs from another working folder
+SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules" / "expansions.yaml"
 
 
 @dataclass(frozen=True)
@@ -255,8 +257,10 @@ def parse_rules(text: str, path: str = "<rules>") -> RuleTable:
 
 
 def load_rules(path: str | os.PathLike = DEFAULT_RULES) -> RuleTable:
-    """Read and validate a rules file."""
+    """Read and validate a rules file (the default one falls back to the shipped table)."""
     path = Path(path)
+    if path == DEFAULT_RULES and not path.is_file() and SHIPPED_RULES.is_file():
+        path = SHIPPED_RULES
     if not path.is_file():
         raise InputError(f"rules file not found: {path}; pass --rules PATH or --no-expand")
     try:
