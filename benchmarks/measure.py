@@ -7,7 +7,6 @@ noise; vectors are clustered unit vectors like real embeddings.
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import shutil

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,15 @@ def _faiss():
     except ImportError as exc:
         raise InputError("the faiss backend needs faiss-cpu: pip install 'clip_retrieval[ann]'") from exc
     return faiss
+
+
+def _peak_rss_kb() -> int:
+    """Peak resident memory of this process in KiB (0 where the platform has no getrusage)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def choose_kind(n: int) -> str:
@@ -72,7 +80,7 @@ def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int
     kind = choose_kind(n) if kind == "auto" else kind
     if kind not in KINDS:
         raise InputError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _peak_rss_kb()
     start = time.perf_counter()
     metric = faiss.METRIC_INNER_PRODUCT
     params: dict = {}
@@ -101,7 +109,7 @@ def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int
         _add(index, vectors, quiet)
         index.nprobe = params["nprobe"]
     seconds = time.perf_counter() - start
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    grown_mb = (_peak_rss_kb() - rss_before) / 1024
     meta = {"backend": "faiss", "kind": kind, "fp16": fp16, "count": n, "dim": d, "params": params,
             "build_seconds": round(seconds, 3), "build_peak_rss_growth_mb": round(grown_mb, 1)}
     return AnnIndex(index, meta)

@@ -385,11 +385,12 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        from .web import serve
-        import gradio  # noqa: F401  (checked here so a missing extra is one clear line)
-    except ImportError as exc:
-        raise UserError("the web page needs gradio: pip install 'clip_retrieval[web]'") from exc
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise UserError("the web page needs gradio: pip install 'clip_retrieval[web]'")
+    from .web import serve
+
     serve(args.features, args.host, args.port, args.rules, args.device)
     return EXIT_OK
 
