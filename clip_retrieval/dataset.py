@@ -184,6 +184,8 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(f"too many pixels ({exc})") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ValueError("not a readable image: unknown or unsupported format") from exc
     except (OSError, SyntaxError, Image.UnidentifiedImageError) as exc:
         reason = "truncated or corrupt" if "truncated" in str(exc) or "broken" in str(exc) else "not a readable image"
         raise ValueError(f"{reason}: {exc}") from exc

@@ -59,17 +59,15 @@ class Page:
         self.plain = api.Searcher(self.searcher.store, lambda: self.searcher.encoder, None)
 
     def _checked_upload(self, upload) -> str:
-        """The uploaded file's path, after checking it is an image we will decode (else a page message)."""
-        import gradio as gr
-
+        """The uploaded file's path, after checking it is an image we will decode (else UserError)."""
         if not upload:
-            raise gr.Error("请先上传图片 / upload an image first")
+            raise UserError("请先上传图片 / upload an image first")
         path = upload if isinstance(upload, str) else upload.name
         try:
             open_image(Path(path).read_bytes(), 64, self.max_pixels)
         except (ValueError, OSError) as exc:
             self._discard(path)
-            raise gr.Error(f"无法使用这张图片 / cannot use this upload: {exc}") from None
+            raise UserError(f"无法使用这张图片 / cannot use this upload: {exc}") from None
         return path
 
     @staticmethod
@@ -79,45 +77,41 @@ class Page:
         except OSError:
             pass
 
-    def _run(self, searcher, **kwargs):
+    def _with_upload(self, upload, work, empty):
+        """Run ``work(path)`` on a checked upload; a problem becomes the tab's status line, not a crash."""
+        try:
+            path = self._checked_upload(upload)
+        except UserError as exc:
+            return f"⚠️ {exc}", empty
+        try:
+            return "", work(path)
+        except UserError as exc:
+            return f"⚠️ {exc}", empty
+        finally:
+            self._discard(path)
+
+    def text_search(self, query: str, expand: bool, k: float):
         import gradio as gr
 
         try:
-            return api.search(searcher, **kwargs)[0]
+            result = api.search(self.searcher if expand else self.plain, query=query, k=int(k), expand=expand)[0]
         except UserError as exc:
             raise gr.Error(str(exc)) from None
-
-    def text_search(self, query: str, expand: bool, k: float):
-        result = self._run(self.searcher if expand else self.plain, query=query, k=int(k), expand=expand)
         return _expansions(result), _gallery(result)
 
     def image_search(self, upload, k: float):
-        path = self._checked_upload(upload)
-        try:
-            result = self._run(self.searcher, image=path, k=int(k))
-        finally:
-            self._discard(path)
-        return _gallery(result)
+        return self._with_upload(upload, lambda p: _gallery(api.search(self.searcher, image=p, k=int(k))[0]), [])
 
     def image_to_text(self, upload, k: float):
-        path = self._checked_upload(upload)
-        try:
-            result = self._run(self.searcher, image=path, k=int(k), to="text")
-        finally:
-            self._discard(path)
-        return [[h.rank, round(h.score, 4), h.caption, h.image_path] for h in result.results]
+        def work(path):
+            result = api.search(self.searcher, image=path, k=int(k), to="text")[0]
+            return [[h.rank, round(h.score, 4), h.caption, h.image_path] for h in result.results]
+        return self._with_upload(upload, work, [])
 
     def classify(self, upload, labels: str):
-        import gradio as gr
-
-        path = self._checked_upload(upload)
-        try:
-            item = api.classify([path], labels, self.searcher.encoder, rules=self.rules)[0]
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
-        finally:
-            self._discard(path)
-        return item["probabilities"]
+        return self._with_upload(
+            upload, lambda p: api.classify([p], labels, self.searcher.encoder, rules=self.rules)[0]["probabilities"],
+            None)
 
 
 def build(page: Page):
@@ -142,22 +136,25 @@ def build(page: Page):
                              elem_id="i2i-upload")
             k2 = gr.Slider(1, 20, value=6, step=1, label="top-k")
             go2 = gr.Button("搜索 / Search", variant="primary", elem_id="i2i-search")
+            status2 = gr.Markdown(elem_id="i2i-status")
             gallery2 = gr.Gallery(label="相似图片 / similar images", columns=6, elem_id="i2i-results")
-            go2.click(page.image_search, [upload, k2], [gallery2])
+            go2.click(page.image_search, [upload, k2], [status2, gallery2])
         with gr.Tab("以图搜文 / image to text"):
             upload3 = gr.File(label="上传图片 / upload an image", file_types=["image"], type="filepath",
                               elem_id="i2t-upload")
             k3 = gr.Slider(1, 20, value=5, step=1, label="top-k")
             go3 = gr.Button("搜索 / Search", variant="primary", elem_id="i2t-search")
+            status3 = gr.Markdown(elem_id="i2t-status")
             table = gr.Dataframe(headers=["rank", "score", "caption", "image"], elem_id="i2t-results")
-            go3.click(page.image_to_text, [upload3, k3], [table])
+            go3.click(page.image_to_text, [upload3, k3], [status3, table])
         with gr.Tab("零样本分类 / zero-shot"):
             upload4 = gr.File(label="上传图片 / upload an image", file_types=["image"], type="filepath",
                               elem_id="cls-upload")
             labels = gr.Textbox(label="标签 / labels", value="猫,狗,小猪,兔子,汽车", elem_id="labels")
             go4 = gr.Button("分类 / Classify", variant="primary", elem_id="cls-go")
+            status4 = gr.Markdown(elem_id="cls-status")
             probs = gr.Label(label="概率 / probabilities", elem_id="cls-results")
-            go4.click(page.classify, [upload4, labels], [probs])
+            go4.click(page.classify, [upload4, labels], [status4, probs])
     return app
 
 
