@@ -114,6 +114,20 @@ class Page:
             None)
 
 
+def _upload_tab(title: str, prefix: str, button: str, handler, make_option, make_output) -> None:
+    """One upload tab: file, an option (top-k or labels), button, status line, output; ids start with ``prefix``."""
+    import gradio as gr
+
+    with gr.Tab(title):
+        upload = gr.File(label="上传图片 / upload an image", file_types=["image"], type="filepath",
+                         elem_id=f"{prefix}-upload")
+        option = make_option()
+        go = gr.Button(button, variant="primary", elem_id=f"{prefix}-go")
+        status = gr.Markdown(elem_id=f"{prefix}-status")
+        output = make_output()
+        go.click(handler, [upload, option], [status, output])
+
+
 def build(page: Page):
     """The Gradio Blocks for a page."""
     import gradio as gr
@@ -131,30 +145,15 @@ def build(page: Page):
             gallery = gr.Gallery(label="结果 / results", columns=6, elem_id="results")
             go.click(page.text_search, [query, expand, k], [used, gallery])
             query.submit(page.text_search, [query, expand, k], [used, gallery])
-        with gr.Tab("以图搜图 / image to image"):
-            upload = gr.File(label="上传图片 / upload an image", file_types=["image"], type="filepath",
-                             elem_id="i2i-upload")
-            k2 = gr.Slider(1, 20, value=6, step=1, label="top-k")
-            go2 = gr.Button("搜索 / Search", variant="primary", elem_id="i2i-search")
-            status2 = gr.Markdown(elem_id="i2i-status")
-            gallery2 = gr.Gallery(label="相似图片 / similar images", columns=6, elem_id="i2i-results")
-            go2.click(page.image_search, [upload, k2], [status2, gallery2])
-        with gr.Tab("以图搜文 / image to text"):
-            upload3 = gr.File(label="上传图片 / upload an image", file_types=["image"], type="filepath",
-                              elem_id="i2t-upload")
-            k3 = gr.Slider(1, 20, value=5, step=1, label="top-k")
-            go3 = gr.Button("搜索 / Search", variant="primary", elem_id="i2t-search")
-            status3 = gr.Markdown(elem_id="i2t-status")
-            table = gr.Dataframe(headers=["rank", "score", "caption", "image"], elem_id="i2t-results")
-            go3.click(page.image_to_text, [upload3, k3], [status3, table])
-        with gr.Tab("零样本分类 / zero-shot"):
-            upload4 = gr.File(label="上传图片 / upload an image", file_types=["image"], type="filepath",
-                              elem_id="cls-upload")
-            labels = gr.Textbox(label="标签 / labels", value="猫,狗,小猪,兔子,汽车", elem_id="labels")
-            go4 = gr.Button("分类 / Classify", variant="primary", elem_id="cls-go")
-            status4 = gr.Markdown(elem_id="cls-status")
-            probs = gr.Label(label="概率 / probabilities", elem_id="cls-results")
-            go4.click(page.classify, [upload4, labels], [status4, probs])
+        _upload_tab("以图搜图 / image to image", "i2i", "搜索 / Search", page.image_search,
+                    lambda: gr.Slider(1, 20, value=6, step=1, label="top-k"),
+                    lambda: gr.Gallery(label="相似图片 / similar images", columns=6, elem_id="i2i-results"))
+        _upload_tab("以图搜文 / image to text", "i2t", "搜索 / Search", page.image_to_text,
+                    lambda: gr.Slider(1, 20, value=5, step=1, label="top-k"),
+                    lambda: gr.Dataframe(headers=["rank", "score", "caption", "image"], elem_id="i2t-results"))
+        _upload_tab("零样本分类 / zero-shot", "cls", "分类 / Classify", page.classify,
+                    lambda: gr.Textbox(label="标签 / labels", value="猫,狗,小猪,兔子,汽车", elem_id="labels"),
+                    lambda: gr.Label(label="概率 / probabilities", elem_id="cls-results"))
     return app
 
 

@@ -134,7 +134,7 @@ def test_upload_shows_similar_images_and_is_deleted(server, browser):
     upload = ROOT / "data" / "images" / "husky_snow_00.png"
     page.locator("#i2i-upload input[type=file]").set_input_files(str(upload))
     page.wait_for_timeout(1000)
-    page.locator("#i2i-search").click()
+    page.locator("#i2i-go").click()
     captions = _captions(page, "#i2i-results")
     assert "哈士奇" in captions[0] or "husky" in captions[0]
     page.screenshot(path=str(SHOTS / "web_image_search.png"), full_page=True)
@@ -151,7 +151,7 @@ def test_bad_upload_gets_a_message_not_a_crash(server, browser, tmp_path):
     page.get_by_role("tab", name=re.compile("以图搜图")).click()
     page.locator("#i2i-upload input[type=file]").set_input_files(str(fake))
     page.wait_for_timeout(1000)
-    page.locator("#i2i-search").click()
+    page.locator("#i2i-go").click()
     page.wait_for_function("document.querySelector('#i2i-status').innerText.includes('cannot use this upload')",
                            timeout=30_000)
     page.screenshot(path=str(SHOTS / "web_bad_upload.png"))
