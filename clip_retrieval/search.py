@@ -171,14 +171,14 @@ class Searcher:
 
     def query_vector(self, expansion: Expansion) -> torch.Tensor:
         """All phrasings in one batch, then the weighted mean."""
-        embeddings = self.phrase_vectors([p.text for p in expansion.phrases])
-        return pool(embeddings, [p.weight for p in expansion.phrases])
+        return self._pooled([expansion])[0]
 
     def query_vectors(self, queries: list[str], expand: bool = True) -> torch.Tensor:
         """Pooled vectors for many queries, every phrasing of every query encoded in one pass."""
-        expansions = [self.expand(clean_query(q)[0], expand) for q in queries]
-        phrases = [p for e in expansions for p in e.phrases]
-        embeddings = self.phrase_vectors([p.text for p in phrases])
+        return self._pooled([self.expand(clean_query(q)[0], expand) for q in queries])
+
+    def _pooled(self, expansions: list[Expansion]) -> torch.Tensor:
+        embeddings = self.phrase_vectors([p.text for e in expansions for p in e.phrases])
         out, start = [], 0
         for e in expansions:
             n = len(e.phrases)
@@ -195,13 +195,14 @@ class Searcher:
             return ids[0][keep], scores[0][keep]
         return exact_topk(self._matrix, query, k, self._scores)
 
+    def _hit(self, rank: int, image: int, score: float) -> Hit:
+        """A result row for an indexed image, shown with its first caption."""
+        captions = self.store.captions_of(image)
+        return Hit(rank, float(score), self.store.image_path(image), captions[0] if captions else "", image)
+
     def search_vector(self, vector: torch.Tensor, k: int) -> list[Hit]:
         idx, scores = self.nearest(vector, k)
-        hits = []
-        for rank, (i, s) in enumerate(zip(idx.tolist(), scores.tolist()), start=1):
-            captions = self.store.captions_of(i)
-            hits.append(Hit(rank, float(s), self.store.image_path(i), captions[0] if captions else "", i))
-        return hits
+        return [self._hit(rank, i, sc) for rank, (i, sc) in enumerate(zip(idx.tolist(), scores.tolist()), start=1)]
 
     def search_text(self, query: str, k: int = 5, expand: bool = True, fuse: bool = False) -> SearchResult:
         """Expand, encode, pool, renormalise, scan: the whole text-to-image path.
@@ -258,8 +259,7 @@ class Searcher:
     def fused(self, vector: torch.Tensor, k: int) -> list[Hit]:
         scores = self.fused_scores(vector, max(RRF_DEPTH, k))
         best = sorted(np.flatnonzero(scores).tolist(), key=lambda i: (-scores[i], i))[:k]
-        return [Hit(r, float(scores[i]), self.store.image_path(i), (self.store.captions_of(i) or [""])[0], i)
-                for r, i in enumerate(best, start=1)]
+        return [self._hit(r, i, scores[i]) for r, i in enumerate(best, start=1)]
 
     def image_vector(self, path: str | os.PathLike) -> tuple[torch.Tensor, str]:
         """The encoded query image and its content hash."""
@@ -301,8 +301,7 @@ class Searcher:
             same = self.store.same_image(path, digest)
             ids, scores = self.nearest(vector, k + len(same))
             keep = [(i, sc) for i, sc in zip(ids.tolist(), scores.tolist()) if i not in same][:k]
-            hits = [Hit(r, float(sc), self.store.image_path(i), (self.store.captions_of(i) or [""])[0], i)
-                    for r, (i, sc) in enumerate(keep, start=1)]
+            hits = [self._hit(r, i, sc) for r, (i, sc) in enumerate(keep, start=1)]
         return SearchResult(query=clean or str(path), expansions=expansion.expansions if expansion else [], results=hits,
                             model=self.store.model, k=k, expand=expand and bool(text), truncated=truncated,
                             matched=expansion.matched if expansion else [], mode="image+text" if text else "image",
