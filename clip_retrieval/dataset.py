@@ -191,6 +191,16 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
         raise ValueError(f"{reason}: {exc}") from exc
 
 
+def thumbnail(path: str | os.PathLike, size: int) -> Image.Image:
+    """A picture for display, at most ``size`` on each side; a grey square when the file cannot be shown."""
+    try:
+        img = open_image(path, size)
+    except (ValueError, OSError):
+        return Image.new("RGB", (size, size), (210, 210, 210))
+    img.thumbnail((size, size))
+    return img
+
+
 class ImageFiles:
     """A map-style torch Dataset: index -> (index, pixels or None, sha256, skip reason).
 

@@ -69,12 +69,10 @@ def _bitmap(font: ImageFont.FreeTypeFont, ch: str) -> bytes:
 
 
 def _thumb(path: str) -> Image.Image:
-    from .dataset import open_image
-    try:
-        img = open_image(path, THUMB)
-    except (ValueError, OSError):
-        img = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
-    img.thumbnail((THUMB, THUMB))
+    """The picture centred on a white square tile."""
+    from .dataset import thumbnail
+
+    img = thumbnail(path, THUMB)
     tile = Image.new("RGB", (THUMB, THUMB), (255, 255, 255))
     tile.paste(img, ((THUMB - img.width) // 2, (THUMB - img.height) // 2))
     return tile

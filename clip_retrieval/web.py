@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from . import api
-from .dataset import DEFAULT_MAX_PIXELS, open_image
+from .dataset import DEFAULT_MAX_PIXELS, open_image, thumbnail
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -26,18 +26,8 @@ THUMB = 256
 MAX_UPLOAD = "20mb"
 
 
-def _thumb(path: str):
-    try:
-        img = open_image(path, THUMB)
-    except (ValueError, OSError):
-        from PIL import Image
-        return Image.new("RGB", (THUMB, THUMB), (220, 220, 220))
-    img.thumbnail((THUMB, THUMB))
-    return img
-
-
 def _gallery(result) -> list:
-    return [(_thumb(h.image_path), f"#{h.rank}  {h.score:.3f}  {h.caption}") for h in result.results]
+    return [(thumbnail(h.image_path, THUMB), f"#{h.rank}  {h.score:.3f}  {h.caption}") for h in result.results]
 
 
 def _expansions(result) -> str:

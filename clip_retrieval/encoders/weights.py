@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from filelock import FileLock
 
+from ..dataset import sha256_file
 from ..errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,7 @@ def file_fingerprint(path: str | os.PathLike) -> str:
         pass
     if key in cached:
         return cached[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    value = "sha256:" + digest.hexdigest()[:16]
+    value = "sha256:" + sha256_file(path)[:16]
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(cache_file) + ".lock", timeout=10):
