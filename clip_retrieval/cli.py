@@ -50,7 +50,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .encoders import DEFAULT_MODEL
+    from .encoders.catalog import DEFAULT_MODEL, model_name_help, trainable_families
 
     parser = _Parser(prog="clip-retrieval", description="以中文短查询检索图片 / Search images with short Chinese queries.")
     parser.add_argument("--version", action="version", version=f"clip-retrieval {__version__}")
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--csv", help="captions file with image_path,caption columns (default: data/captions.csv)")
     src.add_argument("--images", help="index a folder of images instead (no captions)")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"model string: open_clip:ARCH/PRETRAINED, cn_clip:ARCH or demo (default: {DEFAULT_MODEL})")
+                   help=f"model string: {model_name_help()}; `clip-retrieval models` lists them "
+                        f"(default: {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", help="local weights file or folder (offline use)")
     p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (--arch) or fine-tune (--model) a CLIP model on a captions file")
     p.add_argument("--csv", required=True, help="captions file with image_path,caption columns")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="fine-tune this model (open_clip:ARCH/PRETRAINED or demo)")
+    which.add_argument("--model", help=f"fine-tune this model ({', '.join(trainable_families())} families)")
     which.add_argument("--arch", help="train a small architecture from scratch (e.g. demo-small, or a JSON path)")
     p.add_argument("--checkpoint", help="local weights for --model")
     p.add_argument("--out", required=True, help="folder for epoch_NNN/, best/ and the training state")
@@ -146,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _common(p)
+
+    p = sub.add_parser("models", help="the model names we support: languages, sizes, published Chinese figures")
+    p.add_argument("--json", action="store_true", help="one JSON array on stdout (default: a table)")
+    p.add_argument("--verbose", action="store_true", help="log details (and tracebacks) to stderr")
 
     p = sub.add_parser("replay", help="re-run logged searches and report what changed")
     p.add_argument("--log", default="outputs/search_log.jsonl", help="search_log.jsonl to replay")
@@ -375,6 +380,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two."""
+    import unicodedata
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _width(text))
+
+
+def _size(row: dict) -> str:
+    if row["download_bytes"]:
+        return f"{row['download_bytes'] / 1e6:.1f} MB"
+    if row["estimated_download_mb"]:
+        return f"~{row['estimated_download_mb']:.0f} MB est."
+    return "unknown"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .encoders.catalog import SOURCES, catalogue, families_help
+
+    rows = catalogue()
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=1))
+        return EXIT_OK
+    notes = {text: f"[{n}]" for n, text in enumerate(SOURCES.values(), start=1)}
+    header = ["名称 / name", "语言 / reads", "维度 / dim", "参数 / params", "下载 / download",
+              "中文文搜图 R@1 / zh text-to-image R@1"]
+    table = [header]
+    for row in rows:
+        figures = " ".join(f"{f['benchmark']} {f['r@1']:.1f}{notes[f['source']]}" for f in row["zh_text_to_image_r@1"])
+        params = f"{row['params_millions']:.0f}M{notes[row['params_source']]}" if row["params_millions"] else "unknown"
+        table.append([row["name"] + (" (默认 / default)" if row["default"] else ""), ",".join(row["languages"]),
+                      str(row["embed_dim"]), params, _size(row), figures or "unknown"])
+    widths = [max(_width(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        print("  ".join(_pad(cell, w) for cell, w in zip(line, widths)).rstrip())
+    print("\n来源 / sources (est. = 4 bytes per parameter, float32; a float16 file is half):")
+    for text, mark in notes.items():
+        print(f"  {mark} {text}")
+    print("\n系列 / families:\n" + families_help())
+    return EXIT_OK
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from . import api
 
@@ -396,7 +445,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "classify": cmd_classify, "dedup": cmd_dedup, "index": cmd_index, "extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
-            "replay": cmd_replay}
+            "replay": cmd_replay, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

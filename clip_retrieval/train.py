@@ -66,6 +66,7 @@ def _model_for(model_name: str | None, checkpoint: str | None, arch: str | None,
     import open_clip
 
     from .encoders import load_encoder, parse_model_name
+    from .encoders.catalog import FAMILIES, trainable_families
     from .encoders.openclip import arch_config, build_model
 
     if arch:
@@ -74,8 +75,9 @@ def _model_for(model_name: str | None, checkpoint: str | None, arch: str | None,
         preprocess = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
         return model, cfg, preprocess, open_clip.get_tokenizer("ViT-B-32"), ["zh", "en"]
     family, spec = parse_model_name(model_name or "")
-    if family == "cn_clip":
-        raise InputError("train fine-tunes open_clip models (and demo); cn_clip fine-tuning is not supported yet")
+    if not FAMILIES[family].trainable:
+        raise InputError(f"train fine-tunes {' and '.join(trainable_families())} models; "
+                         f"{family} fine-tuning is not supported yet / 暂不支持微调 {family}")
     encoder = load_encoder(model_name, checkpoint, "cpu")
     if checkpoint and Path(checkpoint).is_dir():
         cfg = json.loads((Path(checkpoint) / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]

@@ -2,37 +2,24 @@
 
 Model strings: ``open_clip:ARCH/PRETRAINED`` (default ``open_clip:ViT-B-32/openai``),
 ``open_clip:ARCH`` with a checkpoint, ``cn_clip:ARCH``, and ``demo`` (the small offline
-model shipped inside the package). Adding a family is adding an entry to ``FAMILIES``.
+model shipped inside the package). Families and documented names are data in
+``catalog``: adding a family is adding an entry there.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import InputError, ModelUnavailableError
+from .catalog import DEFAULT_MODEL, DEMO_DIR, DEMO_MODEL, FAMILIES, model_name_help
 if TYPE_CHECKING:  # torch loads only when a model does, so `--help` and argument errors stay instant
     import torch
 
     from .base import Encoder
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "open_clip:ViT-B-32/openai"
-DEMO_MODEL = "demo"
-DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
-
-
-def _load_open_clip(spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
-    from . import openclip
-    return openclip.load(spec, checkpoint, device)
-
-
-def _load_cn_clip(spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
-    from . import cnclip
-    return cnclip.load(spec, checkpoint, device)
-
 
 def _load_demo(spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
     folder = checkpoint or str(DEMO_DIR)
@@ -46,13 +33,6 @@ def _load_demo(spec: str, checkpoint: str | None, device: torch.device) -> Encod
     return encoder
 
 
-FAMILIES: dict[str, Callable[[str, str | None, "torch.device"], "Encoder"]] = {
-    "open_clip": _load_open_clip,
-    "cn_clip": _load_cn_clip,
-    DEMO_MODEL: _load_demo,
-}
-
-
 def parse_model_name(name: str) -> tuple[str, str]:
     """Split ``family:spec``; a bare ``demo`` is its own family."""
     name = name.strip()
@@ -61,8 +41,8 @@ def parse_model_name(name: str) -> tuple[str, str]:
         return DEMO_MODEL, ""
     if not sep or family not in FAMILIES or (family != DEMO_MODEL and not spec):
         raise InputError(
-            f"unknown model {name!r}: use open_clip:ARCH/PRETRAINED (e.g. {DEFAULT_MODEL}), "
-            f"cn_clip:ARCH (e.g. cn_clip:ViT-B-16) or demo")
+            f"未知模型 / unknown model {name!r}: use {model_name_help()} (e.g. {DEFAULT_MODEL}); "
+            f"`clip-retrieval models` lists the documented names")
     return family, spec
 
 
@@ -92,7 +72,7 @@ def load_encoder(name: str = DEFAULT_MODEL, checkpoint: str | None = None, devic
         raise InputError(f"checkpoint not found: {checkpoint}")
     dev = select_device(device)
     log.info("loading %s on %s", name, dev)
-    return FAMILIES[family](spec, checkpoint, dev)
+    return FAMILIES[family].load(spec, checkpoint, dev)
 
 
 def __getattr__(name: str):
