@@ -30,11 +30,13 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                      batch_size: int = 32, num_workers: int | None = None, device: str = "auto",
                      quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      encoder: Encoder | None = None,
-                     rules: str | os.PathLike | None = DEFAULT_RULES, update: bool = False) -> ExtractResult:
+                     rules: str | os.PathLike | None = DEFAULT_RULES, update: bool = False,
+                     exact_decode: bool = False) -> ExtractResult:
     """Validate the collection first (cheap), then load the model and encode it.
 
     When the rules file exists, the expansion cache is built too, so first searches are fast.
     ``update`` re-encodes only what changed since the features already in ``out``.
+    ``exact_decode`` turns JPEG draft decoding off (pixels as a plain PIL decode gives them).
     """
     if csv is not None and images is not None:
         raise InputError("give either --csv or --images, not both")
@@ -48,7 +50,7 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
         raise InputError(f"--update: {out} was built with other {encoder.name} weights ({previous.model_fingerprint}, "
                          f"now {encoder.fingerprint}); run a full extract without --update")
     result = extract(encoder, coll, out, batch_size=batch_size, num_workers=num_workers, quiet=quiet,
-                     max_pixels=max_pixels, checkpoint=checkpoint, previous=previous)
+                     max_pixels=max_pixels, checkpoint=checkpoint, previous=previous, exact_decode=exact_decode)
     if rules is not None and (Path(rules).is_file() or (Path(rules) == DEFAULT_RULES and SHIPPED_RULES.is_file())):
         table = load_rules(rules)
         if store.load_expansion_cache(out, encoder.fingerprint, table.sha256) is None:

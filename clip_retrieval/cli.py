@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expansion table whose phrasings are pre-encoded beside the features")
     p.add_argument("--update", action="store_true",
                    help="re-encode only new or changed images and captions; drop removed ones")
+    p.add_argument("--exact-decode", action="store_true",
+                   help="decode JPEGs at full size, as plain PIL does (default: off, draft decoding at reduced "
+                        "size, several times faster on phone photos)")
     _common(p)
 
     p = sub.add_parser("search", help="search the features with a text query, an image, or both")
@@ -168,7 +171,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                   out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
                                   device=args.device, quiet=args.quiet,
                                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, rules=args.rules,
-                                  update=args.update)
+                                  update=args.update, exact_decode=args.exact_decode)
     counts = result.manifest["counts"]
     print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
           f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "

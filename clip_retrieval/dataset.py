@@ -162,7 +162,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode to RGB, honouring EXIF orientation; JPEGs decode at reduced size via draft mode.
+    """Decode to RGB, honouring EXIF orientation; with ``target_size``, JPEGs decode at reduced size via draft mode.
+
+    Without ``target_size`` every pixel is decoded (what ``extract --exact-decode`` asks for).
 
     Raises ``ValueError`` with a short reason for files that must be skipped.
     """

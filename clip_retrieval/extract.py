@@ -44,10 +44,13 @@ class ExtractResult:
 
 
 def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num_workers: int | None = None,
-                  quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+                  quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, exact_decode: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[tuple[int, str, str]]]:
     """Encode image files in batches, decoding in worker processes while the model runs.
 
+    JPEGs decode in draft mode (libjpeg's reduced-size decoding, several times cheaper on phone
+    photos; the benchmark prints its smallest cosine to a full decode) unless ``exact_decode``,
+    which decodes every pixel as plain PIL does, for parity with upstream pipelines.
     Returns (features with a row per path, mask of rows encoded, content hashes, skipped as
     (position, hash, reason)).
     """
@@ -57,7 +60,7 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
     skipped: list[tuple[int, str, str]] = []
     if not paths:
         return feats, kept, hashes, skipped
-    dataset = ImageFiles(paths, encoder.preprocess, encoder.image_size, max_pixels)
+    dataset = ImageFiles(paths, encoder.preprocess, None if exact_decode else encoder.image_size, max_pixels)
     workers = default_workers() if num_workers is None else num_workers
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
                         pin_memory=encoder.device.type == "cuda",
@@ -103,21 +106,25 @@ def _reusable(coll: Collection, paths: list[Path], stats: list[os.stat_result],
 def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_size: int = 32,
             num_workers: int | None = None, quiet: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, checkpoint: str | None = None,
-            previous: store.FeatureStore | None = None) -> ExtractResult:
+            previous: store.FeatureStore | None = None, exact_decode: bool = False) -> ExtractResult:
     """Encode a collection and save features + manifest under ``out`` (atomically).
 
     With ``previous`` (features made by the same model), only new or changed images and
     new captions are encoded; removed rows are dropped. ``checkpoint`` is recorded so a
-    later search loads the same local weights by itself.
+    later search loads the same local weights by itself. The decoding mode (draft or
+    exact, see ``encode_images``) is recorded too; ``previous`` image vectors made in the
+    other mode are not reused.
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     paths = [coll.resolve(p) for p in coll.images]
     stats = [p.stat() for p in paths]
-    reuse = _reusable(coll, paths, stats, previous) if previous is not None else {}
+    decode = "exact" if exact_decode else "draft"
+    same_decode = previous is not None and previous.manifest.get("image_decode", "draft") == decode
+    reuse = _reusable(coll, paths, stats, previous) if same_decode else {}
     todo = [i for i in range(len(paths)) if i not in reuse]
     new_feats, new_kept, new_hashes, new_skipped = encode_images(
-        encoder, [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels)
+        encoder, [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels, exact_decode)
     all_feats = torch.zeros(len(paths), encoder.dim)
     hashes = [""] * len(paths)
     kept_mask = torch.zeros(len(paths), dtype=torch.bool)
@@ -159,6 +166,7 @@ def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_si
                   "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None},
         "source": source,
         "root": str(coll.root),
+        "image_decode": decode,
         "counts": {"images": len(images), "captions": len(caption_entries), "skipped": len(skipped_entries)},
         "images": images,
         "captions": caption_entries,
