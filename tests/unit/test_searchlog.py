@@ -34,6 +34,10 @@ def test_concurrent_processes_never_interleave_or_lose_records(tmp_path):
     blocks = (tmp_path / "search_log.txt").read_text(encoding="utf-8").split("\n\n")
     assert sum(1 for b in blocks if b.startswith("[")) == 100
     assert all(b.count("query / 查询") == 1 for b in blocks if b)
+    # both files hold the records in the same order (without the lock, writers overtake each other between files)
+    in_text = [b.split("query / 查询: ")[1].split("-长")[0] for b in blocks if b.startswith("[")]
+    in_json = [json.loads(line)["query"].split("-长")[0] for line in lines]
+    assert in_text == in_json
 
 
 def test_replay_identical_then_reports_what_changed(tiny_features, tmp_path):
