@@ -96,12 +96,12 @@ def open_searcher(features: str | os.PathLike = "outputs", model: str | None = N
 
 
 def record_for(searcher: Searcher, result: SearchResult) -> dict:
+    """The log record of one search made with ``searcher``."""
     rules = searcher.rules
     used = rules is not None and result.expand
     return searchlog.make_record(
-        result, model_fingerprint=searcher.model_fingerprint, features_fingerprint=searcher.store.fingerprint,
-        features_dir=str(searcher.store.folder), rules_sha256=rules.sha256 if used else None,
-        rules_path=rules.path if used else None)
+        result, searcher.store, model_fingerprint=searcher.model_fingerprint,
+        rules_sha256=rules.sha256 if used else None, rules_path=rules.path if used else None)
 
 
 def search(searcher: Searcher, query: str | None = None, k: int = 5, expand: bool = True,
@@ -131,21 +131,29 @@ def run_query(searcher: Searcher, query: str | None = None, k: int = 5, expand: 
 
 def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None = None,
                device: str = "auto") -> list[searchlog.ReplayOutcome]:
-    """Re-run every logged query against current (or other) features and rules, without logging again."""
-    records = list(searchlog.read_records(log_path))
+    """Re-run every logged query against current (or other) features and rules, without logging again.
+
+    Records that cannot run are reported as not replayable and the others still run.
+    """
+    return replay_records(list(searchlog.read_records(log_path)), log_path, features=features, device=device)
+
+
+def replay_records(records: list[dict], log_path: str | os.PathLike, features: str | os.PathLike | None = None,
+                   device: str = "auto") -> list[searchlog.ReplayOutcome]:
+    """Replay the given records (of the log at ``log_path``); one searcher per features folder and rules file."""
     searchers: dict[tuple, Searcher] = {}
 
     def run(record: dict) -> dict:
-        folder = str(features or record["features_dir"])
-        rules = record.get("rules_path") if record["expand"] else None
+        folder = searchlog.features_folder(record, log_path, features)
+        rules = searchlog.rules_file(record, log_path) if record.get("expand") else None
         key = (folder, rules)
         if key not in searchers:
             encoder = next((s.encoder for s in searchers.values() if s.store.folder == Path(folder)), None)
             searchers[key] = open_searcher(folder, rules=rules, device=device, encoder=encoder)
         searcher = searchers[key]
         mode = record.get("mode", "text")
-        result = run_query(searcher, query=None if mode == "image" else record["query"], k=record["k"], expand=record["expand"],
-                           image=record.get("image"), to=record.get("to", "image"),
+        result = run_query(searcher, query=None if mode == "image" else record.get("query"), k=record.get("k", 5),
+                           expand=bool(record.get("expand")), image=record.get("image"), to=record.get("to", "image"),
                            text_weight=record.get("text_weight") or 0.5, fuse=record.get("fuse", False))
         return record_for(searcher, result)
 

@@ -1,6 +1,7 @@
 """The ``clip-retrieval`` command: argument parsing and printing over ``clip_retrieval.api``.
 
-Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 anything else.
+Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 anything else;
+``replay`` exits 3 when some record differs or could not be replayed.
 Heavy imports (torch, open_clip) happen inside the subcommands so ``--help`` is instant.
 """
 
@@ -17,7 +18,7 @@ from .errors import UserError
 
 log = logging.getLogger("clip_retrieval")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,9 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON array on stdout (default: a table)")
     p.add_argument("--verbose", action="store_true", help="log details (and tracebacks) to stderr")
 
-    p = sub.add_parser("replay", help="re-run logged searches and report what changed")
-    p.add_argument("--log", default="outputs/search_log.jsonl", help="search_log.jsonl to replay")
-    p.add_argument("--features", help="replay against this features folder instead of the logged one")
+    p = sub.add_parser("replay", help="re-run logged searches and report what changed and why "
+                                      "(exit 0 all identical, 3 some differ or not replayable)")
+    p.add_argument("--log", default="outputs/search_log.jsonl",
+                   help="search_log.jsonl (or its folder) to replay (default: outputs/search_log.jsonl)")
+    p.add_argument("--features", help="replay against this features folder instead of the logged one "
+                                      "(default: the folder each record names)")
     p.add_argument("--json", action="store_true", help="one JSON object per record")
     _common(p)
     return parser
@@ -312,22 +316,25 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from . import api
+    from . import api, searchlog
 
     outcomes = api.replay_log(args.log, features=args.features, device=args.device)
     for o in outcomes:
         if args.json:
-            print(json.dumps({"time": o.record["time"], "query": o.record["query"], "identical": o.identical,
-                              "changes": o.changes}, ensure_ascii=False))
-        else:
-            state = "identical / 一致" if o.identical else "different / 不同"
-            print(f"[{o.record['time']}] {o.record['query']}: {state}")
-            for change in o.changes:
-                print(f"    {change}")
+            print(json.dumps(o.to_json(), ensure_ascii=False))
+            continue
+        state = {searchlog.IDENTICAL: "identical / 一致", searchlog.DIFFERENT: "different / 不同",
+                 searchlog.NOT_REPLAYABLE: "not replayable / 无法重放"}[o.status]
+        why = f"  (cause / 原因: {', '.join(o.causes)})" if o.causes else ""
+        print(f"[{o.record.get('time')}] {o.record.get('query')}: {state}{why}")
+        for line in o.changes + ([o.reason] if o.reason else []):
+            print(f"    {line}")
     same = sum(o.identical for o in outcomes)
     if not args.json:
-        print(f"{same}/{len(outcomes)} identical")
-    return EXIT_OK
+        skipped = sum(o.status == searchlog.NOT_REPLAYABLE for o in outcomes)
+        print(f"{same}/{len(outcomes)} identical / 一致, {len(outcomes) - same - skipped} different / 不同, "
+              f"{skipped} not replayable / 无法重放")
+    return EXIT_OK if same == len(outcomes) else EXIT_DIFFERENT
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ class Hit:
     image_path: str
     caption: str
     index: int
+    caption_row: int | None = None           # image-to-text: the caption's row in the captions file
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Searcher:
             self.use_cache(*cache)
         self._matrix = store.image_matrix()
         self._scores = np.empty(self._matrix.shape[0], dtype=np.float32)
-        self._caption_rows: list[tuple[str, int]] | None = None
+        self._caption_rows: list[tuple[str, int, int]] | None = None
         self._caption_matrix: np.ndarray | None = None
 
     def _accept(self, encoder: Encoder) -> None:
@@ -219,8 +220,8 @@ class Searcher:
                             model=self.store.model, k=k, expand=expand, truncated=truncated,
                             matched=expansion.matched, fuse=fuse)
 
-    def _captions(self) -> tuple[list[tuple[str, int]], np.ndarray]:
-        """Distinct (caption, image) pairs and their vectors, for image-to-text and fusion."""
+    def _captions(self) -> tuple[list[tuple[str, int, int]], np.ndarray]:
+        """Distinct (caption, image, captions-file row) triples and their vectors, for image-to-text and fusion."""
         if self._caption_rows is None:
             feats = self.store.caption_features()
             rows, seen = [], set()
@@ -229,7 +230,8 @@ class Searcher:
                 if key not in seen:
                     seen.add(key)
                     rows.append((row, *key))
-            self._caption_rows = [(text, img) for _, text, img in rows]
+            captions = self.store.manifest["captions"]
+            self._caption_rows = [(text, img, captions[row].get("row", row)) for row, text, img in rows]
             self._caption_matrix = np.ascontiguousarray(feats[[r for r, _, _ in rows]].numpy(), dtype=np.float32)
         if not self._caption_rows:
             raise InputError(f"{self.store.folder} has no captions (built from --images); "
@@ -295,7 +297,7 @@ class Searcher:
         if to == "text":
             rows, matrix = self._captions()
             ids, scores = exact_topk(matrix, vector.numpy(), k)
-            hits = [Hit(r, float(sc), self.store.image_path(rows[c][1]), rows[c][0], rows[c][1])
+            hits = [Hit(r, float(sc), self.store.image_path(rows[c][1]), rows[c][0], rows[c][1], rows[c][2])
                     for r, (c, sc) in enumerate(zip(ids.tolist(), scores.tolist()), start=1)]
         else:
             same = self.store.same_image(path, digest)

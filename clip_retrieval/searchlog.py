@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from filelock import FileLock
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +32,46 @@ def now_iso() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def make_record(result, *, model_fingerprint: str, features_fingerprint: str, features_dir: str,
-                rules_sha256: str | None, rules_path: str | None) -> dict:
-    """Everything a replay needs, beside what a person reads."""
+RECORD_VERSION = 2
+
+
+def make_record(result, store, *, model_fingerprint: str, rules_sha256: str | None,
+                rules_path: str | None) -> dict:
+    """Everything a replay needs, beside what a person reads.
+
+    Paths that a replay resolves are absolute (features folder, query image, rules), and
+    each result also carries its path relative to the collection root, so a replay from
+    another working folder compares results by identity, not by how a path was printed.
+    The fingerprints of what produced the answer let a replay name why it changed.
+    """
+    manifest = store.manifest
     return {
+        "record_version": RECORD_VERSION,
         "time": now_iso(),
         "mode": result.mode,
         "to": result.to,
         "fuse": result.fuse,
-        "image": result.image,
+        "image": str(Path(result.image).resolve()) if result.image else None,
         "image_sha256": result.image_sha256,
         "text_weight": result.text_weight,
         "query": result.query,
         "expand": result.expand,
-        "expansions": [{"text": p.text, "lang": p.lang, "weight": p.weight} for p in result.expansions],
+        "expansions": [{"text": p.text, "lang": p.lang, "weight": p.weight, "term": p.term}
+                       for p in result.expansions],
         "k": result.k,
         "model": result.model,
         "model_fingerprint": model_fingerprint,
-        "features_dir": features_dir,
-        "features_fingerprint": features_fingerprint,
-        "rules_path": rules_path,
+        "features_dir": str(Path(store.folder).resolve()),
+        "collection_root": manifest.get("root"),
+        "features_fingerprint": store.fingerprint,
+        "caption_features_fingerprint": manifest.get("text_features_fingerprint"),
+        "captions_sha256": (manifest.get("source") or {}).get("csv_sha256"),
+        "rules_path": str(Path(rules_path).resolve()) if rules_path else None,
         "rules_sha256": rules_sha256,
         "tool_version": __version__,
         "results": [{"rank": h.rank, "score": round(h.score, 6), "image_path": h.image_path,
-                     "caption": h.caption} for h in result.results],
+                     "path": manifest["images"][h.index]["path"], "caption": h.caption,
+                     "row": h.caption_row} for h in result.results],
     }
 
 
@@ -110,43 +126,177 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
                 raise InputError(f"{path} line {number}: not a JSON record ({exc})") from exc
 
 
+IDENTICAL, DIFFERENT, NOT_REPLAYABLE = "identical", "different", "not replayable"
+
+# What produced a search's answer: (record field, the cause a change of it names, label in the change list).
+INPUTS = (("model", "model", "model"),
+          ("model_fingerprint", "weights", "model weights"),
+          ("features_fingerprint", "images", "features"),
+          ("caption_features_fingerprint", "captions", "caption features"),
+          ("captions_sha256", "captions", "captions file"),
+          ("rules_sha256", "rules", "rules"))
+RANKING_ONLY, CAUSE_UNKNOWN = "ranking only", "cause unknown"
+
+
+class NotReplayable(Exception):
+    """A record that cannot be run again (its query image is gone or changed, its features are missing)."""
+
+
 @dataclass
 class ReplayOutcome:
+    """One record's replay: its status, what changed, why (causes), or why it could not run."""
+
     record: dict
-    identical: bool
-    changes: list[str]
-    new_results: list[dict]
+    status: str
+    changes: list[str] = field(default_factory=list)
+    causes: list[str] = field(default_factory=list)
+    reason: str | None = None
+    new_results: list[dict] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return self.status == IDENTICAL
+
+    def to_json(self) -> dict:
+        """The ``--json`` object of one replayed record."""
+        return {"time": self.record.get("time"), "query": self.record.get("query"),
+                "mode": self.record.get("mode", "text"), "status": self.status, "identical": self.identical,
+                "causes": self.causes, "changes": self.changes, "reason": self.reason}
 
 
-def compare(record: dict, fresh: dict) -> list[str]:
-    """What differs between a logged record and the same query run now."""
-    changes = []
-    for key, label in (("model", "model"), ("model_fingerprint", "model weights"),
-                       ("features_fingerprint", "features"), ("rules_sha256", "rules")):
-        if record.get(key) != fresh.get(key):
+def _same_path(old: dict, new: dict) -> bool:
+    """Whether two result rows name the same image: by collection-relative path, else by the printed path."""
+    if old.get("path") is not None and new.get("path") is not None:
+        return Path(old["path"]) == Path(new["path"])
+    printed, fresh = Path(old.get("image_path", "")), Path(new.get("image_path", "")).resolve()
+    if printed.is_absolute():
+        return printed.resolve() == fresh
+    parts = [p for p in Path(os.path.normpath(printed)).parts if p != ".."]
+    return bool(parts) and list(fresh.parts[-len(parts):]) == parts
+
+
+def _same_hit(old: dict, new: dict, to_text: bool) -> bool:
+    """Image results are the same image; image-to-text results the same caption and row (else the same image)."""
+    if to_text:
+        if old.get("caption") != new.get("caption"):
+            return False
+        if old.get("row") is not None and new.get("row") is not None:
+            return old["row"] == new["row"]
+    return _same_path(old, new)
+
+
+def _causes(record: dict, fresh: dict) -> tuple[list[str], list[str]]:
+    """(changed inputs as readable lines, cause names) between a record and its replay."""
+    changes, causes = [], []
+    for key, cause, label in INPUTS:
+        if key == "rules_sha256" and not (record.get("expand") and fresh.get("rules_sha256")):
+            continue
+        if key in record and record.get(key) != fresh.get(key):
             changes.append(f"{label}: {record.get(key)} -> {fresh.get(key)}")
-    old_exp = [e["text"] for e in record["expansions"]]
-    new_exp = [e["text"] for e in fresh["expansions"]]
+            causes.append(cause)
+    return changes, list(dict.fromkeys(causes))
+
+
+def compare(record: dict, fresh: dict) -> ReplayOutcome:
+    """What differs between a logged record and the same query run now, and which input explains it."""
+    changes, causes = _causes(record, fresh)
+    differs = []
+    old_exp = [e.get("text") for e in record.get("expansions") or []]
+    new_exp = [e.get("text") for e in fresh.get("expansions") or []]
     if old_exp != new_exp:
-        changes.append(f"expansions: {old_exp} -> {new_exp}")
-    old = [h["image_path"] for h in record["results"]]
-    new = [h["image_path"] for h in fresh["results"]]
-    if old != new:
-        first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
-        changes.append(f"ranking: first differs at rank {first + 1}: "
-                       f"{old[first] if first < len(old) else '-'} -> {new[first] if first < len(new) else '-'}")
+        differs.append(f"expansions: {old_exp} -> {new_exp}")
+    old, new = record.get("results") or [], fresh.get("results") or []
+    to_text = record.get("to") == "text"
+    first = next((i for i, (a, b) in enumerate(zip(old, new)) if not _same_hit(a, b, to_text)), None)
+    if first is None and len(old) != len(new):
+        first = min(len(old), len(new))
+    if first is not None:
+        def show(hits, i):
+            return (hits[i].get("caption") if to_text else hits[i].get("image_path")) if i < len(hits) else "-"
+        differs.append(f"ranking: first differs at rank {first + 1}: {show(old, first)} -> {show(new, first)}")
     else:
-        drift = max((abs(a["score"] - b["score"]) for a, b in zip(record["results"], fresh["results"])), default=0.0)
+        for a, b in zip(old, new):
+            if not to_text and a.get("caption") != b.get("caption"):
+                differs.append(f"caption at rank {a.get('rank')}: {a.get('caption')} -> {b.get('caption')}")
+                break
+        drift = max((abs(a.get("score", 0.0) - b.get("score", 0.0)) for a, b in zip(old, new)), default=0.0)
         if drift > 1e-4:
-            changes.append(f"scores: same ranking, largest score change {drift:.6f}")
-    return changes
+            differs.append(f"scores: same ranking, largest score change {drift:.6f}")
+    if not differs:
+        return ReplayOutcome(record, IDENTICAL, changes, [], None, new)
+    if not causes:
+        known = all(key in record for key, _, _ in INPUTS)
+        causes = [RANKING_ONLY if known else CAUSE_UNKNOWN]
+    return ReplayOutcome(record, DIFFERENT, changes + differs, causes, None, new)
 
 
-def replay(records: list[dict], run: Callable[[dict], dict]) -> list[ReplayOutcome]:
-    """Re-run each logged query through ``run`` (which returns a fresh record) and compare."""
+def _log_folder(log_path: str | os.PathLike) -> Path:
+    path = Path(log_path).resolve()
+    return path if path.is_dir() else path.parent
+
+
+def _first_existing(logged: str, log_path: str | os.PathLike, found: Callable[[Path], bool]) -> str:
+    """A relative path from an old record, tried from here, then beside and above the log's folder."""
+    path = Path(logged)
+    if path.is_absolute():
+        return str(path)
+    log_folder = _log_folder(log_path)
+    for candidate in (path, log_folder / path, log_folder.parent / path):
+        if found(candidate):
+            return str(candidate.resolve())
+    return logged
+
+
+def features_folder(record: dict, log_path: str | os.PathLike, override: str | os.PathLike | None = None) -> str:
+    """The features folder a record is replayed against: ``override``, else the logged one wherever it is."""
+    from .store import MANIFEST_FILE
+
+    if override is not None:
+        return str(Path(override).resolve())
+    logged = record.get("features_dir")
+    if not logged:
+        raise NotReplayable("the record names no features folder; give --features DIR")
+    folder = _first_existing(logged, log_path, lambda p: (p / MANIFEST_FILE).is_file())
+    log_folder = _log_folder(log_path)
+    if not (Path(folder) / MANIFEST_FILE).is_file() and (log_folder / MANIFEST_FILE).is_file():
+        return str(log_folder)  # an old record's relative folder: the log lives in its features folder by default
+    return folder
+
+
+def rules_file(record: dict, log_path: str | os.PathLike) -> str | None:
+    """The rules file a record was expanded with, found from any working folder (None: no rules)."""
+    logged = record.get("rules_path")
+    return _first_existing(logged, log_path, Path.is_file) if logged else None
+
+
+def check_query_image(record: dict) -> None:
+    """Refuse (NotReplayable) a record whose query image is gone or is no longer the same file."""
+    from .dataset import sha256_file
+
+    image = record.get("image")
+    if not image:
+        return
+    if not Path(image).is_file():
+        raise NotReplayable(f"query image missing / 查询图片已不存在: {image}")
+    logged = record.get("image_sha256")
+    if logged and sha256_file(image) != logged:
+        raise NotReplayable(f"query image changed since the search / 查询图片已改变: {image} "
+                            f"(sha256 {logged[:12]}… now {sha256_file(image)[:12]}…)")
+
+
+def replay(records: Iterable[dict], run: Callable[[dict], dict]) -> list[ReplayOutcome]:
+    """Re-run each logged query through ``run`` (which returns a fresh record) and compare.
+
+    A record that cannot run (``NotReplayable`` or a ``UserError`` such as missing features)
+    is reported with its reason, and the replay goes on with the next one.
+    """
     outcomes = []
     for record in records:
-        fresh = run(record)
-        changes = compare(record, fresh)
-        outcomes.append(ReplayOutcome(record, not changes, changes, fresh["results"]))
+        try:
+            check_query_image(record)
+            fresh = run(record)
+        except (NotReplayable, UserError) as exc:
+            outcomes.append(ReplayOutcome(record, NOT_REPLAYABLE, reason=str(exc)))
+            continue
+        outcomes.append(compare(record, fresh))
     return outcomes

@@ -1,0 +1,155 @@
+"""Replay as a reviewer uses it: from any folder, through missing images and old records, naming causes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clip_retrieval import api, cli, searchlog
+
+
+@pytest.fixture()
+def collection(small_collection, tmp_path) -> Path:
+    """A private copy of the small collection (tests change its captions and images)."""
+    shutil.copytree(small_collection.parent, tmp_path / "coll")
+    return tmp_path / "coll" / "captions.csv"
+
+
+def _extract(csv_path: Path, out: Path, checkpoint: Path) -> Path:
+    api.extract_features(csv=csv_path, model="open_clip:tiny", checkpoint=str(checkpoint), out=out,
+                         num_workers=0, device="cpu", quiet=True, rules=None)
+    return out
+
+
+def _records(log: Path) -> list[dict]:
+    return list(searchlog.read_records(log))
+
+
+def _rewrite(log: Path, records: list[dict]) -> None:
+    log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+
+
+def _replace_caption(csv_path: Path, image_path: str, new: str) -> None:
+    rows = list(csv.reader(open(csv_path, encoding="utf-8")))
+    hits = [r for r in rows[1:] if r[0] == image_path]
+    assert hits, image_path
+    hits[0][1] = new
+    with open(csv_path, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+def test_replay_from_another_folder_with_absolute_features_is_identical(collection, tiny_open_clip, tmp_path,
+                                                                        monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _extract(collection, Path("feats"), tiny_open_clip)  # typed relative, as a user does
+    searcher = api.open_searcher("feats", rules=None, device="cpu")
+    api.search(searcher, "金毛", k=5, expand=False)
+    api.search(searcher, image=str(collection.parent / "images" / "husky_snow_00.png"), k=3, to="text")
+    record = _records(work / "feats" / searchlog.JSON_LOG)[0]
+    assert Path(record["features_dir"]).is_absolute()
+    assert not Path(record["results"][0]["path"]).is_absolute()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    log = work / "feats" / searchlog.JSON_LOG
+    assert cli.main(["replay", "--log", str(log), "--device", "cpu"]) == 0
+    assert cli.main(["replay", "--log", str(log), "--features", str(work / "feats"), "--device", "cpu"]) == 0
+    assert "2/2 identical" in capsys.readouterr().out
+
+
+def test_missing_query_image_is_not_replayable_and_replay_goes_on(tiny_features, small_collection, tmp_path,
+                                                                  capsys):
+    query = tmp_path / "upload.png"
+    shutil.copy(small_collection.parent / "images" / "husky_snow_00.png", query)
+    changed = tmp_path / "changed.png"
+    shutil.copy(small_collection.parent / "images" / "husky_snow_00.png", changed)
+    searcher = api.open_searcher(tiny_features, rules=None, device="cpu")
+    api.search(searcher, image=str(query), k=3, log_dir=tmp_path)
+    api.search(searcher, image=str(changed), k=3, log_dir=tmp_path)
+    api.search(searcher, "金毛", k=3, expand=False, log_dir=tmp_path)
+    query.unlink()  # the web page deletes its uploads
+    shutil.copy(small_collection.parent / "images" / "grey_cat_grass_00.png", changed)
+
+    log = tmp_path / searchlog.JSON_LOG
+    assert cli.main(["replay", "--log", str(log), "--json", "--device", "cpu"]) == 3
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["status"] for r in rows] == ["not replayable", "not replayable", "identical"]
+    assert "missing" in rows[0]["reason"] and str(query) in rows[0]["reason"]
+    assert "changed" in rows[1]["reason"] and "sha256" in rows[1]["reason"]
+
+
+def test_changed_caption_is_flagged_and_named(collection, tiny_open_clip, tmp_path):
+    feats = _extract(collection, tmp_path / "feats", tiny_open_clip)
+    searcher = api.open_searcher(feats, rules=None, device="cpu")
+    text, _ = api.search(searcher, "金毛", k=6, expand=False)
+    query_image = str(collection.parent / "images" / "husky_snow_00.png")
+    to_text, _ = api.search(searcher, image=query_image, k=5, to="text")
+    root = collection.parent
+    _replace_caption(collection, str(Path(text.results[3].image_path).resolve().relative_to(root)), "一只改过的狗")
+    _replace_caption(collection, str(Path(to_text.results[0].image_path).resolve().relative_to(root)), "改过的描述")
+    _extract(collection, feats, tiny_open_clip)
+
+    text_outcome, caption_outcome = api.replay_log(feats / searchlog.JSON_LOG, device="cpu")
+    assert text_outcome.status == "different" and text_outcome.causes == ["captions"]
+    assert any(c.startswith("caption at rank 4") for c in text_outcome.changes)
+    assert caption_outcome.status == "different" and caption_outcome.causes == ["captions"]
+    assert any(c.startswith("ranking:") for c in caption_outcome.changes)
+
+
+def test_changed_image_is_named(collection, tiny_open_clip, tmp_path):
+    feats = _extract(collection, tmp_path / "feats", tiny_open_clip)
+    api.search(api.open_searcher(feats, rules=None, device="cpu"), "金毛", k=32, expand=False)
+    shutil.copy(collection.parent / "images" / "grey_cat_grass_00.png", collection.parent / "images" / "husky_snow_00.png")
+    _extract(collection, feats, tiny_open_clip)
+    outcome = api.replay_log(feats / searchlog.JSON_LOG, device="cpu")[0]
+    assert outcome.status == "different" and outcome.causes == ["images"]
+    assert any(c.startswith("features:") for c in outcome.changes)
+
+
+def test_same_inputs_other_order_is_ranking_only(tiny_features, tmp_path):
+    api.search(api.open_searcher(tiny_features, rules=None, device="cpu"), "灰猫", k=5, expand=False,
+               log_dir=tmp_path)
+    log = tmp_path / searchlog.JSON_LOG
+    record = _records(log)[0]
+    a, b = record["results"][:2]
+    record["results"][:2] = [dict(b, rank=1), dict(a, rank=2)]
+    _rewrite(log, [record])
+    outcome = api.replay_log(log, device="cpu")[0]
+    assert outcome.status == "different" and outcome.causes == ["ranking only"]
+    assert outcome.changes[0].startswith("ranking: first differs at rank 1")
+
+
+def test_old_records_replay_from_elsewhere_with_cause_unknown(tiny_features, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_features.parent)
+    searcher = api.open_searcher(tiny_features.name, rules=None, device="cpu")
+    api.search(searcher, "金毛", k=4, expand=False, log_dir=tmp_path)
+    new = _records(tmp_path / searchlog.JSON_LOG)[0]
+    old = {key: new[key] for key in ("time", "mode", "to", "fuse", "image", "image_sha256", "text_weight", "query",
+                                     "expand", "expansions", "k", "model", "model_fingerprint",
+                                     "features_fingerprint", "rules_path", "rules_sha256", "tool_version")}
+    old["features_dir"] = tiny_features.name  # today's records: the folder as typed
+    old["results"] = [{k: h[k] for k in ("rank", "score", "image_path", "caption")} for h in new["results"]]
+    tampered = dict(old, results=[dict(old["results"][1], rank=1), dict(old["results"][0], rank=2),
+                                  *old["results"][2:]])
+    log = tiny_features / "old_log.jsonl"  # old logs sat in their features folder
+    _rewrite(log, [old, tampered])
+    monkeypatch.chdir(tmp_path)
+    same, changed = api.replay_log(log, device="cpu")
+    assert same.status == "identical", same.changes
+    assert changed.status == "different" and changed.causes == ["cause unknown"]
+    log.unlink()
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert cli.main(["replay", "--log", str(tmp_path / "nothing.jsonl")]) == 2
+    (tmp_path / "broken.jsonl").write_text("{not json\n", encoding="utf-8")
+    assert cli.main(["replay", "--log", str(tmp_path / "broken.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing.jsonl" in err and "broken.jsonl line 1" in err
