@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 # English-trained towers read English; the multilingual text towers read Chinese too.
 MULTILINGUAL_MARKERS = ("xlm", "multilingual", "mt5", "nllb")
-PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 
 
 def _resolve_tag(arch: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
@@ -95,40 +94,68 @@ def text_encoder_fn(model: torch.nn.Module):
     return encode
 
 
+def tag_config(arch: str, tag: str) -> dict:
+    """open_clip's pretrained cfg for ``ARCH/TAG`` (empty when the name has no tag or open_clip does not know it)."""
+    from open_clip import pretrained as oc_pretrained
+
+    return dict(oc_pretrained.get_pretrained_cfg(arch, tag)) if tag else {}
+
+
+def create(arch: str, weights: str | None, tag_cfg: dict, device: torch.device | str = "cpu"):
+    """Model and eval transform for ``arch`` with ``weights``, built as open_clip builds ``arch`` + its tag.
+
+    open_clip only applies a tag's QuickGELU flag and preprocessing when it downloads the tag
+    itself; we hand it a resolved file, so we apply them here. One name then gives one
+    architecture whether the file came from the hub, a mirror or ``--checkpoint``.
+    """
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    preprocess_cfg = merge_preprocess_dict({}, tag_cfg)
+    preprocess_cfg.pop("size", None)  # open_clip sizes the transform from the built tower, as for a tag
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = open_clip.create_model(arch, pretrained=weights, device=device, weights_only=True,
+                                       force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                                       force_preprocess_cfg=preprocess_cfg)
+    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    return model, preprocess
+
+
 def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str | None = None) -> Encoder:
     """Build an open_clip encoder from ``ARCH/TAG``, ``ARCH`` + checkpoint file, or a local-dir folder."""
     import open_clip
 
     arch, _, tag = spec.partition("/")
     declared: list[str] | None = None
-    kwargs: dict = {}
+    tag_cfg: dict = {}
     if checkpoint and Path(checkpoint).is_dir():
         config_path = Path(checkpoint) / "open_clip_config.json"
         if not config_path.is_file():
             raise InputError(f"{checkpoint}: a checkpoint folder needs open_clip_config.json beside its weights.")
         declared = json.loads(config_path.read_text(encoding="utf-8")).get("languages")
-        model_name, pretrained, weights = f"local-dir:{checkpoint}", None, checkpoint
+        model_name, weights = f"local-dir:{checkpoint}", checkpoint
     elif checkpoint:
         if not Path(checkpoint).is_file():
             raise InputError(f"checkpoint not found: {checkpoint}")
-        model_name, pretrained, weights = arch, checkpoint, checkpoint
+        model_name, weights = arch, checkpoint
+        tag_cfg = tag_config(arch, tag)
     elif tag:
-        weights, cfg = _resolve_tag(arch, tag, cache_dir)
-        model_name, pretrained = arch, weights
-        kwargs["force_quick_gelu"] = bool(cfg.get("quick_gelu", False))
-        kwargs["force_preprocess_cfg"] = {k: cfg[k] for k in PREPROCESS_KEYS if k in cfg}
+        weights, tag_cfg = _resolve_tag(arch, tag, cache_dir)
+        model_name = arch
     else:
         raise InputError(f"open_clip:{arch} names no weights: use open_clip:{arch}/TAG or pass --checkpoint PATH.")
-    if arch not in open_clip.list_models() and not model_name.startswith("local-dir:"):
-        raise InputError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device, weights_only=True, **kwargs)
-    tokenizer = open_clip.get_tokenizer(model_name)
-    model_cfg = open_clip.get_model_config(arch) or {}
     if model_name.startswith("local-dir:"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, device=device, weights_only=True)
         model_cfg = json.loads((Path(checkpoint) / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]
+    else:
+        if arch not in open_clip.list_models():
+            raise InputError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
+        model, preprocess = create(arch, weights, tag_cfg, device)
+        model_cfg = open_clip.get_model_config(arch) or {}
+    tokenizer = open_clip.get_tokenizer(model_name)
     name = f"open_clip:{spec}" if tag else f"open_clip:{arch}"
     return wrap(model, preprocess, tokenizer, name, file_fingerprint(weights),
                 _languages(model_cfg, declared), device, model_cfg.get("embed_dim"))

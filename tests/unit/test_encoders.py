@@ -174,3 +174,54 @@ def test_cn_clip_official_checkpoint_layout(tmp_path):
         want = F.normalize(model.encode_text(tokenize(["雪地里的哈士奇"])), dim=-1)
     assert torch.allclose(encoder.encode_texts(["雪地里的哈士奇"]), want, atol=1e-5)
     assert encoder.dim == 1024 and encoder.name == "cn_clip:RN50"
+
+
+@pytest.fixture
+def tiny_quickgelu_tag(monkeypatch, tmp_path):
+    """A small architecture registered in open_clip with a pretrained tag that, like ``openai``, needs QuickGELU,
+    its weights placed in the Hugging Face cache as a user who downloaded them has them."""
+    import json
+
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+    from safetensors.torch import save_file
+
+    from tests.conftest import TINY_OPEN_CLIP
+    from tests.hub import put_in_hf_cache
+
+    arch, repo = "tiny-test-arch", "test-org/tiny-quickgelu"
+    config = tmp_path / f"{arch}.json"
+    config.write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(config)
+    monkeypatch.setitem(oc_pretrained._PRETRAINED, arch, {"oai": {
+        "url": "", "hf_hub": f"{repo}/", "quick_gelu": True, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.3, 0.4),
+        "interpolation": "bicubic", "resize_mode": "shortest"}})
+    torch.manual_seed(3)
+    model = open_clip.create_model(arch, force_quick_gelu=True)
+    weights = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    from huggingface_hub import constants
+
+    put_in_hf_cache(constants.HF_HUB_CACHE, repo, "open_clip_model.safetensors", weights)
+    return arch, weights
+
+
+def test_open_clip_tag_with_cached_weights_builds_the_tags_architecture(tiny_quickgelu_tag):
+    """The tag path with weights in the HF cache loads (it crashed with open_clip 3.3), builds QuickGELU as the tag
+    says, and applies the tag's preprocessing; ``--checkpoint FILE`` under the same name gives the same model."""
+    import open_clip
+
+    arch, weights = tiny_quickgelu_tag
+    tagged = load_encoder(f"open_clip:{arch}/oai", device="cpu")
+    from_file = load_encoder(f"open_clip:{arch}/oai", str(weights), "cpu")
+    pixels = _images(tagged)
+    want = {}
+    for quick in (True, False):
+        model = open_clip.create_model(arch, pretrained=str(weights), force_quick_gelu=quick).eval()
+        with torch.no_grad():
+            want[quick] = F.normalize(model.encode_text(open_clip.get_tokenizer(arch)(TEXTS)), dim=-1)
+    assert not torch.allclose(want[True], want[False], atol=1e-4)  # the activation matters for this model
+    for encoder in (tagged, from_file):
+        assert torch.allclose(encoder.encode_texts(TEXTS), want[True], atol=1e-5)
+        assert tuple(encoder.model.visual.preprocess_cfg["mean"]) == (0.5, 0.4, 0.3)
+    assert torch.allclose(tagged.encode_images(pixels), from_file.encode_images(pixels), atol=1e-6)
