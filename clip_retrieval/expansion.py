@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 LANGUAGES = ("zh", "en")
 MAX_VARIANTS = 24
 DEFAULT_RULES = Path("rules") / "expansions.yaml"
-# the table that ships beside the package, for runs from another working folder
-SHIPPED_RULES = Path(__file__).resolve().parent.parent / "rules" / "expansions.yaml"
+_PACKAGE = Path(__file__).resolve().parent
+# The table shipped with the tool, for runs from another working folder: inside an installed
+# wheel it is clip_retrieval/rules/ (pyproject maps rules/ there), in a source checkout the top-level rules/.
+SHIPPED_RULES = next((p for p in (_PACKAGE / "rules" / "expansions.yaml", _PACKAGE.parent / "rules" / "expansions.yaml")
+                      if p.is_file()), _PACKAGE.parent / "rules" / "expansions.yaml")
 
 
 @dataclass(frozen=True)
