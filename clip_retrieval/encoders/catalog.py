@@ -189,11 +189,6 @@ MODELS: dict[str, ModelEntry] = {m.name: m for m in (
 )}
 
 
-def family(name: str) -> Family | None:
-    """The family entry for ``open_clip``, ``cn_clip`` or ``demo``; ``None`` when unknown."""
-    return FAMILIES.get(name)
-
-
 def entry(name: str) -> ModelEntry | None:
     """The catalogue entry for a full model name, ``None`` for names we do not document."""
     return MODELS.get(name.strip())
@@ -238,5 +233,5 @@ def catalogue() -> list[dict[str, Any]]:
 
 
 __all__ = ["DEFAULT_MODEL", "DEMO_MODEL", "DEMO_DIR", "FAMILIES", "MODELS", "SOURCES", "Family", "Figure",
-           "ModelEntry", "catalogue", "entry", "families_help", "family", "languages_for", "model_name_help",
+           "ModelEntry", "catalogue", "entry", "families_help", "languages_for", "model_name_help",
            "trainable_families"]

@@ -14,16 +14,18 @@ from clip_retrieval.cli import main
 from clip_retrieval.dataset import ImageFiles
 from clip_retrieval.encoders import load_encoder
 
+N = 3
+
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """Noisy 640x480 JPEGs: big enough for draft mode to decode them at 1/8 scale for a 32-pixel model."""
+    """Noisy 320x240 JPEGs: big enough for draft mode to decode them at 1/4 scale for a 32-pixel model."""
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
     rows = ["image_path,caption"]
-    for i in range(4):
-        base = np.zeros((480, 640, 3), np.float64)
-        base[..., i % 3] = np.linspace(0, 255, 640)[None, :]
+    for i in range(N):
+        base = np.zeros((240, 320, 3), np.float64)
+        base[..., i % 3] = np.linspace(0, 255, 320)[None, :]
         noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(noisy).save(folder / f"p{i}.jpg", quality=90)
         rows.append(f"p{i}.jpg,照片{i}")
@@ -31,7 +33,7 @@ def photos(tmp_path_factory):
     return folder
 
 
-def _plain(encoder, folder, n=4):
+def _plain(encoder, folder, n=N):
     """What an upstream pipeline does: PIL decodes every pixel, then the model's own transform."""
     return torch.stack([encoder.preprocess(Image.open(folder / f"p{i}.jpg").convert("RGB")) for i in range(n)])
 
@@ -46,8 +48,8 @@ def _extract(folder, tiny, out, *extra):
 def test_exact_decode_gives_the_pixels_and_vectors_of_a_plain_pil_decode(photos, tiny_open_clip, tmp_path):
     encoder = load_encoder("open_clip:tiny", str(tiny_open_clip), device="cpu")
     want_pixels = _plain(encoder, photos)
-    exact = ImageFiles([photos / f"p{i}.jpg" for i in range(4)], encoder.preprocess, None)
-    assert all(torch.equal(exact[i][1], want_pixels[i]) for i in range(4))
+    exact = ImageFiles([photos / f"p{i}.jpg" for i in range(N)], encoder.preprocess, None)
+    assert all(torch.equal(exact[i][1], want_pixels[i]) for i in range(N))
 
     assert _extract(photos, tiny_open_clip, tmp_path / "exact", "--exact-decode") == 0
     assert _extract(photos, tiny_open_clip, tmp_path / "draft") == 0
@@ -68,7 +70,7 @@ def test_update_in_the_other_decode_mode_reencodes_every_image(photos, tiny_open
                          rules=None)
     result = api.extract_features(csv=photos / "captions.csv", encoder=encoder, out=out, num_workers=0, quiet=True,
                                   update=True, exact_decode=True, rules=None)
-    assert result.encoded_images == 4 and result.reused_images == 0
+    assert result.encoded_images == N and result.reused_images == 0
     manifest = json.loads((out / store.MANIFEST_FILE).read_text(encoding="utf-8"))
     assert manifest["image_decode"] == "exact"
     assert torch.allclose(store.load(out).image_features, encoder.encode_images(_plain(encoder, photos)), atol=1e-6)
