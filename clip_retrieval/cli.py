@@ -423,7 +423,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         figures = " ".join(f"{f['benchmark']} {f['r@1']:.1f}{notes[f['source']]}" for f in row["zh_text_to_image_r@1"])
         params = f"{row['params_millions']:.0f}M{notes[row['params_source']]}" if row["params_millions"] else "unknown"
         table.append([row["name"] + (" (默认 / default)" if row["default"] else ""), ",".join(row["languages"]),
-                      str(row["embed_dim"]), params, _size(row), figures or "unknown"])
+                      str(row["embed_dim"]), params, _size(row), figures or "未见公开 / none published"])
     widths = [max(_width(line[i]) for line in table) for i in range(len(header))]
     for line in table:
         print("  ".join(_pad(cell, w) for cell, w in zip(line, widths)).rstrip())

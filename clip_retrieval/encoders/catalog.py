@@ -34,6 +34,8 @@ SOURCES: dict[str, str] = {
                         "(Crossmodal-3600 zh, image_retrieval_recall@1 = text-to-image R@1)",
     "open_clip_profile": "mlfoundations/open_clip docs/model_profile.csv (mparams)",
     "cn_clip_model_card": "OFA-Sys/Chinese-CLIP README model card (#Params (All))",
+    "counted": "counted: open_clip.create_model(ARCH, device='meta') or the bundled safetensors file "
+               "(tests/unit/test_catalog.py recounts)",
 }
 
 
@@ -170,7 +172,7 @@ MODELS: dict[str, ModelEntry] = {m.name: m for m in (
     ModelEntry("open_clip:xlm-roberta-large-ViT-H-14/frozen_laion5b_s13b_b90k", ("zh", "en"), 1024, 1193.01,
                "open_clip_profile", "hf:laion/CLIP-ViT-H-14-frozen-xlm-roberta-large-laion5B-s13B-b90k",
                _xm(59.1), note="text tower and tokenizer from hf:xlm-roberta-large"),
-    ModelEntry("open_clip:ViT-B-16-SigLIP2/webli", ("zh", "en"), 768, None, None, "hf:timm/ViT-B-16-SigLIP2",
+    ModelEntry("open_clip:ViT-B-16-SigLIP2/webli", ("zh", "en"), 768, 375.19, "counted", "hf:timm/ViT-B-16-SigLIP2",
                note="multilingual Gemma tokenizer; no Chinese figure in open_clip's table"),
     ModelEntry("open_clip:nllb-clip-base-siglip/mrl", ("zh", "en"), 768, 507.47, "open_clip_profile",
                "hf:visheratin/nllb-siglip-mrl-base", _xm(53.5), tokenizer_language="zho_Hans",
@@ -184,7 +186,7 @@ MODELS: dict[str, ModelEntry] = {m.name: m for m in (
     _cn_clip("ViT-L-14-336", "chinese-clip-vit-large-patch14-336px", "clip_cn_vit-l-14-336.pt", 768, 407,
              _cn(59.0, 69.0, 64.7)),
     _cn_clip("ViT-H-14", "chinese-clip-vit-huge-patch14", "clip_cn_vit-h-14.pt", 1024, 958, _cn(63.0, 71.2, 69.2)),
-    ModelEntry(DEMO_MODEL, ("zh", "en"), 64, None, None, "bundled: clip_retrieval/models/demo (no download)",
+    ModelEntry(DEMO_MODEL, ("zh", "en"), 64, 4.21, "counted", "bundled: clip_retrieval/models/demo (no download)",
                note="trained on generated pictures: for trying the tool offline, not for real photos"),
 )}
 

@@ -29,6 +29,32 @@ def test_every_open_clip_entry_matches_open_clips_registry():
             assert m.mirror == open_clip.get_pretrained_cfg(arch, tag)["url"], m.name
 
 
+@pytest.mark.slow
+def test_parameter_counts_match_the_architectures():
+    """Recount what can be counted offline: towers whose config needs no hub download."""
+    import open_clip
+
+    counted = 0
+    for m in OPEN_CLIP:
+        arch = m.spec.partition("/")[0]
+        if "hf_model_name" in open_clip.get_model_config(arch)["text_cfg"]:
+            continue  # XLM-R / NLLB towers read their config from the hub
+        model = open_clip.create_model(arch, device="meta")
+        assert m.params_m == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=0.01), m.name
+        counted += 1
+    assert counted >= 3
+
+
+def test_demo_parameter_count_matches_the_bundled_file():
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(catalog.DEMO_DIR / "open_clip_model.safetensors"), "pt") as f:
+        total = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert catalog.MODELS[catalog.DEMO_MODEL].params_m == pytest.approx(total / 1e6, abs=0.01)
+
+
 def test_open_clip_languages_follow_the_text_tower():
     """A name reads Chinese exactly when its text tower is not CLIP's English BPE tokenizer."""
     import open_clip
