@@ -161,9 +161,9 @@ def cached_query(sizes: dict, work: str) -> dict:
     """Warm latency of a query answered from the expansion cache over many image vectors."""
     folder = Path(work) / "cached"
     x = torch.from_numpy(clustered(sizes["cached_vectors"], 512, seed=3))
-    manifest = {"model": {"name": "open_clip:bench", "fingerprint": "sha256:bench", "dim": 512,
-                          "languages": ["zh", "en"]}, "root": work, "captions": [],
-                "images": [{"path": f"{i}.jpg", "sha256": ""} for i in range(len(x))]}
+    manifest = store.Manifest(model=store.ModelInfo(name="open_clip:bench", fingerprint="sha256:bench", dim=512,
+                                                    languages=["zh", "en"]),
+                              root=Path(work), images=[{"path": f"{i}.jpg", "sha256": ""} for i in range(len(x))])
     store.save(folder, x, torch.empty(0, 512), manifest)
     from clip_retrieval.expansion import load_rules
     table = load_rules(ROOT / "rules" / "expansions.yaml")

@@ -54,14 +54,27 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     if rules is not None and (Path(rules).is_file() or (Path(rules) == DEFAULT_RULES and SHIPPED_RULES.is_file())):
         table = load_rules(rules)
         if store.load_expansion_cache(out, encoder.fingerprint, table.sha256) is None:
-            store.save_expansion_cache(out, *build_expansion_cache(encoder, table), encoder.fingerprint, table.sha256)
+            _keep_expansion_cache(out, build_expansion_cache(encoder, table), encoder.fingerprint, table.sha256)
     return result
 
 
-def encoder_for(manifest: dict, checkpoint: str | None = None, device: str = "auto") -> Encoder:
+def _keep_expansion_cache(folder: str | os.PathLike, cache: tuple[list[str], torch.Tensor], model_fingerprint: str,
+                          rules_sha256: str) -> bool:
+    """Save the expansion cache beside the features; when it cannot be written (a full disk, a read-only
+    folder) searches still work, only slower, so this warns instead of failing the command."""
+    try:
+        store.save_expansion_cache(folder, *cache, model_fingerprint, rules_sha256)
+    except OSError as exc:
+        log.warning("扩展缓存未写入，检索照常但较慢 / expansion cache not written, searches still work "
+                    "(the model encodes the phrasings each time): %s", exc)
+        return False
+    return True
+
+
+def encoder_for(manifest: store.Manifest, checkpoint: str | None = None, device: str = "auto") -> Encoder:
     """The encoder that made a features folder (its checkpoint too, unless another is given)."""
-    name = manifest["model"]["name"]
-    saved = manifest["model"].get("checkpoint")
+    name = manifest.model.name
+    saved = manifest.model.checkpoint
     if checkpoint is None and saved and Path(saved).exists():
         checkpoint = saved
     return load_encoder(name, checkpoint, device)
@@ -90,7 +103,7 @@ def open_searcher(features: str | os.PathLike = "outputs", model: str | None = N
         if cache is None:
             log.info("building the expansion cache for %s", table.path)
             cache = build_expansion_cache(searcher.encoder, table)
-            store.save_expansion_cache(features, *cache, fingerprint, table.sha256)
+            _keep_expansion_cache(features, cache, fingerprint, table.sha256)
         searcher.use_cache(*cache)
     return searcher
 
@@ -183,8 +196,8 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
         fused = np.stack([searcher.fused_scores(v, feats.image_features.shape[0]) for v in vectors])
         t2i[("expansion" if rules is not None else "no_expansion") + "_fused"] = ev.retrieval_metrics(fused, qs.relevant)
     result["text_to_image"] = t2i if compare_expansion or fuse else next(iter(t2i.values()))
-    if feats.manifest["captions"]:
-        texts = list(dict.fromkeys(c["text"] for c in feats.manifest["captions"]))
+    if feats.manifest.captions:
+        texts = list(dict.fromkeys(c["text"] for c in feats.manifest.captions))
         result["image_to_text"] = ev.image_to_text(feats.manifest, feats.image_features,
                                                    searcher.encoder.encode_texts(texts), texts)
     return result

@@ -176,7 +176,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                   device=args.device, quiet=args.quiet,
                                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, rules=args.rules,
                                   update=args.update, exact_decode=args.exact_decode)
-    counts = result.manifest["counts"]
+    counts = result.manifest.counts
     print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
           f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "
           f"reused {result.reused_images})")

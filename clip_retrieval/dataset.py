@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import InputError
+from .store import resolve_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # About 89 megapixels: PIL's own default warns there; bigger files are skipped, not decoded.
@@ -40,8 +41,7 @@ class Collection:
     source: dict = field(default_factory=dict)
 
     def resolve(self, path: str) -> Path:
-        p = Path(path)
-        return p if p.is_absolute() else self.root / p
+        return resolve_path(self.root, path)
 
 
 def _decode_csv(path: Path) -> tuple[str, str]:

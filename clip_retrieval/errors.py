@@ -26,3 +26,11 @@ class ModelMismatchError(UserError):
 
 class FeatureStoreError(UserError):
     """The features folder is missing, incomplete or from an unsupported format version."""
+
+
+class NewerFormatError(FeatureStoreError):
+    """Files written by a newer clip_retrieval: the fix is to update, not to rebuild."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write did not fit on the disk; nothing was replaced (the message names the folder and the size)."""

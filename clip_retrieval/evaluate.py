@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .store import Manifest, resolve_path
 
 KS = (1, 5, 10)
 
@@ -76,10 +77,10 @@ class QuerySet:
     relevant: list[set[int]]
 
 
-def caption_queries(manifest: dict) -> QuerySet:
+def caption_queries(manifest: Manifest) -> QuerySet:
     """Each distinct caption is a query; every image carrying that caption is relevant."""
     by_text: dict[str, set[int]] = {}
-    for entry in manifest["captions"]:
+    for entry in manifest.captions:
         by_text.setdefault(entry["text"], set()).add(entry["image"])
     if not by_text:
         raise InputError("these features have no captions; evaluate with --queries FILE (query,image_path rows)")
@@ -87,16 +88,12 @@ def caption_queries(manifest: dict) -> QuerySet:
     return QuerySet(texts, [by_text[t] for t in texts])
 
 
-def file_queries(path: str | os.PathLike, manifest: dict) -> QuerySet:
+def file_queries(path: str | os.PathLike, manifest: Manifest) -> QuerySet:
     """``query,image_path`` rows; several rows per query give its relevant set."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"query file not found: {path}")
-    root = Path(manifest["root"])
-    index = {}
-    for i, img in enumerate(manifest["images"]):
-        p = Path(img["path"])
-        index[str((p if p.is_absolute() else root / p).resolve())] = i
+    index = {str(manifest.image_file(i).resolve()): i for i in range(len(manifest.images))}
     grouped: dict[str, set[int]] = {}
     missing = 0
     with open(path, encoding="utf-8-sig", newline="") as fh:
@@ -109,8 +106,7 @@ def file_queries(path: str | os.PathLike, manifest: dict) -> QuerySet:
                 continue
             if len(row) < 2 or not row[0].strip():
                 raise InputError(f"{path} line {reader.line_num}: expected 'query,image_path'")
-            image = Path(row[1].strip())
-            full = str((image if image.is_absolute() else path.resolve().parent / image).resolve())
+            full = str(resolve_path(path.resolve().parent, row[1].strip()).resolve())
             if full not in index:
                 missing += 1
             grouped.setdefault(row[0].strip(), set()).add(index.get(full, -missing))
@@ -124,9 +120,9 @@ def text_to_image(query_vectors: torch.Tensor, image_features: torch.Tensor, rel
     return retrieval_metrics((query_vectors @ image_features.T).numpy(), relevant)
 
 
-def image_to_text(manifest: dict, image_features: torch.Tensor, caption_vectors: torch.Tensor,
+def image_to_text(manifest: Manifest, image_features: torch.Tensor, caption_vectors: torch.Tensor,
                   captions: list[str]) -> dict:
     """Each image queries the distinct captions; its own captions (and identical texts) are relevant."""
     position = {t: i for i, t in enumerate(captions)}
-    relevant = [{position[t] for t in img.get("captions", []) if t in position} for img in manifest["images"]]
+    relevant = [{position[t] for t in img.get("captions", []) if t in position} for img in manifest.images]
     return retrieval_metrics((image_features @ caption_vectors.T).numpy(), relevant)

@@ -36,7 +36,7 @@ def default_workers() -> int:
 
 @dataclass
 class ExtractResult:
-    manifest: dict
+    manifest: store.Manifest
     skipped: list[dict] = field(default_factory=list)
     encoded_images: int = 0
     reused_images: int = 0
@@ -86,11 +86,7 @@ def _reusable(coll: Collection, paths: list[Path], stats: list[os.stat_result],
     Size and modification time unchanged means unchanged (as make and rsync assume); when
     either differs the content hash decides, so a touched but identical file is not re-encoded.
     """
-    old_root = Path(previous.manifest["root"])
-    old = {}
-    for row, entry in enumerate(previous.manifest["images"]):
-        p = Path(entry["path"])
-        old[str(p if p.is_absolute() else old_root / p)] = (row, entry)
+    old = {str(previous.manifest.image_file(row)): (row, entry) for row, entry in enumerate(previous.manifest.images)}
     reuse = {}
     for i, (path, st) in enumerate(zip(paths, stats)):
         hit = old.get(str(path))
@@ -120,7 +116,7 @@ def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_si
     paths = [coll.resolve(p) for p in coll.images]
     stats = [p.stat() for p in paths]
     decode = "exact" if exact_decode else "draft"
-    same_decode = previous is not None and previous.manifest.get("image_decode", "draft") == decode
+    same_decode = previous is not None and previous.manifest.image_decode == decode
     reuse = _reusable(coll, paths, stats, previous) if same_decode else {}
     todo = [i for i in range(len(paths)) if i not in reuse]
     new_feats, new_kept, new_hashes, new_skipped = encode_images(
@@ -145,35 +141,29 @@ def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_si
     caption_ids = [c for c, img in enumerate(coll.caption_image) if img in new_index]
     captions = [coll.captions[c] for c in caption_ids]
     text_feats, encoded_captions = _caption_features(encoder, captions, previous, quiet)
-    images = [{"path": coll.images[old], "sha256": hashes[old], "size": stats[old].st_size,
-               "mtime_ns": stats[old].st_mtime_ns, "captions": []} for old in keep]
-    caption_entries = []
+    images: list[store.ImageEntry] = [
+        {"path": coll.images[old], "sha256": hashes[old], "size": stats[old].st_size,
+         "mtime_ns": stats[old].st_mtime_ns, "captions": []} for old in keep]
+    caption_entries: list[store.CaptionEntry] = []
     for c in caption_ids:
         img = new_index[coll.caption_image[c]]
         images[img]["captions"].append(coll.captions[c])
         caption_entries.append({"image": img, "text": coll.captions[c], "row": coll.caption_rows[c]})
-    skipped_entries = [{"path": coll.images[i], "row": coll.image_rows[i], "sha256": h, "reason": reason}
-                       for i, h, reason in skipped]
+    skipped_entries: list[store.SkippedEntry] = [
+        {"path": coll.images[i], "row": coll.image_rows[i], "sha256": h, "reason": reason} for i, h, reason in skipped]
     for entry in skipped_entries:
         log.warning("skipped %s (row %s): %s", entry["path"], entry["row"], entry["reason"])
     source = dict(coll.source)
     if "csv" in source:
         source["csv_sha256"] = sha256_file(source["csv"])
         source["csv"] = str(Path(source["csv"]).resolve())
-    manifest = {
-        "model": {"name": encoder.name, "fingerprint": encoder.fingerprint, "dim": encoder.dim,
-                  "languages": sorted(encoder.languages),
-                  "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None},
-        "source": source,
-        "root": str(coll.root),
-        "image_decode": decode,
-        "counts": {"images": len(images), "captions": len(caption_entries), "skipped": len(skipped_entries)},
-        "images": images,
-        "captions": caption_entries,
-        "skipped": skipped_entries,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "device": str(encoder.device)},
-    }
+    manifest = store.Manifest(
+        model=store.ModelInfo(name=encoder.name, fingerprint=encoder.fingerprint, dim=encoder.dim,
+                              languages=sorted(encoder.languages),
+                              checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None),
+        source=source, root=coll.root, images=images, captions=caption_entries, skipped=skipped_entries,
+        image_decode=decode,
+        environment={"torch": torch.__version__, "python": platform.python_version(), "device": str(encoder.device)})
     written = store.save(out, image_feats, text_feats, manifest)
     return ExtractResult(manifest=written, skipped=skipped_entries, encoded_images=len(todo),
                          reused_images=len(reuse), encoded_captions=encoded_captions)
@@ -183,8 +173,8 @@ def _caption_features(encoder: Encoder, captions: list[str], previous: store.Fea
                       quiet: bool) -> tuple[torch.Tensor, int]:
     """Caption vectors, reusing ``previous`` ones for identical texts; returns (features, how many encoded)."""
     known: dict[str, int] = {}
-    if previous is not None and previous.text_features.shape[0] == len(previous.manifest["captions"]):
-        known = {c["text"]: row for row, c in enumerate(previous.manifest["captions"])}
+    if previous is not None and previous.text_features.shape[0] == len(previous.manifest.captions):
+        known = {c["text"]: row for row, c in enumerate(previous.manifest.captions)}
     todo = list(dict.fromkeys(t for t in captions if t not in known))
     fresh: dict[str, torch.Tensor] = {}
     with tqdm(total=len(todo), desc="captions / 文本", unit="txt", disable=quiet or not todo) as bar:

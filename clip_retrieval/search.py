@@ -126,7 +126,7 @@ class Searcher:
         self._load_encoder = encoder if callable(encoder) and not isinstance(encoder, Encoder) else None
         if isinstance(encoder, Encoder):
             self._accept(encoder)
-        self.languages = frozenset(store.manifest["model"].get("languages") or self.encoder.languages)
+        self.languages = frozenset(store.manifest.model.languages or self.encoder.languages)
         self._cache_rows: dict[str, int] = {}
         self._cache_vectors = torch.empty(0)
         if cache is not None:
@@ -225,12 +225,12 @@ class Searcher:
         if self._caption_rows is None:
             feats = self.store.caption_features()
             rows, seen = [], set()
-            for row, entry in enumerate(self.store.manifest["captions"]):
+            for row, entry in enumerate(self.store.manifest.captions):
                 key = (entry["text"], entry["image"])
                 if key not in seen:
                     seen.add(key)
                     rows.append((row, *key))
-            captions = self.store.manifest["captions"]
+            captions = self.store.manifest.captions
             self._caption_rows = [(text, img, captions[row].get("row", row)) for row, text, img in rows]
             self._caption_matrix = np.ascontiguousarray(feats[[r for r, _, _ in rows]].numpy(), dtype=np.float32)
         if not self._caption_rows:

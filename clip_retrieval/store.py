@@ -1,42 +1,109 @@
-"""Features on disk: ``image_features.pt``, ``text_features.pt`` and ``manifest.json``.
+"""Features on disk: ``image_features.pt``, ``text_features.pt``, ``manifest.json`` and the expansion cache.
 
-Owns the on-disk format, its version, atomic writes and loading checks. Nothing else
-opens these files. Tensors are saved as plain dicts of tensors and strings and loaded
-with ``weights_only=True``; all metadata is JSON.
+Owns the on-disk format: the typed ``Manifest`` (what made the features and which images
+they cover), resolving an entry's path against the collection root, the format version
+(older formats are migrated one step at a time, newer ones refused with "update
+clip_retrieval"), and the project's one atomic writer, which every module that writes a
+file uses. Nothing else opens these files. Tensors are saved as plain dicts of tensors and
+strings and loaded with ``weights_only=True``; all metadata is JSON.
 
 Each write gets a fresh ``generation`` id stored in all three files. Files are written
-under temporary names and renamed into place only after everything has been encoded,
-so an interrupted run leaves the previous set intact; a mixed set is detected on load.
+under temporary names and renamed into place only after everything has been written, so
+an interrupted or failed run (a full disk included) leaves the previous set intact; a
+mixed set is detected on load. New files get the mode the user's umask gives any file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import signal
-import tempfile
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable, Iterable, TypedDict
 
 import numpy as np
 import torch
 
 from . import __version__
-from .errors import FeatureStoreError, ModelMismatchError
+from .errors import DiskFullError, FeatureStoreError, ModelMismatchError, NewerFormatError
 
 FORMAT_VERSION = 1
 IMAGE_FILE = "image_features.pt"
 TEXT_FILE = "text_features.pt"
 MANIFEST_FILE = "manifest.json"
 EXPANSION_CACHE_FILE = "expansion_cache.pt"
+# Migrations from format N to N+1, applied one step at a time to the manifest's JSON.
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+# Below this much free space a failed write is taken for a full disk even without ENOSPC
+# (torch.save reports one as "RuntimeError: ... unexpected pos").
+_NEARLY_FULL = 1 << 20
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def tensor_fingerprint(tensor: torch.Tensor) -> str:
     return "sha256:" + hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def resolve_path(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """A path as written in a captions file or manifest: relative to ``root`` unless absolute."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(root) / p
+
+
+# ---------------------------------------------------------------------------------------
+# The one atomic writer
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Free space where ``folder`` lives (None when the system cannot say)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _disk_full(folder: Path, needed: int, free: int | None, written: int = 0) -> DiskFullError:
+    """The message for a full disk; ``written`` (bytes that fitted) stands in when no estimate was given."""
+    if needed:
+        need, need_zh = f"about {_human(needed)}", f"约 {_human(needed)}"
+    elif written:
+        need, need_zh = f"more than {_human(written)}", f"超过 {_human(written)}"
+    else:
+        need, need_zh = "more space", "更多空间"
+    have = f"{_human(free)} free" if free is not None else "no free space left"
+    return DiskFullError(
+        f"磁盘空间不足：写入 {folder} 需要{need_zh}，原有文件未改动；请清理空间或换一个文件夹 / "
+        f"disk full: writing to {folder} needs {need} ({have}); the previous files are unchanged. "
+        f"Free some space or choose another folder.")
+
+
+def _is_disk_full(exc: BaseException, free: int | None) -> bool:
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return isinstance(exc, (OSError, RuntimeError)) and free is not None and free < _NEARLY_FULL
+
+
+def _temp_name(final: Path, tag: str = "tmp") -> Path:
+    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.{tag}")
 
 
 @contextlib.contextmanager
@@ -55,18 +122,280 @@ def _signals_deferred():
             raise KeyboardInterrupt
 
 
-def write_atomic(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then rename into place (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _commit(staged: list[tuple[Path, Path]]) -> None:
+    """Rename every temporary file over its final name; if one rename fails, put the previous files back."""
+    backups: dict[Path, Path] = {}
+    done: list[Path] = []
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
+        if len(staged) > 1:
+            for _, final in staged:
+                if final.exists():
+                    backup = _temp_name(final, "old")
+                    try:
+                        os.link(final, backup)
+                    except OSError:  # no hard links here: the generation check still catches a mixed set
+                        continue
+                    backups[final] = backup
+        for tmp, final in staged:
+            os.replace(tmp, final)
+            done.append(final)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for final in done:
+            with contextlib.suppress(OSError):
+                if final in backups:
+                    os.replace(backups.pop(final), final)
+                else:
+                    os.unlink(final)
         raise
+    finally:
+        for backup in backups.values():
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
+
+
+def write_atomic_set(files: Iterable[tuple[str | os.PathLike, Callable[[Path], None]]], needed_bytes: int = 0) -> None:
+    """Write files through ``write(tmp_path)`` each, then rename them all into place together.
+
+    Readers never see half a file, and when anything fails (a full disk, Ctrl-C, a bug)
+    the previous files stay as they were and no temporary file is left. ``needed_bytes``
+    (an estimate of the total size) lets a full disk be refused before anything is
+    written and named in the message. A full disk raises ``DiskFullError``.
+    """
+    files = [(Path(p), write) for p, write in files]
+    folder = files[0][0].parent
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for final, _ in files:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        free = _free_bytes(folder)
+        if needed_bytes and free is not None and free < needed_bytes:
+            raise _disk_full(folder, needed_bytes, free)
+        for final, write in files:
+            tmp = _temp_name(final)
+            # created here, not by mkstemp (always 0600): the umask decides, as for any program's files
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            staged.append((tmp, final))
+            write(tmp)
+        with _signals_deferred():
+            _commit(staged)
+    except BaseException as exc:
+        free = _free_bytes(folder) if isinstance(exc, Exception) else None
+        written = 0
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                written += tmp.stat().st_size
+                os.unlink(tmp)
+        if not isinstance(exc, DiskFullError) and isinstance(exc, Exception) and _is_disk_full(exc, free):
+            raise _disk_full(folder, needed_bytes, free, written) from exc
+        raise
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], needed_bytes: int = 0) -> None:
+    """Write one file through ``write(tmp_path)`` then rename it into place (see ``write_atomic_set``)."""
+    write_atomic_set([(path, write)], needed_bytes)
+
+
+def write_dir_atomic(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:
+    """Build a folder through ``fill(tmp_dir)``, then swap it in for ``path``.
+
+    The previous folder is renamed aside and removed only once the new one is in place,
+    so a failure while filling leaves it untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        os.mkdir(tmp)
+        fill(tmp)
+        with _signals_deferred():
+            old = _temp_name(path, "old")
+            if path.exists():
+                os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if old.exists():
+                    os.replace(old, path)
+                raise
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        free = _free_bytes(path.parent) if isinstance(exc, Exception) else None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, DiskFullError) and isinstance(exc, Exception) and _is_disk_full(exc, free):
+            raise _disk_full(path.parent, 0, free) from exc
+        raise
+
+
+# ---------------------------------------------------------------------------------------
+# The manifest
+
+
+class ImageEntry(TypedDict, total=False):
+    """One indexed image; ``path`` as the source wrote it (relative to the manifest's root unless absolute)."""
+
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    captions: list[str]
+
+
+class CaptionEntry(TypedDict):
+    """One caption row: the image it belongs to (a row of ``images``), its text and its CSV line."""
+
+    image: int
+    text: str
+    row: int
+
+
+class SkippedEntry(TypedDict, total=False):
+    """An image left out, with the reason a user can act on."""
+
+    path: str
+    row: int
+    sha256: str
+    reason: str
+
+
+@dataclass
+class ModelInfo:
+    """The model that made the features: its name, the fingerprint of its weights, and local weights if any."""
+
+    name: str
+    fingerprint: str
+    dim: int
+    languages: list[str] = field(default_factory=list)
+    checkpoint: str | None = None
+
+
+@dataclass
+class Manifest:
+    """What a features folder holds and what made it (the typed form of ``manifest.json``)."""
+
+    model: ModelInfo
+    root: Path                                   # the collection root image paths are relative to
+    images: list[ImageEntry]
+    captions: list[CaptionEntry] = field(default_factory=list)
+    skipped: list[SkippedEntry] = field(default_factory=list)
+    source: dict = field(default_factory=dict)   # {"csv": FILE, ...} or {"images": DIR}
+    image_decode: str = "draft"                  # how images were decoded: "draft" (JPEG draft mode) or "exact"
+    environment: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    tool_version: str = __version__
+    generation: str = ""
+    features_fingerprint: str = ""
+    text_features_fingerprint: str = ""
+    extra: dict = field(default_factory=dict)    # keys this version does not know, written back as read
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"images": len(self.images), "captions": len(self.captions), "skipped": len(self.skipped)}
+
+    def image_file(self, i: int) -> Path:
+        """Where image ``i`` is on disk."""
+        return resolve_path(self.root, self.images[i]["path"])
+
+    def source_args(self) -> str:
+        """The source options that built these features (``--csv FILE`` or ``--images DIR``)."""
+        if self.source.get("csv"):
+            return f"--csv {shlex.quote(str(self.source['csv']))}"
+        if self.source.get("images"):
+            return f"--images {shlex.quote(str(self.source['images']))}"
+        return "--csv FILE|--images DIR"
+
+    def rebuild_command(self, folder: str | os.PathLike, model: str | None = None,
+                        checkpoint: str | None = None) -> str:
+        """The extract command that rebuilds this folder from its own source (with ``model`` if given)."""
+        model = model or self.model.name
+        ckpt = checkpoint if model != self.model.name or checkpoint else self.model.checkpoint
+        parts = ["clip-retrieval extract", self.source_args(), f"--model {shlex.quote(model)}"]
+        if ckpt:
+            parts.append(f"--checkpoint {shlex.quote(str(ckpt))}")
+        parts.append(f"--out {shlex.quote(str(folder))}")
+        return " ".join(parts)
+
+    def to_json(self) -> dict:
+        out = {"model": asdict(self.model), "source": self.source, "root": str(self.root),
+               "image_decode": self.image_decode, "counts": self.counts,
+               "images": self.images, "captions": self.captions, "skipped": self.skipped,
+               "environment": self.environment, "format_version": self.format_version,
+               "tool_version": self.tool_version, "generation": self.generation,
+               "features_fingerprint": self.features_fingerprint,
+               "text_features_fingerprint": self.text_features_fingerprint}
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        """The typed manifest; raises ``KeyError``/``TypeError`` when a required field is missing."""
+        known = {f.name for f in fields(cls)} | {"counts"}
+        model_keys = {f.name for f in fields(ModelInfo)}
+        model = ModelInfo(**{k: v for k, v in data["model"].items() if k in model_keys})
+        kwargs = {k: v for k, v in data.items() if k in known and k not in ("model", "root", "counts", "extra")}
+        return cls(model=model, root=data["root"], **kwargs,
+                   extra={k: v for k, v in data.items() if k not in known})
+
+
+def _needs_rebuild(folder: Path, why: str, manifest: Manifest | None = None) -> FeatureStoreError:
+    command = manifest.rebuild_command(folder) if manifest else \
+        f"clip-retrieval extract --csv FILE|--images DIR --out {shlex.quote(str(folder))}"
+    return FeatureStoreError(f"{why}; 请重新提取 / rebuild with: {command}")
+
+
+def _as_far_as_readable(data: dict) -> Manifest | None:
+    """An old or damaged manifest read as well as it can be, so a rebuild hint can repeat its source."""
+    try:
+        return Manifest.from_json(data)
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _check_version(data: dict, path: Path, folder: Path) -> dict:
+    """Migrate an older manifest one version at a time; refuse a newer one (update, do not rebuild)."""
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise _needs_rebuild(folder, f"{path}: no format version (not a clip_retrieval manifest?)",
+                             _as_far_as_readable(data))
+    if version > FORMAT_VERSION:
+        raise NewerFormatError(
+            f"{path}: 由更新版本的 clip_retrieval 写入（格式 {version}），请升级 / written by a newer clip_retrieval "
+            f"(format version {version}; this clip_retrieval {__version__} reads up to version {FORMAT_VERSION}); "
+            f"update clip_retrieval: pip install -U clip_retrieval")
+    while version < FORMAT_VERSION:
+        if version not in MIGRATIONS:
+            raise _needs_rebuild(folder, f"{path}: format version {version} is too old to migrate "
+                                         f"(this clip_retrieval {__version__} reads version {FORMAT_VERSION})",
+                                 _as_far_as_readable(data))
+        data = MIGRATIONS[version](data)
+        version += 1
+        data["format_version"] = version
+    return data
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    """The checked, typed manifest of a features folder (migrated when an older format wrote it)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise FeatureStoreError(f"{folder}: no {MANIFEST_FILE}; build features first: "
+                                f"clip-retrieval extract --csv FILE|--images DIR --out {shlex.quote(str(folder))}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise _needs_rebuild(folder, f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise _needs_rebuild(folder, f"{path}: not a clip_retrieval manifest")
+    data = _check_version(data, path, folder)
+    manifest = _as_far_as_readable(data)
+    if manifest is None:
+        raise _needs_rebuild(folder, f"{path}: incomplete manifest (a required field is missing)")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------
+# Features
 
 
 @dataclass
@@ -74,30 +403,29 @@ class FeatureStore:
     """Loaded features plus the manifest that says what made them."""
 
     folder: Path
-    manifest: dict
+    manifest: Manifest
     image_features: torch.Tensor
     text_features: torch.Tensor | None     # None until caption_features() is asked for
 
     @property
     def model(self) -> str:
-        return self.manifest["model"]["name"]
+        return self.manifest.model.name
 
     @property
     def model_fingerprint(self) -> str:
-        return self.manifest["model"]["fingerprint"]
+        return self.manifest.model.fingerprint
 
     @property
     def fingerprint(self) -> str:
-        return self.manifest["features_fingerprint"]
+        return self.manifest.features_fingerprint
 
     @property
     def root(self) -> Path:
-        return Path(self.manifest["root"])
+        return self.manifest.root
 
     def image_path(self, i: int) -> str:
         """The image path as a user wants to read it: relative to the working folder when inside it."""
-        path = Path(self.manifest["images"][i]["path"])
-        full = path if path.is_absolute() else self.root / path
+        full = self.manifest.image_file(i)
         try:
             rel = os.path.relpath(full)
         except ValueError:
@@ -105,21 +433,20 @@ class FeatureStore:
         return str(full) if rel.startswith("..") else rel
 
     def captions_of(self, i: int) -> list[str]:
-        return self.manifest["images"][i].get("captions", [])
+        return self.manifest.images[i].get("captions", [])
 
     def caption_features(self) -> torch.Tensor:
         """Caption vectors, read from disk the first time they are needed."""
-        if self.text_features is None or self.text_features.shape[0] != len(self.manifest["captions"]):
-            self.text_features = _load_tensor(self.folder / TEXT_FILE, self.manifest["generation"], self.folder)
+        if self.text_features is None or self.text_features.shape[0] != len(self.manifest.captions):
+            self.text_features = _load_tensor(self.folder / TEXT_FILE, self.manifest, self.folder)
         return self.text_features
 
     def same_image(self, path: str | os.PathLike, sha256: str) -> set[int]:
         """Indexed images that are this file: the same path, or the same content under another name."""
         target = str(Path(path).resolve())
         found = set()
-        for i, entry in enumerate(self.manifest["images"]):
-            p = Path(entry["path"])
-            if entry.get("sha256") == sha256 or str((p if p.is_absolute() else self.root / p).resolve()) == target:
+        for i, entry in enumerate(self.manifest.images):
+            if entry.get("sha256") == sha256 or str(self.manifest.image_file(i).resolve()) == target:
                 found.add(i)
         return found
 
@@ -133,73 +460,37 @@ class FeatureStore:
             raise ModelMismatchError(
                 f"{self.folder} 中的特征由 {self.model} 生成，不能用 {model} 检索；"
                 f"请用该模型重新提取 / features in {self.folder} were built with {self.model}, "
-                f"not {model}; rebuild them with: clip-retrieval extract --model {model} --out {self.folder}")
+                f"not {model}; rebuild them with: {self.manifest.rebuild_command(self.folder, model)}")
 
 
 def save(folder: str | os.PathLike, image_features: torch.Tensor, text_features: torch.Tensor,
-         manifest: dict) -> dict:
-    """Write the three files atomically; returns the manifest as written."""
+         manifest: Manifest) -> Manifest:
+    """Write the three files together, atomically; returns the manifest as written."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     image_features = image_features.float().contiguous()
     text_features = text_features.float().contiguous()
     generation = uuid.uuid4().hex
-    manifest = dict(manifest)
-    manifest.update({
-        "format_version": FORMAT_VERSION,
-        "tool_version": __version__,
-        "generation": generation,
-        "features_fingerprint": tensor_fingerprint(image_features),
-        "text_features_fingerprint": tensor_fingerprint(text_features),
-    })
-    staged = []
-    try:
-        for name, tensor in ((IMAGE_FILE, image_features), (TEXT_FILE, text_features)):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-            os.close(fd)
-            staged.append((tmp, folder / name))
-            torch.save({"features": tensor, "generation": generation}, tmp)
-        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        staged.append((tmp, folder / MANIFEST_FILE))
-        Path(tmp).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
-        with _signals_deferred():
-            for tmp, final in staged:
-                os.replace(tmp, final)
-    except BaseException:
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        raise
-    return manifest
+    written = replace(manifest, format_version=FORMAT_VERSION, tool_version=__version__, generation=generation,
+                      features_fingerprint=tensor_fingerprint(image_features),
+                      text_features_fingerprint=tensor_fingerprint(text_features))
+    text = json.dumps(written.to_json(), ensure_ascii=False, indent=1)
+    # tensors plus the zip container's headers (a few KB each), plus the manifest itself
+    needed = 4 * (image_features.numel() + text_features.numel()) + 2 * 8192 + len(text.encode("utf-8"))
+    write_atomic_set([
+        (folder / IMAGE_FILE, lambda tmp: torch.save({"features": image_features, "generation": generation}, tmp)),
+        (folder / TEXT_FILE, lambda tmp: torch.save({"features": text_features, "generation": generation}, tmp)),
+        (folder / MANIFEST_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8")),
+    ], needed)
+    return written
 
 
-def read_manifest(folder: str | os.PathLike) -> dict:
-    folder = Path(folder)
-    path = folder / MANIFEST_FILE
+def _load_tensor(path: Path, manifest: Manifest, folder: Path) -> torch.Tensor:
     if not path.is_file():
-        raise FeatureStoreError(
-            f"{folder}: no {MANIFEST_FILE}; build features first: clip-retrieval extract --out {folder}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise FeatureStoreError(f"{path}: not valid JSON ({exc}); rebuild with clip-retrieval extract --out {folder}") from exc
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise FeatureStoreError(
-            f"{path}: format version {version}, this clip_retrieval {__version__} reads version {FORMAT_VERSION}; "
-            f"rebuild with clip-retrieval extract --out {folder}")
-    return manifest
-
-
-def _load_tensor(path: Path, generation: str, folder: Path) -> torch.Tensor:
-    if not path.is_file():
-        raise FeatureStoreError(f"{path} is missing; rebuild with clip-retrieval extract --out {folder}")
+        raise _needs_rebuild(folder, f"{path} is missing", manifest)
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("generation") != generation:
-        raise FeatureStoreError(
-            f"{path} does not belong to {folder / MANIFEST_FILE} (an interrupted write?); "
-            f"rebuild with clip-retrieval extract --out {folder}")
+    if not isinstance(payload, dict) or payload.get("generation") != manifest.generation:
+        raise _needs_rebuild(folder, f"{path} does not belong to {folder / MANIFEST_FILE} (an interrupted write?)",
+                             manifest)
     return payload["features"]
 
 
@@ -207,12 +498,11 @@ def load(folder: str | os.PathLike, with_text: bool = True) -> FeatureStore:
     """Load and check a features folder; ``with_text=False`` skips the caption features."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    generation = manifest["generation"]
-    images = _load_tensor(folder / IMAGE_FILE, generation, folder)
-    texts = _load_tensor(folder / TEXT_FILE, generation, folder) if with_text else None
-    if images.shape[0] != len(manifest["images"]):
-        raise FeatureStoreError(f"{folder}: {images.shape[0]} image vectors but {len(manifest['images'])} "
-                                f"images in the manifest; rebuild with clip-retrieval extract --out {folder}")
+    images = _load_tensor(folder / IMAGE_FILE, manifest, folder)
+    texts = _load_tensor(folder / TEXT_FILE, manifest, folder) if with_text else None
+    if images.shape[0] != len(manifest.images):
+        raise _needs_rebuild(folder, f"{folder}: {images.shape[0]} image vectors but {len(manifest.images)} "
+                                     f"images in the manifest", manifest)
     return FeatureStore(folder=folder, manifest=manifest, image_features=images, text_features=texts)
 
 
@@ -222,7 +512,8 @@ def save_expansion_cache(folder: str | os.PathLike, texts: list[str], embeddings
     path = Path(folder) / EXPANSION_CACHE_FILE
     payload = {"texts": list(texts), "embeddings": embeddings.float().contiguous(),
                "model_fingerprint": model_fingerprint, "rules_sha256": rules_sha256, "format_version": FORMAT_VERSION}
-    write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    needed = 4 * embeddings.numel() + sum(len(t.encode("utf-8")) + 64 for t in texts) + 8192
+    write_atomic(path, lambda tmp: torch.save(payload, tmp), needed)
     return path
 
 

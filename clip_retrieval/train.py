@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .dataset import open_image, read_captions
 from .errors import InputError
 from .evaluate import retrieval_metrics
+from .store import write_atomic, write_dir_atomic
 
 log = logging.getLogger(__name__)
 
@@ -202,14 +203,9 @@ def train(csv: str | os.PathLike, out: str | os.PathLike, model: str | None = No
                        f"(chance {chance:.3f})  R@5 {entry['val_recall@5']:.3f}")
         folder = save_checkpoint_dir(net, cfg, out / f"epoch_{epoch:03d}", languages=languages)
         if entry["val_recall@1"] >= max(h["val_recall@1"] for h in history):
-            tmp = out / ".best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(folder, tmp)
-            shutil.rmtree(out / "best", ignore_errors=True)
-            os.replace(tmp, out / "best")
+            write_dir_atomic(out / "best", lambda tmp: shutil.copytree(folder, tmp, dirs_exist_ok=True))
         state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                  "history": json.dumps(history), "torch_rng": torch.get_rng_state()}
-        from .store import write_atomic
         write_atomic(out / STATE_FILE, lambda tmp: torch.save(state, tmp))
     return TrainResult(out=out, best=out / "best", history=history)
 
@@ -236,10 +232,5 @@ def build_demo_model(out: str | os.PathLike, workdir: str | os.PathLike, per_pai
     csv = make_collection(Path(workdir) / "data", per_pair=per_pair, seed=DEMO_SEED, english=True)
     result = train(csv, Path(workdir) / "run", arch=DEMO_ARCH, epochs=epochs, batch_size=batch_size,
                    seed=DEMO_SEED, quiet=quiet, val_fraction=0.05)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(result.best, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    write_dir_atomic(out, lambda tmp: shutil.copytree(result.best, tmp, dirs_exist_ok=True))
     return result

@@ -21,6 +21,7 @@ from filelock import FileLock
 
 from ..dataset import sha256_file
 from ..errors import ModelUnavailableError
+from ..store import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,7 @@ def file_fingerprint(path: str | os.PathLike) -> str:
             except (OSError, ValueError):
                 cached = {}
             cached[key] = value
-            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(cached), encoding="utf-8")
-            os.replace(tmp, cache_file)
+            write_atomic(cache_file, lambda tmp: tmp.write_text(json.dumps(cached), encoding="utf-8"))
     except OSError as exc:
         log.debug("fingerprint cache not written: %s", exc)
     return value

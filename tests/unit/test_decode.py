@@ -55,7 +55,7 @@ def test_exact_decode_gives_the_pixels_and_vectors_of_a_plain_pil_decode(photos,
     assert _extract(photos, tiny_open_clip, tmp_path / "draft") == 0
     want = encoder.encode_images(want_pixels)
     exact_store, draft_store = store.load(tmp_path / "exact"), store.load(tmp_path / "draft")
-    assert exact_store.manifest["image_decode"] == "exact" and draft_store.manifest["image_decode"] == "draft"
+    assert exact_store.manifest.image_decode == "exact" and draft_store.manifest.image_decode == "draft"
     assert torch.allclose(exact_store.image_features, want, atol=1e-6)
     # the draft path really is different, so the comparison above can fail
     assert float((draft_store.image_features - want).abs().max()) > 1e-4

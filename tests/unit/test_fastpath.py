@@ -97,9 +97,9 @@ def test_update_equals_full_rebuild_and_encodes_only_changes(small_collection, t
     inc, full = store.load(tmp_path / "inc"), store.load(tmp_path / "full")
     assert torch.allclose(inc.image_features, full.image_features, atol=1e-6)
     assert torch.allclose(inc.text_features, full.text_features, atol=1e-6)
-    assert inc.manifest["images"] == full.manifest["images"]
-    assert inc.manifest["captions"] == full.manifest["captions"]
-    assert removed.split(",")[0] not in [i["path"] for i in inc.manifest["images"]]
+    assert inc.manifest.images == full.manifest.images
+    assert inc.manifest.captions == full.manifest.captions
+    assert removed.split(",")[0] not in [i["path"] for i in inc.manifest.images]
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -131,7 +131,7 @@ def test_search_uses_the_index_and_ignores_a_stale_one(tiny_features, tmp_path):
     assert [h.index for h in searcher.search_text("灰猫", k=5).results] == \
         [h.index for h in exact.search_text("灰猫", k=5).results]
     store.save(out, store.load(out).image_features.flip(0), store.load(out).text_features,
-               {k: v for k, v in store.read_manifest(out).items()})
+               store.read_manifest(out))
     assert api.open_searcher(out, rules=None, device="cpu").ann is None
 
 
@@ -142,3 +142,31 @@ def test_update_keeps_a_valid_expansion_cache(small_collection, tiny_open_clip, 
     time.sleep(0.01)
     _extract(small_collection, tiny_open_clip, tmp_path, rules=RULES, update=True)
     assert cache.stat().st_mtime_ns == before
+
+
+def test_expansion_cache_that_does_not_fit_warns_and_searches_still_work(small_collection, tiny_open_clip, tmp_path,
+                                                                          monkeypatch, capsys, caplog):
+    """A full disk that only the expansion cache hits: extract succeeds with a warning, later searches too."""
+    import errno
+
+    from clip_retrieval import cli
+
+    real_save = torch.save
+
+    def no_room_for_the_cache(obj, path, *a, **kw):
+        if store.EXPANSION_CACHE_FILE in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", no_room_for_the_cache)
+    out = tmp_path / "f"
+    code = cli.main(["extract", "--csv", str(small_collection), "--model", "open_clip:tiny", "--checkpoint",
+                     str(tiny_open_clip), "--out", str(out), "--num-workers", "0", "--device", "cpu", "--quiet",
+                     "--rules", str(RULES)])
+    assert code == 0 and "expansion cache not written" in caplog.text and "disk full" in caplog.text
+    assert str(out) in caplog.text
+    caplog.clear()
+    assert (out / store.MANIFEST_FILE).is_file() and not (out / store.EXPANSION_CACHE_FILE).exists()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    code = cli.main(["search", "--features", str(out), "--query", "金毛", "--rules", str(RULES), "--device", "cpu"])
+    assert code == 0 and "expansion cache not written" in caplog.text and "金毛" in capsys.readouterr().out
