@@ -18,6 +18,7 @@ from .dataset import DEFAULT_MAX_PIXELS, read_captions, scan_images
 from .encoders import DEFAULT_MODEL, load_encoder
 from .encoders.base import Encoder
 from .errors import InputError
+from .dictionary import load_dictionary
 from .expansion import DEFAULT_RULES, SHIPPED_RULES, RuleTable, load_rules
 from .extract import ExtractResult, extract
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
@@ -82,10 +83,12 @@ def encoder_for(manifest: store.Manifest, checkpoint: str | None = None, device:
 
 def open_searcher(features: str | os.PathLike = "outputs", model: str | None = None,
                   checkpoint: str | None = None, rules: str | os.PathLike | None = DEFAULT_RULES,
-                  device: str = "auto", encoder: Encoder | None = None, exact: bool = False) -> Searcher:
+                  device: str = "auto", encoder: Encoder | None = None, exact: bool = False,
+                  dictionary: bool = True) -> Searcher:
     """Load features and the rules table (``rules=None``: no expansion); the model loads on first need.
 
-    An ANN index beside the features is used unless ``exact`` is set.
+    An ANN index beside the features is used unless ``exact`` is set. ``dictionary``: words no
+    rule covers get CC-CEDICT renderings (read on the first such word).
 
     The expansion cache beside the features is used when it matches the model and rules,
     and rebuilt (which loads the model) when it does not.
@@ -96,7 +99,8 @@ def open_searcher(features: str | os.PathLike = "outputs", model: str | None = N
     index = None
     if not exact and (Path(features) / ann.INDEX_FILE).is_file():
         index = ann.load(features, feats.fingerprint)
-    searcher = Searcher(feats, encoder or (lambda: encoder_for(feats.manifest, checkpoint, device)), table, ann=index)
+    searcher = Searcher(feats, encoder or (lambda: encoder_for(feats.manifest, checkpoint, device)), table, ann=index,
+                        dictionary=load_dictionary() if dictionary else None)
     if table is not None:
         fingerprint = feats.model_fingerprint
         cache = store.load_expansion_cache(features, fingerprint, table.sha256)
@@ -112,9 +116,11 @@ def record_for(searcher: Searcher, result: SearchResult) -> dict:
     """The log record of one search made with ``searcher``."""
     rules = searcher.rules
     used = rules is not None and result.expand
-    return searchlog.make_record(
+    record = searchlog.make_record(
         result, searcher.store, model_fingerprint=searcher.model_fingerprint,
         rules_sha256=rules.sha256 if used else None, rules_path=rules.path if used else None)
+    record["dictionary"] = used and searcher.dictionary is not None
+    return record
 
 
 def search(searcher: Searcher, query: str | None = None, k: int = 5, expand: bool = True,
@@ -159,10 +165,11 @@ def replay_records(records: list[dict], log_path: str | os.PathLike, features: s
     def run(record: dict) -> dict:
         folder = searchlog.features_folder(record, log_path, features)
         rules = searchlog.rules_file(record, log_path) if record.get("expand") else None
-        key = (folder, rules)
+        dictionary = record.get("dictionary", True)
+        key = (folder, rules, dictionary)
         if key not in searchers:
             encoder = next((s.encoder for s in searchers.values() if s.store.folder == Path(folder)), None)
-            searchers[key] = open_searcher(folder, rules=rules, device=device, encoder=encoder)
+            searchers[key] = open_searcher(folder, rules=rules, device=device, encoder=encoder, dictionary=dictionary)
         searcher = searchers[key]
         mode = record.get("mode", "text")
         result = run_query(searcher, query=None if mode == "image" else record.get("query"), k=record.get("k", 5),
@@ -175,16 +182,18 @@ def replay_records(records: list[dict], log_path: str | os.PathLike, features: s
 
 def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike | None = None,
              rules: str | os.PathLike | None = DEFAULT_RULES, compare_expansion: bool = False,
-             device: str = "auto", encoder: Encoder | None = None, fuse: bool = False) -> dict:
+             device: str = "auto", encoder: Encoder | None = None, fuse: bool = False, dictionary: bool = True) -> dict:
     """Text-to-image and image-to-text metrics over a features folder (its captions or a query file).
 
     With ``compare_expansion`` the text-to-image metrics come twice: ``no_expansion`` and ``expansion``.
+    Expansion is what search does (the dictionary too, unless ``dictionary`` is off).
     """
     from . import evaluate as ev
 
     feats = store.load(features)
     searcher = Searcher(feats, encoder or encoder_for(feats.manifest, device=device),
-                        load_rules(rules) if rules is not None else None)
+                        load_rules(rules) if rules is not None else None,
+                        dictionary=load_dictionary() if dictionary else None)
     qs = ev.file_queries(queries, feats.manifest) if queries else ev.caption_queries(feats.manifest)
     modes = [False, True] if compare_expansion else [rules is not None]
     result: dict = {"model": feats.model, "queries": len(qs.queries), "images": feats.image_features.shape[0]}
@@ -203,28 +212,80 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
     return result
 
 
-def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAULT_RULES, device: str = "auto",
-                   quiet: bool = True, fuse: bool = False) -> dict:
-    """The held-out demo benchmark: a collection drawn with seed 2000 (training used 1000, the demo data 0),
-    searched with canonical and paraphrased queries, with and without expansion."""
+def _write_query_file(path: Path, rows: list[tuple[str, str]], root: Path) -> Path:
+    """A ``query,image_path`` file for ``evaluate.file_queries`` (image paths made absolute under ``root``)."""
     import csv as csv_module
 
-    from .demo_data import benchmark_queries, make_collection
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv_module.writer(fh)
+        writer.writerow(["query", "image_path"])
+        writer.writerows((q, str(root / p)) for q, p in rows)
+    return path
 
-    workdir = Path(workdir)
+
+def _benchmark_collection(workdir: Path, model: str, device: str, quiet: bool) -> tuple[Path, Path]:
+    """The held-out benchmark pictures (seed 2000: training used 1000, the demo data 0) and their features."""
+    from .demo_data import make_collection
+
     collection = make_collection(workdir / "collection", per_pair=3, seed=2000)
     out = workdir / "features"
-    extract_features(csv=collection, model="demo", out=out, device=device, quiet=quiet)
+    extract_features(csv=collection, model=model, out=out, device=device, quiet=quiet, rules=None)
+    return collection, out
+
+
+def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAULT_RULES, device: str = "auto",
+                   quiet: bool = True, fuse: bool = False) -> dict:
+    """The held-out demo benchmark: canonical and paraphrased queries, with and without expansion."""
+    from .demo_data import benchmark_queries
+
+    workdir = Path(workdir)
+    collection, out = _benchmark_collection(workdir, "demo", device, quiet)
     encoder = encoder_for(store.read_manifest(out), device=device)
     report = {}
     for name, rows in benchmark_queries(collection).items():
-        path = workdir / f"{name}.csv"
-        with open(path, "w", encoding="utf-8", newline="") as fh:
-            writer = csv_module.writer(fh)
-            writer.writerow(["query", "image_path"])
-            writer.writerows((q, str(collection.parent / p)) for q, p in rows)
+        path = _write_query_file(workdir / f"{name}.csv", rows, collection.parent)
         report[name] = evaluate(out, queries=path, rules=rules, compare_expansion=True,
                                 encoder=encoder, fuse=fuse)["text_to_image"]
+    return report
+
+
+BENCHMARK_STAGES = ("original", "substitution", "rendered", "rendered+dict")
+
+
+def stage_expansion(searcher: Searcher, query: str, stage: str):
+    """The query as one pipeline stage sees it (``BENCHMARK_STAGES``): alone, the first release's
+    one-term substitution, whole-language renderings, or renderings plus the dictionary."""
+    if stage == "original":
+        return searcher.expand(query, expand=False)
+    if stage == "substitution":
+        return searcher.rules.substitute(query, searcher.languages)
+    if stage == "rendered":
+        return searcher.rules.expand(query, searcher.languages)
+    if stage == "rendered+dict":
+        return searcher.rules.expand(query, searcher.languages, dictionary=load_dictionary())
+    raise ValueError(f"unknown stage {stage!r}; use one of {BENCHMARK_STAGES}")
+
+
+def language_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAULT_RULES, device: str = "auto",
+                       quiet: bool = True, model: str = "demo-en") -> dict:
+    """Chinese queries on an English-only model: ``{set: {stage: metrics}}`` (see ``language_benchmark_queries``).
+
+    Every stage is scored on the same held-out pictures, so the stages differ only in what is pooled.
+    """
+    from . import evaluate as ev
+    from .demo_data import language_benchmark_queries
+
+    workdir = Path(workdir)
+    collection, out = _benchmark_collection(workdir, model, device, quiet)
+    feats = store.load(out, with_text=False)
+    searcher = Searcher(feats, encoder_for(feats.manifest, device=device), load_rules(rules))
+    report: dict = {}
+    for name, rows in language_benchmark_queries(collection).items():
+        qs = ev.file_queries(_write_query_file(workdir / f"{name}.csv", rows, collection.parent), feats.manifest)
+        report[name] = {}
+        for stage in BENCHMARK_STAGES:
+            vectors = searcher.pooled([stage_expansion(searcher, q, stage) for q in qs.queries])
+            report[name][stage] = ev.text_to_image(vectors, feats.image_features, qs.relevant)
     return report
 
 
@@ -264,7 +325,7 @@ def label_vectors(encoder: Encoder, labels: list[str], rules: RuleTable | None) 
     prompts, weights, owners = [], [], []
     for n, label in enumerate(labels):
         expansion = rules.expand(label, encoder.languages) if rules else Expansion(label, [Phrase(label, "zh")])
-        for phrase in expansion.phrases:
+        for phrase in expansion.pooled:
             for prompt in (rules.prompts(phrase.text, phrase.lang) if rules else [phrase.text]):
                 prompts.append(prompt)
                 weights.append(phrase.weight)

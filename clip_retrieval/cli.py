@@ -43,6 +43,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", "-k", type=int, default=5, help="results per query (default: 5)")
     p.add_argument("--no-expand", action="store_true", help="search the query as typed, without the rules table")
     p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
+    p.add_argument("--no-dict", action="store_true",
+                   help="no CC-CEDICT renderings for words the rules lack (default: dictionary on, at half weight)")
     p.add_argument("--json", action="store_true", help="one JSON object per query on stdout")
     p.add_argument("--model", help="refuse unless the features were built with this model")
     p.add_argument("--checkpoint", help="local weights to load instead of the ones the features name")
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
+    p.add_argument("--no-dict", action="store_true", help="no CC-CEDICT renderings (default: dictionary on)")
     _common(p)
 
     p = sub.add_parser("classify", help="zero-shot classification of images among labels")
@@ -143,11 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="Recall@K, mAP, NDCG@10 and ranks over captions, a query file or the demo benchmark")
     _features_arg(p)
     p.add_argument("--queries", help="query,image_path rows (several rows per query give its relevant set)")
-    p.add_argument("--benchmark", choices=["demo"], help="run the held-out demo benchmark instead")
+    p.add_argument("--benchmark", choices=["demo", "demo-en"],
+                   help="run a held-out benchmark instead: demo (zh+en model, with/without expansion) or demo-en "
+                        "(English-only model, Chinese query sets by pipeline stage)")
     p.add_argument("--compare-expansion", action="store_true", help="with and without expansion side by side")
     p.add_argument("--fuse", action="store_true",
                    help="also score reciprocal-rank fusion of image and caption rankings (expansion_fused)")
     p.add_argument("--no-expand", action="store_true", help="evaluate queries as typed")
+    p.add_argument("--no-dict", action="store_true", help="no CC-CEDICT renderings (default: dictionary on)")
     p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _common(p)
@@ -194,7 +200,9 @@ def _print_result(result, as_json: bool) -> None:
     if result.mode != "image":
         print(f"查询 / query: {result.query}")
     if result.expansions:
-        print("扩展 / expansions: " + " | ".join(p.text for p in result.expansions))
+        print("扩展 / expansions:")
+        for line in result.expansion_lines():
+            print("  " + line)
     print(f"{'rank':>4}  {'score':>6}  image / 图片  caption / 描述")
     for hit in result.results:
         print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.image_path}  {hit.caption}")
@@ -239,7 +247,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     needs_captions = args.to == "text" or args.fuse
     searcher = api.open_searcher(args.features, model=args.model, checkpoint=args.checkpoint,
                                  rules=None if args.no_expand else args.rules, device=args.device,
-                                 exact=args.exact)
+                                 exact=args.exact, dictionary=not args.no_dict)
     if needs_captions:
         searcher.store.caption_features()
     if batch:
@@ -265,6 +273,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                 print(f"clip-retrieval: {exc}", file=sys.stderr)
                 status = EXIT_USAGE
                 continue
+            if result.notice:
+                print(f"clip-retrieval: {result.notice}", file=sys.stderr)
             if batch:
                 print(json.dumps(result.to_json(), ensure_ascii=False), file=out, flush=True)
             else:
@@ -367,18 +377,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rules = None if args.no_expand else args.rules
     if args.benchmark:
         with tempfile.TemporaryDirectory(prefix="clip_retrieval_bench_") as work:
-            report = api.demo_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet,
-                                        fuse=args.fuse)
+            if args.benchmark == "demo-en":
+                report = api.language_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet)
+            else:
+                report = api.demo_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet,
+                                            fuse=args.fuse)
         report = {name: {mode: {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "map", "ndcg@10")}
                          for mode, m in modes.items()} for name, modes in report.items()}
         if args.json:
             print(json.dumps(report, ensure_ascii=False))
         else:
             for name, modes in report.items():
-                _metric_table(f"demo benchmark / 演示基准: {name}", modes)
+                _metric_table(f"{args.benchmark} benchmark / 基准: {name}", modes)
         return EXIT_OK
     report = api.evaluate(args.features, queries=args.queries, rules=rules,
-                          compare_expansion=args.compare_expansion, device=args.device, fuse=args.fuse)
+                          compare_expansion=args.compare_expansion, device=args.device, fuse=args.fuse,
+                          dictionary=not args.no_dict)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return EXIT_OK
@@ -450,7 +464,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError("the web page needs gradio: pip install 'clip_retrieval[web]'")
     from .web import serve
 
-    serve(args.features, args.host, args.port, args.rules, args.device)
+    serve(args.features, args.host, args.port, args.rules, args.device, dictionary=not args.no_dict)
     return EXIT_OK
 
 

@@ -1,27 +1,46 @@
 """Query expansion through the reviewed table in ``rules/expansions.yaml``.
 
-Owns: loading and validating the rules file (with line numbers in every error), jieba
-segmentation with the table's keys protected from splitting, and ``expand_query``. It
-must not encode text or search. The file's schema is documented at its top and in the
-README.
+Owns: loading and validating the rules file (with line numbers in every error), query
+normalisation (Traditional and regional phrases to Simplified, full-width to half-width,
+case and spaces), jieba segmentation with the table's keys protected from splitting, and
+rendering a query wholly in each language the encoder reads (rules first, the CC-CEDICT
+dictionary for words the table lacks). It must not encode text or search. The file's
+schema is documented at its top and in the README.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .errors import InputError
 
+if TYPE_CHECKING:
+    from .dictionary import Dictionary
+
 log = logging.getLogger(__name__)
 
 LANGUAGES = ("zh", "en")
 MAX_VARIANTS = 24
+MAX_RENDERINGS = 4          # whole-language phrasings per language, so a long query stays cheap to encode
+DICTIONARY_WEIGHT = 0.5     # a dictionary rendering counts half a reviewed rule in the pooled vector
+SOURCES = ("query", "normalisation", "rule", "dictionary")
+# an English rendering that starts with one of these follows the thing it places ("dog on the grass")
+PREPOSITIONS = ("on ", "in ", "at ", "by ", "under ", "near ", "inside ", "beside ", "behind ", "in front of ")
+_ARTICLE = re.compile(r"^(a|an|the) ")
+_A_BEFORE_VOWEL = re.compile(r"\ba (?=[aeiou])")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z]")
+_SPACE_BETWEEN_CJK = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
 DEFAULT_RULES = Path("rules") / "expansions.yaml"
 _PACKAGE = Path(__file__).resolve().parent
 # The table shipped with the tool, for runs from another working folder: inside an installed
@@ -38,6 +57,7 @@ class Phrase:
     lang: str
     weight: float = 1.0
     term: str = ""          # the rule key that produced it ("" for the original query)
+    source: str = "rule"    # query, normalisation, rule or dictionary (see SOURCES)
 
 
 @dataclass
@@ -49,16 +69,122 @@ class Rule:
 
 
 @dataclass
+class Connector:
+    """Connecting words (上的, 里, 在 ...) and how English renders them (see the rules file header)."""
+
+    words: list[str]
+    en: str          # "on the {}" wraps the word before it; "" drops the word; else the word itself
+    line: int
+
+
+def script_of(text: str) -> str:
+    """The language a phrasing is written in: zh when it holds a Chinese character, else en."""
+    return "zh" if _CJK.search(text) else "en"
+
+
+@functools.lru_cache(maxsize=1)
+def _converters():
+    import opencc
+
+    return opencc.OpenCC("t2s"), opencc.OpenCC("tw2sp"), opencc.OpenCC("hk2sp")
+
+
+def normalize_query(text: str) -> str:
+    """The form the table is looked up in: Simplified, half-width, lower case, single spaces.
+
+    Traditional goes through OpenCC's Taiwan config (tw2sp: 計程車 -> 出租车, 滑鼠 -> 鼠标); when
+    that finds no regional phrase but the Hong Kong config (hk2sp) does, the Hong Kong reading
+    wins. NFKC turns full-width letters, digits and punctuation into ASCII; spaces between two
+    Chinese characters are dropped, since Chinese is written without them.
+    """
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _SPACE_BETWEEN_CJK.sub("", " ".join(text.split()))
+    if not _CJK.search(text):
+        return text
+    t2s, tw2sp, hk2sp = _converters()
+    plain, taiwan, hong_kong = t2s.convert(text), tw2sp.convert(text), hk2sp.convert(text)
+    return hong_kong if taiwan == plain and hong_kong != plain else taiwan
+
+
+@dataclass
 class Expansion:
-    """What a query turned into; ``phrases[0]`` is always the original query."""
+    """What a query turned into; ``phrases[0]`` is always the original query.
+
+    ``languages`` are the ones the encoder reads: only phrasings in them are pooled, unless
+    there are none (then the query alone is, and ``notice`` says why). ``None`` pools every
+    phrasing (the query as typed, or the substitution stage of the benchmark).
+    """
 
     query: str
     phrases: list[Phrase]
     matched: list[str] = field(default_factory=list)
+    normalized: str = ""
+    languages: frozenset[str] | None = None
+    untranslated: list[str] = field(default_factory=list)
 
     @property
     def expansions(self) -> list[Phrase]:
         return self.phrases[1:]
+
+    @property
+    def pooled(self) -> list[Phrase]:
+        """The phrasings that go into the query vector: those in a language the encoder reads."""
+        if self.languages is None:
+            return self.phrases
+        readable = [p for p in self.phrases if p.lang in self.languages]
+        return readable or self.phrases[:1]
+
+    @property
+    def notice(self) -> str | None:
+        """One line (Chinese and English) when a Chinese query reaches a model that does not read Chinese
+        with words left untranslated; None when there is nothing to say."""
+        if self.languages is None or "zh" in self.languages or not self.untranslated:
+            return None
+        words = "、".join(self.untranslated)
+        words_en = ", ".join(self.untranslated)
+        fix_zh = "请在 rules/expansions.yaml 加一条规则，或换用能读中文的模型（见 clip-retrieval models）"
+        fix_en = "add a rule to rules/expansions.yaml, or pick a Chinese-capable model (see clip-retrieval models)"
+        if not any(p.lang in self.languages for p in self.phrases):
+            return (f"模型不读中文，这些词没有译法：{words}；按原文检索，结果不可靠。{fix_zh} / "
+                    f"this model does not read Chinese and these words have no translation: {words_en}; "
+                    f"searched as typed, results are unreliable: {fix_en}")
+        return (f"模型不读中文，这些词没有译法、未参与检索：{words}。{fix_zh} / this model does not read Chinese; "
+                f"these words have no translation and were left out: {words_en}: {fix_en}")
+
+    def grouped(self) -> dict[str, list[dict]]:
+        """Phrasings by language, each with its source, weight and whether it was pooled (for display and --json)."""
+        pooled = {id(p) for p in self.pooled}
+        out: dict[str, list[dict]] = {}
+        for p in self.phrases:
+            out.setdefault(p.lang, []).append({"text": p.text, "source": p.source, "weight": p.weight,
+                                               "pooled": id(p) in pooled})
+        return out
+
+
+def format_grouped(groups: dict[str, list[dict]]) -> list[str]:
+    """Readable lines, one per language and source: ``en (rule / 规则): a | b``; unpooled ones marked."""
+    names = {"query": "query / 查询", "normalisation": "normalised / 规范化", "rule": "rule / 规则",
+             "dictionary": "dictionary / 词典（未审核 unreviewed）"}
+    lines = []
+    for lang, items in groups.items():
+        by_source: dict[tuple[str, bool], list[str]] = {}
+        for item in items:
+            by_source.setdefault((item["source"], item["pooled"]), []).append(item["text"])
+        for (source, pooled), texts in by_source.items():
+            note = "" if pooled else "  (模型不读，未使用 / not read by the model, not used)"
+            lines.append(f"{lang} {names.get(source, source)}: " + " | ".join(texts) + note)
+    return lines
+
+
+@dataclass
+class _Piece:
+    """One segment of a normalised query, classified."""
+
+    text: str
+    kind: str                       # rule, dictionary, connector, literal, untranslated, other
+    rule: Rule | None = None
+    connector: Connector | None = None
+    senses: list[str] = field(default_factory=list)
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -89,16 +215,18 @@ class RuleTable:
     """The validated expansion table; build with ``load_rules``."""
 
     def __init__(self, rules: list[Rule], templates: dict[str, list[str]], original_weight: float,
-                 sha256: str, path: str):
+                 sha256: str, path: str, connectors: list[Connector] | None = None):
         self.rules = rules
         self.templates = templates
         self.original_weight = original_weight
         self.sha256 = sha256
         self.path = path
+        self.connectors = connectors or []
         self._lookup: dict[str, Rule] = {}
         for rule in rules:
             for term in [rule.key, *rule.aliases]:
                 self._lookup[_norm(term)] = rule
+        self._connector: dict[str, Connector] = {w: c for c in self.connectors for w in c.words}
         self._tokenizer = None
 
     def __len__(self) -> int:
@@ -112,27 +240,26 @@ class RuleTable:
         return [t for r in self.rules for t in [r.key, *r.aliases]]
 
     def segment(self, text: str) -> list[str]:
-        """jieba words, with every key and alias registered so it is never split."""
+        """jieba words, with every key, alias and connecting word registered so it is never split."""
         if self._tokenizer is None:
             import jieba
 
             jieba.setLogLevel(logging.WARNING)
             tokenizer = jieba.Tokenizer()
-            for term in self.terms():
+            for term in [*self.terms(), *self._connector]:
                 if " " not in term:
                     tokenizer.add_word(term, freq=1_000_000)
             self._tokenizer = tokenizer
         return self._tokenizer.lcut(text)
 
-    def expand(self, query: str, languages: frozenset[str] | set[str] = frozenset(LANGUAGES)) -> Expansion:
-        """Original query plus the phrasings the table gives it, in languages the encoder reads.
+    def substitute(self, query: str, languages: frozenset[str] | set[str] = frozenset(LANGUAGES)) -> Expansion:
+        """The first release's expansion, kept as the benchmark's ``substitution`` stage.
 
-        The whole query is looked up first; otherwise each matched word's variants take its
-        place in the query ("草地上的金毛" -> "草地上的金毛犬", "草地上的golden retriever", ...).
+        Each matched word's variants take its place one at a time, leaving the rest of the
+        query in Chinese ("草地上的golden retriever"); everything is pooled, the query included.
         """
         query = query.strip()
-        phrases = [Phrase(query, "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in query) else "en",
-                          self.original_weight)]
+        phrases = [Phrase(query, script_of(query), self.original_weight, source="query")]
         matched: list[str] = []
         whole = self.lookup(query)
         if whole is not None:
@@ -149,21 +276,170 @@ class RuleTable:
                 canonical = canonical.replace(word, rule.key)
                 for phrase in [Phrase(rule.key, "zh", self.original_weight, rule.key), *rule.expansions]:
                     phrases.append(Phrase(query.replace(word, phrase.text), phrase.lang, phrase.weight, rule.key))
-            # every alias replaced by its key at once: the phrasing a collection's captions most likely use
             phrases.insert(1, Phrase(canonical, "zh", self.original_weight))
-        kept, seen = [phrases[0]], {phrases[0].text}
-        for phrase in phrases[1:]:
-            if phrase.lang in languages and phrase.text not in seen:
-                kept.append(phrase)
-                seen.add(phrase.text)
-        if len(kept) > MAX_VARIANTS + 1:
-            log.warning("query %r has %d expansions; keeping the first %d", query, len(kept) - 1, MAX_VARIANTS)
-            kept = kept[:MAX_VARIANTS + 1]
-        return Expansion(query=query, phrases=kept, matched=matched)
+        return Expansion(query=query, phrases=_distinct(phrases, languages), matched=matched, normalized=query)
+
+    def _pieces(self, text: str, dictionary: Dictionary | None) -> list[_Piece]:
+        """Segment and classify: rule terms, connecting words, dictionary words, literal English, the rest."""
+        whole = self.lookup(text)
+        if whole is not None:
+            return [_Piece(text, "rule", rule=whole)]
+        pieces: list[_Piece] = []
+        for word in self.segment(text):
+            if not word.strip() or not (_CJK.search(word) or _LATIN.search(word)):
+                pieces.append(_Piece(word, "other"))
+            elif (rule := self.lookup(word)) is not None:
+                pieces.append(_Piece(word, "rule", rule=rule))
+            elif word in self._connector:
+                pieces.append(_Piece(word, "connector", connector=self._connector[word]))
+            elif not _CJK.search(word):
+                pieces.append(_Piece(word, "literal"))
+            else:
+                pieces += self._dictionary_pieces(word, dictionary)
+        return pieces
+
+    def _dictionary_pieces(self, word: str, dictionary: Dictionary | None) -> list[_Piece]:
+        """A word no rule covers: the dictionary's senses for it, or for its longest known parts."""
+        if dictionary is None:
+            return [_Piece(word, "untranslated")]
+        if senses := dictionary.senses(word):
+            return [_Piece(word, "dictionary", senses=senses)]
+        out: list[_Piece] = []
+        start = 0
+        while start < len(word):
+            for end in range(min(len(word), start + 4), start, -1):
+                part = word[start:end]
+                if part in self._connector:
+                    out.append(_Piece(part, "connector", connector=self._connector[part]))
+                    break
+                if (rule := self.lookup(part)) is not None:
+                    out.append(_Piece(part, "rule", rule=rule))
+                    break
+                if senses := dictionary.senses(part):
+                    out.append(_Piece(part, "dictionary", senses=senses))
+                    break
+            else:
+                end = start + 1
+                out.append(_Piece(word[start], "untranslated"))
+            start = end
+        return out
+
+    def expand(self, query: str, languages: frozenset[str] | set[str] = frozenset(LANGUAGES),
+               dictionary: Dictionary | None = None) -> Expansion:
+        """The query, its normalised form, and whole-language renderings in each language the encoder reads.
+
+        Every matched term is rendered in the same language, in the query's order ("草地上的金毛" ->
+        "golden retriever on the grass", never "草地上的golden retriever"); at most
+        ``MAX_RENDERINGS`` per language. Words no rule covers go to ``dictionary`` when one is given.
+        """
+        query = query.strip()
+        languages = frozenset(languages)
+        normalized = normalize_query(query)
+        phrases = [Phrase(query, script_of(query), self.original_weight, source="query")]
+        if normalized != query:
+            phrases.append(Phrase(normalized, script_of(normalized), self.original_weight, source="normalisation"))
+        pieces = self._pieces(normalized, dictionary)
+        matched = list(dict.fromkeys(p.rule.key for p in pieces if p.rule is not None))
+        if "zh" in languages:
+            phrases += self._render_zh(pieces, languages)
+        if "en" in languages:
+            phrases += self._render_en(pieces)
+        untranslated = []
+        if "zh" not in languages:
+            untranslated = list(dict.fromkeys(
+                p.text for p in pieces if p.kind == "untranslated"
+                or (p.kind == "rule" and not any(x.lang == "en" for x in p.rule.expansions))))
+        return Expansion(query=query, phrases=_distinct(phrases, None), matched=matched, normalized=normalized,
+                         languages=languages, untranslated=untranslated)
+
+    def _render_zh(self, pieces: list[_Piece], languages: frozenset[str]) -> list[Phrase]:
+        """The query with each term's Chinese phrasings in its place (the key first: what captions use)."""
+        rules = [p for p in pieces if p.rule is not None]
+        if not rules:
+            return []
+        choices = {id(p): [Phrase(p.rule.key, "zh", self.original_weight, p.rule.key)] +
+                   [x for x in p.rule.expansions if x.lang == "zh"] for p in rules}
+        out = []
+        for i in range(min(MAX_RENDERINGS, max(len(c) for c in choices.values()))):
+            parts, weight = [], self.original_weight
+            for p in pieces:
+                if p.rule is not None:
+                    pick = choices[id(p)][i % len(choices[id(p)])]
+                    parts.append(pick.text)
+                    weight = min(weight, pick.weight)
+                elif p.kind == "literal" and "en" not in languages:
+                    continue      # no Latin words in a phrasing for a model that reads Chinese only
+                else:
+                    parts.append(p.text)
+            text = " ".join("".join(parts).split())
+            if text:
+                out.append(Phrase(text, "zh", weight, "+".join(r.rule.key for r in rules), "rule"))
+        return out
+
+    def _render_en(self, pieces: list[_Piece]) -> list[Phrase]:
+        """Every term in English in the query's order, place phrases last ("golden retriever on the grass")."""
+        options: dict[int, list[tuple[str, float, str]]] = {}
+        for p in pieces:
+            if p.kind == "rule":
+                options[id(p)] = [(x.text, x.weight, "rule") for x in p.rule.expansions if x.lang == "en"]
+            elif p.kind == "dictionary":
+                options[id(p)] = [(s, DICTIONARY_WEIGHT, "dictionary") for s in p.senses]
+            elif p.kind == "literal" and p.text not in ("a", "an", "the"):
+                options[id(p)] = [(p.text, self.original_weight, "rule")]
+        options = {k: v for k, v in options.items() if v}
+        if not any(p.kind in ("rule", "dictionary") for p in pieces if id(p) in options):
+            return []         # nothing to translate: an English query is its own English phrasing
+        single = len(options) == 1 and not any(p.kind == "connector" and "{}" in p.connector.en for p in pieces)
+        if not single:
+            # mid-sentence: no articles, and a place keeps its prepositional form when it has one
+            for k, opts in options.items():
+                placed = [o for o in opts if o[0].startswith(PREPOSITIONS)]
+                options[k] = [(_ARTICLE.sub("", t), w, src) for t, w, src in (placed or opts)]
+        key = "+".join(p.rule.key if p.rule else p.text for p in pieces if id(p) in options)
+        out: list[Phrase] = []
+        for i in range(max(len(o) for o in options.values())):
+            front: list[str] = []
+            back: list[str] = []
+            last_front = False            # did the last word go to the front (so a localiser can wrap it)?
+            weight, source = self.original_weight, "rule"
+            for p in pieces:
+                if p.kind == "connector":
+                    if "{}" in p.connector.en:
+                        if last_front:     # wraps the word before it: 公园 + 里 -> in the park
+                            back.append(p.connector.en.format(front.pop()))
+                            last_front = False
+                    elif p.connector.en:
+                        (back if back and not last_front else front).append(p.connector.en)
+                    continue
+                if id(p) not in options:
+                    continue
+                text, w, src = options[id(p)][i % len(options[id(p)])]
+                weight, source = min(weight, w), "dictionary" if src == "dictionary" else source
+                last_front = not text.startswith(PREPOSITIONS)
+                (front if last_front else back).append(text)
+            out.append(Phrase(" ".join(front + back), "en", weight, key, source))
+        first = out[0]
+        if not single and self.templates.get("en") and not first.text.startswith(PREPOSITIONS):
+            text = _A_BEFORE_VOWEL.sub("an ", self.templates["en"][0].format(first.text))
+            out.append(Phrase(text, "en", first.weight, key, first.source))
+        return _distinct(out, None)[:MAX_RENDERINGS]
 
     def prompts(self, label: str, lang: str) -> list[str]:
         """The label dropped into each prompt template of ``lang`` (the label itself when none)."""
         return [t.format(label) for t in self.templates.get(lang, [])] or [label]
+
+
+def _distinct(phrases: list[Phrase], languages: frozenset[str] | set[str] | None) -> list[Phrase]:
+    """The first phrasing of each text (the query always kept first), in ``languages``, at most MAX_VARIANTS more."""
+    kept, seen = [phrases[0]], {phrases[0].text}
+    for phrase in phrases[1:]:
+        if (languages is None or phrase.lang in languages) and phrase.text not in seen:
+            kept.append(phrase)
+            seen.add(phrase.text)
+    if len(kept) > MAX_VARIANTS + 1:
+        log.warning("query %r has %d expansions; keeping the first %d", kept[0].text, len(kept) - 1, MAX_VARIANTS)
+        kept = kept[:MAX_VARIANTS + 1]
+    return kept
 
 
 def _fail(path: str, line: int | None, message: str) -> InputError:
@@ -208,7 +484,7 @@ def parse_rules(text: str, path: str = "<rules>") -> RuleTable:
         raise InputError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(doc, dict) or "rules" not in doc:
         raise _fail(path, None, "expected a mapping with a 'rules' list (see the schema at the top of the file)")
-    unknown = set(doc) - {"version", "rules", "templates", "original_weight", "__line__"}
+    unknown = set(doc) - {"version", "rules", "templates", "original_weight", "connectors", "__line__"}
     if unknown:
         raise _fail(path, doc["__line__"], f"unknown top-level field(s) {sorted(unknown)}")
     original_weight = _weight(doc.get("original_weight", 1.0), path, doc["__line__"], "original_weight")
@@ -256,7 +532,43 @@ def parse_rules(text: str, path: str = "<rules>") -> RuleTable:
         if not expansions:
             raise _fail(path, line, f"rule {key!r} has no zh or en expansions")
         rules.append(Rule(key=key, aliases=aliases, expansions=expansions, line=line))
-    return RuleTable(rules, templates, original_weight, hashlib.sha256(text.encode("utf-8")).hexdigest(), path)
+    connectors = _connectors(doc.get("connectors") or [], owner, path)
+    return RuleTable(rules, templates, original_weight, hashlib.sha256(text.encode("utf-8")).hexdigest(), path,
+                     connectors)
+
+
+def _connectors(value, owner: dict[str, tuple[str, int]], path: str) -> list[Connector]:
+    """The reviewed connecting words: each a {zh: [words], en: "on the {}" | "" | "word"} mapping."""
+    if not isinstance(value, list):
+        raise _fail(path, None, "connectors must be a list of {zh: [words], en: ...} mappings")
+    out: list[Connector] = []
+    seen: dict[str, int] = {}
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise _fail(path, None, f"each connector is a mapping with zh and en; got {entry!r}")
+        line = entry["__line__"]
+        extra = set(entry) - {"zh", "en", "__line__"}
+        if extra:
+            raise _fail(path, line, f"connector: unknown field(s) {sorted(extra)}; allowed: zh, en")
+        words, en = entry.get("zh"), entry.get("en")
+        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+            raise _fail(path, line, "connector: zh must be a non-empty list of words")
+        if en is None:
+            en = ""
+        if not isinstance(en, str) or en.count("{}") > 1:
+            raise _fail(path, line, f"connector {words[0]!r}: en must be a string with at most one {{}} "
+                                    f"(\"on the {{}}\" wraps the word before, \"\" drops it), got {en!r}")
+        for word in words:
+            word = word.strip()
+            if _norm(word) in owner:
+                rule, rule_line = owner[_norm(word)]
+                raise _fail(path, line, f"connector {word!r} is already a key or alias of rule {rule!r} "
+                                        f"(line {rule_line})")
+            if word in seen:
+                raise _fail(path, line, f"connector {word!r} listed twice (first at line {seen[word]})")
+            seen[word] = line
+        out.append(Connector([w.strip() for w in words], en.strip(), line))
+    return out
 
 
 def load_rules(path: str | os.PathLike = DEFAULT_RULES) -> RuleTable:

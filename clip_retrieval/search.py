@@ -19,7 +19,8 @@ import torch
 from .dataset import open_image
 from .encoders.base import Encoder
 from .errors import InputError
-from .expansion import Expansion, Phrase, RuleTable
+from .dictionary import Dictionary
+from .expansion import Expansion, Phrase, RuleTable, format_grouped, script_of
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,32 @@ class SearchResult:
     image_sha256: str | None = None
     text_weight: float | None = None         # image+text: the text's share of the fused vector
     fuse: bool = False                       # text: image and caption rankings merged by RRF
+    expansion: Expansion | None = None       # the whole expansion: normalised query, groups, notice
+    raw_query: str | None = None             # exactly as typed, before cleaning and normalising
+
+    @property
+    def notice(self) -> str | None:
+        return self.expansion.notice if self.expansion is not None else None
+
+    def expansion_lines(self) -> list[str]:
+        """The expansions grouped by language and source, as the CLI and the page show them."""
+        return format_grouped(self.expansion.grouped()) if self.expansion is not None else []
 
     def to_json(self) -> dict:
-        """The ``--json`` object: query, expansions, model, results."""
-        return {
+        """The ``--json`` object: query, expansions (flat, and grouped by language with sources), model, results."""
+        out = {
             "query": self.query,
             "expansions": [p.text for p in self.expansions],
             "model": self.model,
             "results": [{"rank": h.rank, "score": round(h.score, 6), "image_path": h.image_path,
                          "caption": h.caption} for h in self.results],
         }
+        if self.expansion is not None:
+            out["normalized_query"] = self.expansion.normalized or self.query
+            out["expansions_by_language"] = self.expansion.grouped()
+            out["untranslated"] = self.expansion.untranslated
+            out["notice"] = self.expansion.notice
+        return out
 
 
 def pool(embeddings: torch.Tensor, weights: list[float] | torch.Tensor) -> torch.Tensor:
@@ -118,10 +135,11 @@ class Searcher:
     """
 
     def __init__(self, store: FeatureStore, encoder: Encoder | Callable[[], Encoder], rules: RuleTable | None,
-                 cache: tuple[list[str], torch.Tensor] | None = None, ann=None):
+                 cache: tuple[list[str], torch.Tensor] | None = None, ann=None, dictionary: Dictionary | None = None):
         self.store = store
         self.ann = ann
         self.rules = rules
+        self.dictionary = dictionary
         self._encoder: Encoder | None = None
         self._load_encoder = encoder if callable(encoder) and not isinstance(encoder, Encoder) else None
         if isinstance(encoder, Encoder):
@@ -159,9 +177,10 @@ class Searcher:
         self._cache_vectors = vectors
 
     def expand(self, query: str, expand: bool = True) -> Expansion:
+        """Whole-language renderings in the languages the model reads (``expand=False``: the query alone)."""
         if expand and self.rules is not None:
-            return self.rules.expand(query, self.languages)
-        return Expansion(query=query, phrases=[Phrase(query, "zh", 1.0)])
+            return self.rules.expand(query, self.languages, dictionary=self.dictionary)
+        return Expansion(query=query, phrases=[Phrase(query, script_of(query), 1.0, source="query")])
 
     def phrase_vectors(self, texts: list[str]) -> torch.Tensor:
         """Cached embeddings where there are some; the rest encoded together in one batch."""
@@ -172,18 +191,19 @@ class Searcher:
 
     def query_vector(self, expansion: Expansion) -> torch.Tensor:
         """All phrasings in one batch, then the weighted mean."""
-        return self._pooled([expansion])[0]
+        return self.pooled([expansion])[0]
 
     def query_vectors(self, queries: list[str], expand: bool = True) -> torch.Tensor:
         """Pooled vectors for many queries, every phrasing of every query encoded in one pass."""
-        return self._pooled([self.expand(clean_query(q)[0], expand) for q in queries])
+        return self.pooled([self.expand(clean_query(q)[0], expand) for q in queries])
 
-    def _pooled(self, expansions: list[Expansion]) -> torch.Tensor:
-        embeddings = self.phrase_vectors([p.text for e in expansions for p in e.phrases])
+    def pooled(self, expansions: list[Expansion]) -> torch.Tensor:
+        """One vector per expansion: the weighted mean of the phrasings the model reads (``Expansion.pooled``)."""
+        embeddings = self.phrase_vectors([p.text for e in expansions for p in e.pooled])
         out, start = [], 0
         for e in expansions:
-            n = len(e.phrases)
-            out.append(pool(embeddings[start:start + n], [p.weight for p in e.phrases]))
+            n = len(e.pooled)
+            out.append(pool(embeddings[start:start + n], [p.weight for p in e.pooled]))
             start += n
         return torch.stack(out) if out else torch.empty(0, self.store.image_features.shape[1])
 
@@ -218,7 +238,7 @@ class Searcher:
         hits = self.fused(vector, k) if fuse else self.search_vector(vector, k)
         return SearchResult(query=text, expansions=expansion.expansions, results=hits,
                             model=self.store.model, k=k, expand=expand, truncated=truncated,
-                            matched=expansion.matched, fuse=fuse)
+                            matched=expansion.matched, fuse=fuse, expansion=expansion, raw_query=query)
 
     def _captions(self) -> tuple[list[tuple[str, int, int]], np.ndarray]:
         """Distinct (caption, image, captions-file row) triples and their vectors, for image-to-text and fusion."""
@@ -307,7 +327,8 @@ class Searcher:
         return SearchResult(query=clean or str(path), expansions=expansion.expansions if expansion else [], results=hits,
                             model=self.store.model, k=k, expand=expand and bool(text), truncated=truncated,
                             matched=expansion.matched if expansion else [], mode="image+text" if text else "image",
-                            to=to, image=str(path), image_sha256=digest, text_weight=text_weight if text else None)
+                            to=to, image=str(path), image_sha256=digest, text_weight=text_weight if text else None,
+                            expansion=expansion, raw_query=text)
 
 
 def _check_k(k: int) -> None:

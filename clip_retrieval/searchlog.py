@@ -37,7 +37,7 @@ RECORD_VERSION = 2
 
 def make_record(result, store, *, model_fingerprint: str, rules_sha256: str | None,
                 rules_path: str | None) -> dict:
-    """Everything a replay needs, beside what a person reads.
+    """Everything a replay needs, beside what a person reads (the query as typed and normalised too).
 
     Paths that a replay resolves are absolute (features folder, query image, rules), and
     each result also carries its path relative to the collection root, so a replay from
@@ -45,6 +45,7 @@ def make_record(result, store, *, model_fingerprint: str, rules_sha256: str | No
     The fingerprints of what produced the answer let a replay name why it changed.
     """
     manifest = store.manifest
+    pooled = result.expansion.pooled if result.expansion is not None else result.expansions
     return {
         "record_version": RECORD_VERSION,
         "time": now_iso(),
@@ -55,9 +56,12 @@ def make_record(result, store, *, model_fingerprint: str, rules_sha256: str | No
         "image_sha256": result.image_sha256,
         "text_weight": result.text_weight,
         "query": result.query,
+        "raw_query": result.raw_query if result.raw_query is not None else result.query,
+        "normalized_query": result.expansion.normalized or result.query if result.expansion else result.query,
         "expand": result.expand,
-        "expansions": [{"text": p.text, "lang": p.lang, "weight": p.weight, "term": p.term}
-                       for p in result.expansions],
+        "expansions": [{"text": p.text, "lang": p.lang, "weight": p.weight, "term": p.term, "source": p.source,
+                        "pooled": p in pooled} for p in result.expansions],
+        "untranslated": result.expansion.untranslated if result.expansion else [],
         "k": result.k,
         "model": result.model,
         "model_fingerprint": model_fingerprint,
@@ -84,10 +88,17 @@ def format_block(record: dict) -> str:
         lines[0] += "  (-> captions / 图搜文)"
     if record.get("fuse"):
         lines[0] += "  (fused with captions / 融合描述)"
+    if record.get("normalized_query") not in (None, record["query"]):
+        lines.append(f"  normalised / 规范化: {record['normalized_query']}")
     if record["expansions"]:
-        lines.append("  expansions / 扩展: " + " | ".join(e["text"] for e in record["expansions"]))
+        marks = {"dictionary": " [词典 dictionary]", "normalisation": " [规范化 normalised]"}
+        lines.append("  expansions / 扩展: " + " | ".join(
+            e["text"] + marks.get(e.get("source"), "") + ("" if e.get("pooled", True) else " [未使用 not pooled]")
+            for e in record["expansions"]))
     else:
         lines.append("  expansions / 扩展: (none)" if record["expand"] else "  expansions / 扩展: (disabled)")
+    if record.get("untranslated"):
+        lines.append("  untranslated / 未翻译: " + "、".join(record["untranslated"]))
     lines.append(f"  model: {record['model']} ({record['model_fingerprint']})  k={record['k']}  "
                  f"features: {record['features_fingerprint']}")
     for hit in record["results"]:

@@ -33,19 +33,21 @@ def _gallery(result) -> list:
 def _expansions(result) -> str:
     if not result.expand:
         return "扩展已关闭 / expansion off"
+    lines = [f"⚠️ {result.notice}"] if result.notice else []
     if not result.expansions:
-        return "没有扩展 / no expansions"
-    return "扩展 / expansions: " + " | ".join(p.text for p in result.expansions)
+        return "\n\n".join(lines + ["没有扩展 / no expansions"])
+    return "\n".join(lines + ["扩展 / expansions:", ""] + [f"- {line}" for line in result.expansion_lines()])
 
 
 class Page:
     """The handlers, holding the one searcher (and its model) the page was started with."""
 
-    def __init__(self, features: str, rules: str, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, features: str, rules: str, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 dictionary: bool = True):
         self.features = features
         self.rules = rules
         self.max_pixels = max_pixels
-        self.searcher = api.open_searcher(features, rules=rules, device=device)
+        self.searcher = api.open_searcher(features, rules=rules, device=device, dictionary=dictionary)
         self.plain = api.Searcher(self.searcher.store, lambda: self.searcher.encoder, None)
 
     def _checked_upload(self, upload) -> str:
@@ -148,7 +150,7 @@ def build(page: Page):
 
 
 def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, rules: str = "rules/expansions.yaml",
-          device: str = "auto") -> None:
+          device: str = "auto", dictionary: bool = True) -> None:
     """Start the page and block until interrupted; the upload folder is removed on the way out."""
     upload_dir = tempfile.mkdtemp(prefix="clip_retrieval_uploads_")
 
@@ -159,7 +161,7 @@ def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, 
     os.environ["GRADIO_TEMP_DIR"] = upload_dir
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        app = build(Page(features, rules, device))
+        app = build(Page(features, rules, device, dictionary=dictionary))
         print(f"serving on http://{host}:{port}  (uploads: {upload_dir}; Ctrl-C to stop)", flush=True)
         app.launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True,
                    max_file_size=MAX_UPLOAD, ssr_mode=False)

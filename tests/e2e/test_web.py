@@ -92,18 +92,32 @@ def test_binds_to_loopback_and_serves_no_other_file(server):
         assert status in (403, 404), path
 
 
-def test_text_query_shows_the_expected_image_first_and_logs_it(server, browser):
+def _text_search(server, browser, query: str, shows: str):
+    """A new page with ``query`` searched, once the expansions line shows ``shows``."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server["url"])
-    page.locator("#query textarea").fill("金毛")
+    page.locator("#query textarea").fill(query)
     page.locator("#search").click()
-    page.wait_for_function("document.querySelector('#expansions').innerText.includes('golden retriever')",
-                           timeout=30_000)
+    page.wait_for_function(f"document.querySelector('#expansions').innerText.includes({shows!r})", timeout=30_000)
+    return page
+
+
+def test_text_query_shows_the_expected_image_first_and_logs_it(server, browser):
+    page = _text_search(server, browser, "金毛", "golden retriever")
     captions = _captions(page, "#results")
     assert captions[0].startswith("#1") and "金毛" in captions[0]
     page.screenshot(path=str(SHOTS / "web_text_search.png"), full_page=True)
     records = list(searchlog.read_records(server["features"] / searchlog.JSON_LOG))
     assert records[-1]["query"] == "金毛" and records[-1]["expand"] is True
+    page.close()
+
+
+def test_expansions_are_grouped_by_language_with_dictionary_marked(server, browser):
+    page = _text_search(server, browser, "草上的兔", "rabbit on the grass")
+    shown = page.locator("#expansions").inner_text()
+    assert "en dictionary / 词典" in shown and "zh query / 查询: 草上的兔" in shown
+    records = list(searchlog.read_records(server["features"] / searchlog.JSON_LOG))
+    assert any(e["source"] == "dictionary" for e in records[-1]["expansions"])
     page.close()
 
 

@@ -93,3 +93,25 @@ def test_search_appends_a_reproducible_record(tiny_features, tmp_path):
     assert record["model_fingerprint"] == searcher.encoder.fingerprint
     text = (tmp_path / "search_log.txt").read_text(encoding="utf-8")
     assert "灰猫" in text and result.results[0].image_path in text and "灰色的猫" in text
+
+
+def test_phrase_weights_from_the_rules_file_shape_the_pooled_vector(tiny_features, tmp_path):
+    """A rule's phrase weight must reach pooling: ignoring it (a plain mean) gives another vector and ranking."""
+    rules = tmp_path / "weighted.yaml"
+    rules.write_text("rules:\n  - {key: 金毛, zh: [金毛犬], en: [golden retriever, "
+                     "{text: a red sports car at night, weight: 0.1}]}\n", encoding="utf-8")
+    searcher = api.open_searcher(tiny_features, rules=rules, device="cpu", dictionary=False)
+    expansion = searcher.expand("金毛")
+    texts = [p.text for p in expansion.pooled]
+    weights = [p.weight for p in expansion.pooled]
+    assert weights == [1.0, 1.0, 1.0, 0.1]
+    vectors = searcher.encoder.encode_texts(texts)
+    weighted = (vectors * torch.tensor(weights)[:, None]).sum(0)
+    weighted = weighted / weighted.norm()
+    plain = vectors.mean(0) / vectors.mean(0).norm()
+    assert float(weighted @ plain) < 0.9999                 # the weights make a difference worth testing
+    assert torch.allclose(searcher.query_vector(expansion), weighted, atol=1e-5)
+    result = searcher.search_text("金毛", k=8)
+    scores = searcher.store.image_features @ weighted
+    assert [h.index for h in result.results] == torch.argsort(scores, descending=True)[:8].tolist()
+    assert np.allclose([h.score for h in result.results], scores[[h.index for h in result.results]].numpy(), atol=1e-5)
