@@ -159,12 +159,44 @@ def captions_for(subject: Subject, scene: Scene, rng: random.Random, varied: boo
     return zh, en
 
 
+# English words the English-only model (demo-en) learns beside each subject's and scene's own
+# name: the category words a dictionary rendering of a Chinese word tends to give.
+EN_SUBJECT_WORDS = {
+    "golden_retriever": ["golden retriever", "golden retriever dog", "dog"],
+    "husky": ["husky", "husky dog", "dog"],
+    "grey_cat": ["grey cat", "gray cat", "cat"],
+    "orange_cat": ["orange cat", "ginger cat", "cat"],
+    "black_cat": ["black cat", "cat"],
+    "piglet": ["piglet", "pig", "pink pig"],
+    "rabbit": ["rabbit", "white rabbit", "bunny"],
+    "red_car": ["red car", "car"],
+}
+EN_SCENE_WORDS = {
+    "grass": ["on the grass", "on the lawn"],
+    "snow": ["in the snow", "on the snow"],
+    "beach": ["at the beach", "by the sea"],
+    "night": ["at night", "in the night"],
+}
+
+
+def english_caption_for(subject: Subject, scene: Scene, rng: random.Random) -> str:
+    """An English caption using any of the subject's and scene's English words (demo-en's training text)."""
+    name = rng.choice(EN_SUBJECT_WORDS[subject.key])
+    place = rng.choice(EN_SCENE_WORDS[scene.key])
+    article = "an" if name[0] in "aeiou" else "a"
+    return rng.choices([f"{article} {name} {place}", f"a photo of {article} {name} {place}", f"{article} {name}"],
+                       weights=[2, 1, 1])[0]
+
+
 def make_collection(out_dir: str | Path, per_pair: int = 2, seed: int = 0, size: int = 224,
-                    english: bool = False, fmt: str = "png", varied: bool = True) -> Path:
+                    english: bool = False, fmt: str = "png", varied: bool = True, chinese: bool = True) -> Path:
     """Write images/ and captions.csv under ``out_dir``; returns the CSV path.
 
-    Each image gets its Chinese caption, and its English one too when ``english`` is set.
+    Each image gets its Chinese caption, and its English one too when ``english`` is set;
+    ``chinese=False`` gives English captions only, in the wider wording of ``english_caption_for``.
     """
+    if not (chinese or english):
+        raise ValueError("a collection needs Chinese or English captions")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -178,6 +210,9 @@ def make_collection(out_dir: str | Path, per_pair: int = 2, seed: int = 0, size:
                     img.save(out / name, format="PNG", optimize=False)
                 else:
                     img.save(out / name, format="JPEG", quality=90)
+                if not chinese:
+                    rows.append((name, english_caption_for(subject, scene, rng)))
+                    continue
                 zh, en = captions_for(subject, scene, rng, varied)
                 rows.append((name, zh))
                 if english:
@@ -224,4 +259,53 @@ def benchmark_queries(collection_csv: str | Path) -> dict[str, list[tuple[str, s
             sets["canonical"] += [(f"{scene.zh}的{subject.zh}", p) for p in pair]
             para = SUBJECT_PARAPHRASES[subject.key][0]
             sets["paraphrased"] += [(f"{SCENE_PARAPHRASES[scene.key]}的{para}", p) for p in pair]
+    return sets
+
+
+# The English-only benchmark (demo-en): multi-term queries split a subject into colour + thing
+# ("雪地里的橙色猫": scene, colour, subject), and the dictionary set uses words no rule covers.
+COLOUR_SPLIT = {
+    "golden_retriever": ("金色", "狗"),
+    "grey_cat": ("灰色", "猫"),
+    "orange_cat": ("橙色", "猫"),
+    "black_cat": ("黑色", "猫"),
+    "piglet": ("粉色", "小猪"),
+    "rabbit": ("白色", "兔子"),
+    "red_car": ("红色", "小汽车"),
+}
+DICTIONARY_SUBJECTS = {"兔": ("rabbit",), "猪": ("piglet",), "犬": ("golden_retriever", "husky")}
+DICTIONARY_SCENES = {"grass": "草上", "snow": "雪上", "beach": "海旁"}
+
+
+def language_benchmark_queries(collection_csv: str | Path) -> dict[str, list[tuple[str, str]]]:
+    """``{"single", "multi", "traditional", "dictionary": [(query, image_path)]}`` over a generated collection.
+
+    single: one table term (each subject's key and Chinese paraphrases); multi: scene + subject
+    and scene + colour + thing; traditional: the single queries in Taiwan Traditional; dictionary:
+    scene + subject in words only CC-CEDICT knows ("草上的兔").
+    """
+    import opencc
+
+    with open(collection_csv, encoding="utf-8") as fh:
+        images = sorted({row["image_path"] for row in csv.DictReader(fh)})
+
+    def showing(subject: str, scene: str = "") -> list[str]:
+        prefix = f"{subject}_{scene}_" if scene else f"{subject}_"
+        return [p for p in images if Path(p).name.startswith(prefix)]
+
+    sets: dict[str, list[tuple[str, str]]] = {"single": [], "multi": [], "traditional": [], "dictionary": []}
+    for subject in SUBJECTS:
+        names = [subject.zh] + [p for p in SUBJECT_PARAPHRASES[subject.key] if not p.isascii()]
+        sets["single"] += [(name, p) for name in names for p in showing(subject.key)]
+        for scene in SCENES:
+            pair = showing(subject.key, scene.key)
+            sets["multi"] += [(f"{scene.zh}的{subject.zh}", p) for p in pair]
+            if subject.key in COLOUR_SPLIT:
+                colour, thing = COLOUR_SPLIT[subject.key]
+                sets["multi"] += [(f"{scene.zh}的{colour}{thing}", p) for p in pair]
+    to_traditional = opencc.OpenCC("s2twp")
+    sets["traditional"] = [(to_traditional.convert(q), p) for q, p in sets["single"]]
+    for word, subjects in DICTIONARY_SUBJECTS.items():
+        for scene_key, place in DICTIONARY_SCENES.items():
+            sets["dictionary"] += [(f"{place}的{word}", p) for s in subjects for p in showing(s, scene_key)]
     return sets

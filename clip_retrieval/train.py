@@ -62,19 +62,23 @@ def _load_pixels(paths: list[Path], preprocess, size: int, quiet: bool) -> torch
     return out
 
 
-def _model_for(model_name: str | None, checkpoint: str | None, arch: str | None, seed: int):
-    """(model, model_cfg, preprocess, tokenizer, languages) for fine-tuning or training from scratch."""
+def _model_for(model_name: str | None, checkpoint: str | None, arch: str | None, seed: int,
+               languages: list[str] | None = None):
+    """(model, model_cfg, preprocess, tokenizer, languages) for fine-tuning or training from scratch.
+
+    A model trained from scratch reads the ``languages`` its captions are in (default zh and en).
+    """
     import open_clip
 
     from .encoders import load_encoder, parse_model_name
-    from .encoders.catalog import FAMILIES, trainable_families
+    from .encoders.catalog import BUNDLED, FAMILIES, trainable_families
     from .encoders.openclip import arch_config, build_model
 
     if arch:
         cfg = arch_config(arch)
         model = build_model(cfg, seed=seed)
         preprocess = open_clip.image_transform(cfg["vision_cfg"]["image_size"], is_train=False)
-        return model, cfg, preprocess, open_clip.get_tokenizer("ViT-B-32"), ["zh", "en"]
+        return model, cfg, preprocess, open_clip.get_tokenizer("ViT-B-32"), list(languages or ["zh", "en"])
     family, spec = parse_model_name(model_name or "")
     if not FAMILIES[family].trainable:
         raise InputError(f"train fine-tunes {' and '.join(trainable_families())} models; "
@@ -82,9 +86,8 @@ def _model_for(model_name: str | None, checkpoint: str | None, arch: str | None,
     encoder = load_encoder(model_name, checkpoint, "cpu")
     if checkpoint and Path(checkpoint).is_dir():
         cfg = json.loads((Path(checkpoint) / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]
-    elif family == "demo":
-        from .encoders import DEMO_DIR
-        cfg = json.loads((DEMO_DIR / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]
+    elif family in BUNDLED:
+        cfg = json.loads((BUNDLED[family] / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]
     else:
         arch, _, tag = spec.partition("/")
         cfg = open_clip.get_model_config(arch)
@@ -110,8 +113,12 @@ def _validate(model, text_fn, pixels: torch.Tensor, tokens: torch.Tensor, releva
 def train(csv: str | os.PathLike, out: str | os.PathLike, model: str | None = None, arch: str | None = None,
           checkpoint: str | None = None, epochs: int = 10, batch_size: int = 128, lr: float | None = None,
           val_fraction: float = 0.1, seed: int = 0, resume: bool = False, quiet: bool = False,
-          weight_decay: float = 0.1) -> TrainResult:
-    """Train and write ``out/epoch_NNN/``, ``out/best/`` (by validation text-to-image Recall@1) and state."""
+          weight_decay: float = 0.1, languages: list[str] | None = None) -> TrainResult:
+    """Train and write ``out/epoch_NNN/``, ``out/best/`` (by validation text-to-image Recall@1) and state.
+
+    ``languages``: what the captions are written in, recorded in the checkpoint so search pools
+    only phrasings the model reads (``--arch`` only; a fine-tuned model keeps its own).
+    """
     from open_clip.loss import ClipLoss
 
     from .encoders.openclip import save_checkpoint_dir, text_encoder_fn
@@ -122,7 +129,7 @@ def train(csv: str | os.PathLike, out: str | os.PathLike, model: str | None = No
         raise InputError("--epochs must be >= 1 and --batch-size >= 2")
     torch.manual_seed(seed)
     coll = read_captions(csv)
-    net, cfg, preprocess, tokenizer, languages = _model_for(model, checkpoint, arch, seed)
+    net, cfg, preprocess, tokenizer, languages = _model_for(model, checkpoint, arch, seed, languages)
     size = cfg["vision_cfg"]["image_size"]
     size = size[0] if isinstance(size, (list, tuple)) else size
     pixels = _load_pixels([coll.resolve(p) for p in coll.images], preprocess, size, quiet)
@@ -221,16 +228,19 @@ DEMO_ARCH = "demo-small"
 
 
 def build_demo_model(out: str | os.PathLike, workdir: str | os.PathLike, per_pair: int = 100, epochs: int = 12,
-                     batch_size: int = 128, quiet: bool = False) -> TrainResult:
+                     batch_size: int = 128, quiet: bool = False, english_only: bool = False) -> TrainResult:
     """Generate the training pictures (seed 1000, never the demo data's seed 0) and train the demo model.
 
     The best checkpoint is copied to ``out`` (the package's ``models/demo`` folder).
+    ``english_only`` trains ``demo-en`` instead: English captions only, so the model reads no
+    Chinese and a Chinese query reaches it only through the expansion table and dictionary.
     """
     from .demo_data import make_collection
 
     seed_everything(DEMO_SEED)
-    csv = make_collection(Path(workdir) / "data", per_pair=per_pair, seed=DEMO_SEED, english=True)
+    csv = make_collection(Path(workdir) / "data", per_pair=per_pair, seed=DEMO_SEED, english=True,
+                          chinese=not english_only)
     result = train(csv, Path(workdir) / "run", arch=DEMO_ARCH, epochs=epochs, batch_size=batch_size,
-                   seed=DEMO_SEED, quiet=quiet, val_fraction=0.05)
+                   seed=DEMO_SEED, quiet=quiet, val_fraction=0.05, languages=["en"] if english_only else None)
     write_dir_atomic(out, lambda tmp: shutil.copytree(result.best, tmp, dirs_exist_ok=True))
     return result

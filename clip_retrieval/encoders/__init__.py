@@ -1,8 +1,8 @@
 """Encoder registry: one model string picks a family, as open_clip's factory does.
 
 Model strings: ``open_clip:ARCH/PRETRAINED`` (default ``open_clip:ViT-B-32/openai``),
-``open_clip:ARCH`` with a checkpoint, ``cn_clip:ARCH``, and ``demo`` (the small offline
-model shipped inside the package). Families and documented names are data in
+``open_clip:ARCH`` with a checkpoint, ``cn_clip:ARCH``, and ``demo`` / ``demo-en`` (the small
+offline models shipped inside the package; ``demo-en`` reads English only). Families and documented names are data in
 ``catalog``: adding a family is adding an entry there.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError, ModelUnavailableError
-from .catalog import DEFAULT_MODEL, DEMO_DIR, DEMO_MODEL, FAMILIES, model_name_help
+from .catalog import BUNDLED, DEFAULT_MODEL, DEMO_DIR, DEMO_EN_MODEL, DEMO_MODEL, FAMILIES, model_name_help
 if TYPE_CHECKING:  # torch loads only when a model does, so `--help` and argument errors stay instant
     import torch
 
@@ -21,25 +21,34 @@ if TYPE_CHECKING:  # torch loads only when a model does, so `--help` and argumen
 
 log = logging.getLogger(__name__)
 
-def _load_demo(spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
-    folder = checkpoint or str(DEMO_DIR)
+def _load_bundled(name: str, checkpoint: str | None, device: torch.device) -> Encoder:
+    """One of the small models shipped in the package (``catalog.BUNDLED``), or a checkpoint of it."""
+    folder = checkpoint or str(BUNDLED[name])
     if not (Path(folder) / "open_clip_config.json").is_file():
         raise ModelUnavailableError(
-            f"内置演示模型缺失：{folder} / the bundled demo model is missing at {folder}; "
-            f"reinstall clip_retrieval or rebuild it with `clip-retrieval train --demo`.")
+            f"内置演示模型缺失：{folder} / the bundled model {name} is missing at {folder}; "
+            f"reinstall clip_retrieval or rebuild it with `python -m scripts.build_demo_model --model {name}`.")
     from . import openclip
-    encoder = openclip.load("demo", folder, device)
-    encoder.name = DEMO_MODEL
+    encoder = openclip.load(name, folder, device)
+    encoder.name = name
     return encoder
 
 
+def _load_demo(spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
+    return _load_bundled(DEMO_MODEL, checkpoint, device)
+
+
+def _load_demo_en(spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
+    return _load_bundled(DEMO_EN_MODEL, checkpoint, device)
+
+
 def parse_model_name(name: str) -> tuple[str, str]:
-    """Split ``family:spec``; a bare ``demo`` is its own family."""
+    """Split ``family:spec``; a bare ``demo`` or ``demo-en`` is its own family."""
     name = name.strip()
     family, sep, spec = name.partition(":")
-    if not sep and family == DEMO_MODEL:
-        return DEMO_MODEL, ""
-    if not sep or family not in FAMILIES or (family != DEMO_MODEL and not spec):
+    if not sep and family in BUNDLED:
+        return family, ""
+    if not sep or family not in FAMILIES or (family not in BUNDLED and not spec):
         raise InputError(
             f"未知模型 / unknown model {name!r}: use {model_name_help()} (e.g. {DEFAULT_MODEL}); "
             f"`clip-retrieval models` lists the documented names")
@@ -82,4 +91,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["Encoder", "load_encoder", "parse_model_name", "select_device", "DEFAULT_MODEL", "DEMO_MODEL", "FAMILIES"]
+__all__ = ["Encoder", "load_encoder", "parse_model_name", "select_device", "DEFAULT_MODEL", "DEMO_MODEL",
+           "DEMO_EN_MODEL", "BUNDLED", "FAMILIES"]

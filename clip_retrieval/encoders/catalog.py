@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "open_clip:ViT-B-32/openai"
 DEMO_MODEL = "demo"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+DEMO_EN_MODEL = "demo-en"
+BUNDLED = {DEMO_MODEL: DEMO_DIR, DEMO_EN_MODEL: DEMO_DIR.with_name(DEMO_EN_MODEL)}
 
 # Where each published figure comes from; entries cite these keys.
 SOURCES: dict[str, str] = {
@@ -84,6 +86,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(DEMO_MODEL, DEMO_MODEL, DEMO_MODEL,
            "内置离线演示小模型（无需下载）", "the small offline demo model shipped in the package (no download)",
            "clip_retrieval.encoders:_load_demo", "the 'languages' list in its open_clip_config.json",
+           trainable=True),
+    Family(DEMO_EN_MODEL, DEMO_EN_MODEL, DEMO_EN_MODEL,
+           "内置离线演示小模型，只读英文（中文查询靠扩展表与词典）",
+           "the small offline demo model that reads English only (Chinese reaches it through the table and dictionary)",
+           "clip_retrieval.encoders:_load_demo_en", "the 'languages' list in its open_clip_config.json",
            trainable=True),
 )}
 
@@ -188,6 +195,9 @@ MODELS: dict[str, ModelEntry] = {m.name: m for m in (
     _cn_clip("ViT-H-14", "chinese-clip-vit-huge-patch14", "clip_cn_vit-h-14.pt", 1024, 958, _cn(63.0, 71.2, 69.2)),
     ModelEntry(DEMO_MODEL, ("zh", "en"), 64, 4.21, "counted", "bundled: clip_retrieval/models/demo (no download)",
                note="trained on generated pictures: for trying the tool offline, not for real photos"),
+    ModelEntry(DEMO_EN_MODEL, ("en",), 64, None, None, "bundled: clip_retrieval/models/demo-en (no download)",
+               note="demo's architecture trained on English captions only: how Chinese queries fare on an "
+                    "English-only model (clip-retrieval eval --benchmark demo-en)"),
 )}
 
 
@@ -216,9 +226,9 @@ def trainable_families() -> list[str]:
     return [f.name for f in FAMILIES.values() if f.trainable]
 
 
-def demo_download_bytes() -> int | None:
-    """The bundled demo model's size on disk (it ships in the package, so it is known exactly)."""
-    files = [p for p in DEMO_DIR.glob("*") if p.is_file()]
+def demo_download_bytes(name: str = DEMO_MODEL) -> int | None:
+    """A bundled model's size on disk (it ships in the package, so it is known exactly)."""
+    files = [p for p in BUNDLED[name].glob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) if files else None
 
 
@@ -227,13 +237,14 @@ def catalogue() -> list[dict[str, Any]]:
     rows = []
     for m in MODELS.values():
         row = m.to_json()
-        if m.name == DEMO_MODEL:
-            row["download_bytes"] = demo_download_bytes()
+        if m.name in BUNDLED:
+            row["download_bytes"] = demo_download_bytes(m.name)
         rows.append(row)
     rows.sort(key=lambda r: not r["default"])
     return rows
 
 
-__all__ = ["DEFAULT_MODEL", "DEMO_MODEL", "DEMO_DIR", "FAMILIES", "MODELS", "SOURCES", "Family", "Figure",
+__all__ = ["DEFAULT_MODEL", "DEMO_MODEL", "DEMO_DIR", "DEMO_EN_MODEL", "BUNDLED", "FAMILIES", "MODELS", "SOURCES",
+           "Family", "Figure",
            "ModelEntry", "catalogue", "entry", "families_help", "languages_for", "model_name_help",
            "trainable_families"]
