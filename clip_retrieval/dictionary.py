@@ -19,7 +19,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MAX_SENSES = 2
-CACHE_VERSION = 1    # bump when the filtering below changes
+CACHE_VERSION = 2    # bump when the filtering below changes
 MAX_WORDS = 4        # longer glosses are explanations, not names a caption would use
 # senses that name no thing a picture shows: grammar notes, cross-references, names
 _SKIP = ("surname", "variant of", "old variant", "archaic variant", "japanese variant", "see ", "cl:",
@@ -46,7 +46,7 @@ def usable_sense(sense: str) -> str | None:
 
 
 class Dictionary:
-    """Word -> usable English senses, in the dictionary's order (common readings before names).
+    """Word -> usable English senses, in the dictionary's order (common readings before names and variants).
 
     Built from a mapping, or from a loader that runs on the first lookup (so a query the
     table covers never pays for reading the dictionary).
@@ -66,15 +66,16 @@ class Dictionary:
     def from_entries(cls, entries: Iterable[tuple[str, str, list[str]]]) -> Dictionary:
         """Build from (simplified, pinyin, definitions) rows, keeping words with a usable sense."""
         common: dict[str, list[str]] = {}
-        names: dict[str, list[str]] = {}
+        later: dict[str, list[str]] = {}
         for simplified, pinyin, definitions in entries:
-            # capitalised pinyin marks a proper noun: its senses come after the common word's
-            target = names if pinyin[:1].isupper() else common
-            target.setdefault(simplified, []).extend(definitions)
+            # capitalised pinyin marks a proper noun, "variant of" a secondary reading (鸟 diao3):
+            # their senses come after the common word's
+            secondary = pinyin[:1].isupper() or any("variant of" in d for d in definitions)
+            (later if secondary else common).setdefault(simplified, []).extend(definitions)
         out: dict[str, list[str]] = {}
-        for word in {*common, *names}:
+        for word in {*common, *later}:
             chosen: list[str] = []
-            for sense in common.get(word, []) + names.get(word, []):
+            for sense in common.get(word, []) + later.get(word, []):
                 text = usable_sense(sense)
                 if text and text not in chosen:
                     chosen.append(text)

@@ -195,7 +195,7 @@ MODELS: dict[str, ModelEntry] = {m.name: m for m in (
     _cn_clip("ViT-H-14", "chinese-clip-vit-huge-patch14", "clip_cn_vit-h-14.pt", 1024, 958, _cn(63.0, 71.2, 69.2)),
     ModelEntry(DEMO_MODEL, ("zh", "en"), 64, 4.21, "counted", "bundled: clip_retrieval/models/demo (no download)",
                note="trained on generated pictures: for trying the tool offline, not for real photos"),
-    ModelEntry(DEMO_EN_MODEL, ("en",), 64, None, None, "bundled: clip_retrieval/models/demo-en (no download)",
+    ModelEntry(DEMO_EN_MODEL, ("en",), 64, 4.21, "counted", "bundled: clip_retrieval/models/demo-en (no download)",
                note="demo's architecture trained on English captions only: how Chinese queries fare on an "
                     "English-only model (clip-retrieval eval --benchmark demo-en)"),
 )}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from clip_retrieval.encoders import DEMO_DIR
+from clip_retrieval.encoders import BUNDLED, load_encoder
 
 from tests.conftest import ROOT
 from tests.e2e.test_scripts import run
@@ -25,10 +25,14 @@ def test_demo_data_regenerates_byte_for_byte(tmp_path):
         assert (ROOT / "data" / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
 
 
-def test_demo_model_is_small_and_offline():
-    weights = DEMO_DIR / "open_clip_model.safetensors"
+@pytest.mark.parametrize("name, languages", [("demo", ["zh", "en"]), ("demo-en", ["en"])])
+def test_demo_models_are_small_offline_and_say_what_they_read(name, languages):
+    folder = BUNDLED[name]
+    weights = folder / "open_clip_model.safetensors"
     assert weights.is_file() and weights.stat().st_size <= 20 * 1024 * 1024
-    assert json.loads((DEMO_DIR / "open_clip_config.json").read_text(encoding="utf-8"))["languages"] == ["zh", "en"]
+    assert json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))["languages"] == languages
+    encoder = load_encoder(name, device="cpu")
+    assert encoder.name == name and encoder.languages == frozenset(languages)
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +58,39 @@ def test_demo_model_finds_the_right_images(demo_features, query, prefix, n):
     assert proc.returncode == 0, proc.stderr
     paths = [r["image_path"] for r in json.loads(proc.stdout)["results"]]
     assert all(p.split("/")[-1].startswith(prefix) for p in paths), paths
+
+
+@pytest.fixture(scope="module")
+def demo_en_features(tmp_path_factory):
+    from clip_retrieval import api
+
+    out = tmp_path_factory.mktemp("demo_en_out")
+    api.extract_features(csv=ROOT / "data" / "captions.csv", model="demo-en", out=out, quiet=True, num_workers=0,
+                         device="cpu", rules=ROOT / "rules" / "expansions.yaml")
+    return out
+
+
+@pytest.mark.parametrize("query, prefix, n", [
+    ("雪地里的哈士奇", "husky_snow_", 2),           # two rule terms, one English phrase
+    ("夜晚的红色小汽车", "red_car_night_", 2),       # three terms
+    ("雪地裡的小豬", "piglet_snow_", 2),            # Traditional 裡 and 豬
+    ("草上的兔", "rabbit_grass_", 2),               # only the dictionary knows 草 and 兔
+])
+def test_english_only_model_finds_chinese_queries(demo_en_features, tmp_path, capsys, query, prefix, n):
+    from clip_retrieval import cli
+
+    assert cli.main(["search", "--features", str(demo_en_features), "--query", query, "-k", str(n), "--json",
+                     "--log-dir", str(tmp_path), "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert all(r["image_path"].split("/")[-1].startswith(prefix) for r in out["results"]), out
+    assert all(not e["pooled"] for e in out["expansions_by_language"]["zh"])     # the model reads no Chinese
+
+
+def test_english_only_model_says_what_it_could_not_translate(demo_en_features, tmp_path, capsys):
+    from clip_retrieval import cli
+
+    assert cli.main(["search", "--features", str(demo_en_features), "--query", "草上的兔", "--no-dict",
+                     "--log-dir", str(tmp_path), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    notice = [line for line in captured.err.splitlines() if "不读中文" in line]
+    assert len(notice) == 1 and "草、兔" in notice[0] and "does not read Chinese" in notice[0]

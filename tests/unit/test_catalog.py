@@ -45,14 +45,15 @@ def test_parameter_counts_match_the_architectures():
     assert counted >= 3
 
 
-def test_demo_parameter_count_matches_the_bundled_file():
+@pytest.mark.parametrize("name", sorted(catalog.BUNDLED))
+def test_demo_parameter_count_matches_the_bundled_file(name):
     import math
 
     from safetensors import safe_open
 
-    with safe_open(str(catalog.DEMO_DIR / "open_clip_model.safetensors"), "pt") as f:
+    with safe_open(str(catalog.BUNDLED[name] / "open_clip_model.safetensors"), "pt") as f:
         total = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-    assert catalog.MODELS[catalog.DEMO_MODEL].params_m == pytest.approx(total / 1e6, abs=0.01)
+    assert catalog.MODELS[name].params_m == pytest.approx(total / 1e6, abs=0.01)
 
 
 def test_open_clip_languages_follow_the_text_tower():
@@ -93,12 +94,13 @@ def test_every_cn_clip_entry_matches_cn_clips_registry():
         assert [f.benchmark for f in m.zh_retrieval] == ["MUGE", "Flickr30K-CN", "COCO-CN"]
 
 
-def test_demo_entry_matches_the_bundled_config():
-    config = json.loads((catalog.DEMO_DIR / "open_clip_config.json").read_text(encoding="utf-8"))
-    demo = catalog.MODELS[catalog.DEMO_MODEL]
+@pytest.mark.parametrize("name", sorted(catalog.BUNDLED))
+def test_demo_entry_matches_the_bundled_config(name):
+    config = json.loads((catalog.BUNDLED[name] / "open_clip_config.json").read_text(encoding="utf-8"))
+    demo = catalog.MODELS[name]
     assert demo.embed_dim == config["model_cfg"]["embed_dim"]
     assert list(demo.languages) == config["languages"]
-    assert catalog.demo_download_bytes() == sum(p.stat().st_size for p in catalog.DEMO_DIR.iterdir())
+    assert catalog.demo_download_bytes(name) == sum(p.stat().st_size for p in catalog.BUNDLED[name].iterdir())
 
 
 def test_every_entry_parses_and_cites_known_sources():

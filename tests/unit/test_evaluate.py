@@ -78,3 +78,23 @@ def test_demo_benchmark_meets_its_targets():
     assert canon["expansion"]["recall@5"] >= 0.9
     assert para["expansion"]["recall@5"] - para["no_expansion"]["recall@5"] >= 0.2
     assert canon["no_expansion"]["recall@5"] - canon["expansion"]["recall@5"] <= 0.02
+
+
+@pytest.mark.slow
+def test_demo_en_benchmark_meets_its_targets():
+    """Chinese queries on the English-only demo model, by pipeline stage (issue 12's targets)."""
+    from tests.e2e.test_scripts import run
+
+    proc = run("clip_retrieval", "eval", "--benchmark", "demo-en", "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert set(report) == {"single", "multi", "traditional", "dictionary"}
+    for name in report:
+        assert set(report[name]) == {"original", "substitution", "rendered", "rendered+dict"}
+        for stage in report[name].values():
+            assert set(stage) == {"recall@1", "recall@5", "recall@10", "map", "ndcg@10"}
+    r5 = {name: {stage: m["recall@5"] for stage, m in stages.items()} for name, stages in report.items()}
+    assert r5["multi"]["rendered"] >= r5["multi"]["substitution"] + 0.2
+    assert abs(r5["traditional"]["rendered"] - r5["single"]["rendered"]) <= 0.02
+    assert r5["dictionary"]["rendered+dict"] >= 0.5
+    assert r5["dictionary"]["rendered+dict"] >= r5["dictionary"]["original"] + 0.3
