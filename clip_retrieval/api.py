@@ -19,7 +19,7 @@ from .encoders import DEFAULT_MODEL, load_encoder
 from .encoders.base import Encoder
 from .errors import InputError
 from .dictionary import load_dictionary
-from .expansion import DEFAULT_RULES, SHIPPED_RULES, RuleTable, load_rules
+from .expansion import DEFAULT_RULES, SHIPPED_RULES, Expansion, RuleTable, load_rules
 from .extract import ExtractResult, extract
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
 
@@ -252,7 +252,7 @@ def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAUL
 BENCHMARK_STAGES = ("original", "substitution", "rendered", "rendered+dict")
 
 
-def stage_expansion(searcher: Searcher, query: str, stage: str):
+def stage_expansion(searcher: Searcher, query: str, stage: str) -> Expansion:
     """The query as one pipeline stage sees it (``BENCHMARK_STAGES``): alone, the first release's
     one-term substitution, whole-language renderings, or renderings plus the dictionary."""
     if stage == "original":
@@ -319,7 +319,7 @@ def classifier_encoder(model: str | None = None, checkpoint: str | None = None,
 
 def label_vectors(encoder: Encoder, labels: list[str], rules: RuleTable | None) -> torch.Tensor:
     """One vector per label: its expansions in the encoder's languages, each in every prompt template, pooled."""
-    from .expansion import Expansion, Phrase
+    from .expansion import Phrase
     from .search import pool
 
     prompts, weights, owners = [], [], []

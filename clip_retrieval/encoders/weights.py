@@ -58,7 +58,8 @@ def unavailable(model: str, looked_in: list[str], host: str) -> ModelUnavailable
     )
 
 
-def _cache_dir() -> Path:
+def user_cache_dir() -> Path:
+    """The tool's own cache folder (weights fingerprints, the filtered dictionary); CLIP_RETRIEVAL_CACHE moves it."""
     root = os.environ.get("CLIP_RETRIEVAL_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "clip_retrieval")
     return Path(root)
@@ -76,7 +77,7 @@ def file_fingerprint(path: str | os.PathLike) -> str:
         return "sha256:" + digest.hexdigest()[:16]
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache_file = _cache_dir() / "fingerprints.json"
+    cache_file = user_cache_dir() / "fingerprints.json"
     cached: dict[str, str] = {}
     try:
         cached = json.loads(cache_file.read_text(encoding="utf-8"))
