@@ -36,6 +36,7 @@ DICTIONARY_WEIGHT = 0.5     # a dictionary rendering counts half a reviewed rule
 SOURCES = ("query", "normalisation", "rule", "dictionary")
 # an English rendering that starts with one of these follows the thing it places ("dog on the grass")
 PREPOSITIONS = ("on ", "in ", "at ", "by ", "under ", "near ", "inside ", "beside ", "behind ", "in front of ")
+LOCALISERS = "上里中内边"    # a place word ending in one already holds the connector's place sense
 _ARTICLE = re.compile(r"^(a|an|the) ")
 _A_BEFORE_VOWEL = re.compile(r"\ba (?=[aeiou])")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -369,6 +370,8 @@ class RuleTable:
                     weight = min(weight, pick.weight)
                 elif p.kind == "literal" and "en" not in languages:
                     continue      # no Latin words in a phrasing for a model that reads Chinese only
+                elif p.kind == "connector" and parts and parts[-1][-1:] in LOCALISERS and p.text[0] in LOCALISERS:
+                    parts.append(p.text[1:])     # 雪中 + 里的 -> 雪中的, not 雪中里的
                 else:
                     parts.append(p.text)
             text = " ".join("".join(parts).split())

@@ -59,8 +59,9 @@ def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_p
     proc = run("scripts.search_demo", "--features", str(out), "--query", "草地上的小猪", "--top-k", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     obj = json.loads(proc.stdout)
-    assert set(obj) == {"query", "expansions", "model", "results"}
-    assert obj["query"] == "草地上的小猪" and "草地上的piglet" in obj["expansions"]
+    assert {"query", "expansions", "model", "results", "expansions_by_language", "normalized_query"} <= set(obj)
+    assert obj["query"] == "草地上的小猪" and "piglet on the grass" in obj["expansions"]
+    assert not any("piglet" in e and "小猪" in e for e in obj["expansions"])      # no mixed-script phrasing
     assert [r["rank"] for r in obj["results"]] == [1, 2, 3]
     assert set(obj["results"][0]) == {"rank", "score", "image_path", "caption"}
 

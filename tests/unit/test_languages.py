@@ -46,6 +46,12 @@ def test_every_matched_term_is_rendered_in_english_in_the_querys_order(table, qu
     assert len([p for p in exp.phrases if p.source == "rule"]) <= MAX_RENDERINGS
 
 
+def test_chinese_renderings_use_the_tables_chinese_in_the_querys_frame(table):
+    texts = [p.text for p in table.expand("雪地里的哈士奇", languages={"zh"}).phrases]
+    assert texts == ["雪地里的哈士奇", "雪中的哈士奇犬"]      # not 雪中里的: the place word already says "in"
+    assert [p.text for p in table.expand("草坪上的黄金猎犬", languages={"zh"}).phrases][1] == "草地上的金毛"
+
+
 @pytest.mark.parametrize("languages", [{"en"}, {"zh"}, {"zh", "en"}])
 def test_no_mixed_script_phrasing_for_any_encoder(table, cedict, languages):
     for query in QUERIES:
