@@ -19,7 +19,7 @@ from .encoders import DEFAULT_MODEL, load_encoder
 from .encoders.base import Encoder
 from .errors import InputError
 from .dictionary import load_dictionary
-from .expansion import DEFAULT_RULES, SHIPPED_RULES, Expansion, RuleTable, load_rules
+from .expansion import DEFAULT_RULES, Expansion, RuleTable, find_rules, load_rules
 from .extract import ExtractResult, extract
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
 
@@ -45,14 +45,13 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     previous = None
     if update and (Path(out) / store.MANIFEST_FILE).is_file():
         previous = store.load(out)
-        previous.check_model(encoder.name if encoder else model)
+        previous.check_model(encoder.name if encoder else model, checkpoint=checkpoint)
     encoder = encoder or load_encoder(model, checkpoint, device)
-    if previous is not None and previous.model_fingerprint != encoder.fingerprint:
-        raise InputError(f"--update: {out} was built with other {encoder.name} weights ({previous.model_fingerprint}, "
-                         f"now {encoder.fingerprint}); run a full extract without --update")
+    if previous is not None:
+        previous.check_model(encoder.name, encoder.fingerprint, checkpoint)
     result = extract(encoder, coll, out, batch_size=batch_size, num_workers=num_workers, quiet=quiet,
                      max_pixels=max_pixels, checkpoint=checkpoint, previous=previous, exact_decode=exact_decode)
-    if rules is not None and (Path(rules).is_file() or (Path(rules) == DEFAULT_RULES and SHIPPED_RULES.is_file())):
+    if rules is not None and find_rules(rules) is not None:
         table = load_rules(rules)
         if store.load_expansion_cache(out, encoder.fingerprint, table.sha256) is None:
             _keep_expansion_cache(out, build_expansion_cache(encoder, table), encoder.fingerprint, table.sha256)
@@ -91,16 +90,20 @@ def open_searcher(features: str | os.PathLike = "outputs", model: str | None = N
     rule covers get CC-CEDICT renderings (read on the first such word).
 
     The expansion cache beside the features is used when it matches the model and rules,
-    and rebuilt (which loads the model) when it does not.
+    and rebuilt (which loads the model) when it does not. Local weights given as
+    ``checkpoint`` are loaded and checked at once: other weights than the ones that built
+    the features are refused (``ModelMismatchError``) before any search runs.
     """
     feats = store.load(features, with_text=False)
-    feats.check_model(model)
+    feats.check_model(model, checkpoint=checkpoint)
     table: RuleTable | None = load_rules(rules) if rules is not None else None
     index = None
     if not exact and (Path(features) / ann.INDEX_FILE).is_file():
         index = ann.load(features, feats.fingerprint)
     searcher = Searcher(feats, encoder or (lambda: encoder_for(feats.manifest, checkpoint, device)), table, ann=index,
-                        dictionary=load_dictionary() if dictionary else None)
+                        dictionary=load_dictionary() if dictionary else None, checkpoint=checkpoint)
+    if checkpoint is not None:
+        searcher.encoder  # load and check the weights the user named now, not at first need
     if table is not None:
         fingerprint = feats.model_fingerprint
         cache = store.load_expansion_cache(features, fingerprint, table.sha256)
@@ -339,19 +342,14 @@ def label_vectors(encoder: Encoder, labels: list[str], rules: RuleTable | None) 
 def classify(images: list[str | os.PathLike], labels: str | list[str], encoder: Encoder,
              rules: str | os.PathLike | None = DEFAULT_RULES) -> list[dict]:
     """Zero-shot classification: probabilities over the labels from the model's logit scale."""
-    from .dataset import open_image
+    from .dataset import open_user_image
 
     names = parse_labels(labels)
     table = load_rules(rules) if rules is not None else None
     classes = label_vectors(encoder, names, table)
     out = []
     for path in images:
-        try:
-            img = open_image(Path(path).read_bytes(), encoder.image_size)
-        except OSError as exc:
-            raise InputError(f"image not readable: {path} ({exc.strerror or exc})") from exc
-        except ValueError as exc:
-            raise InputError(f"image {path}: {exc}") from exc
+        img, _ = open_user_image(path, encoder.image_size)
         vec = encoder.encode_images(encoder.preprocess(img)[None])[0]
         probs = torch.softmax(encoder.logit_scale * (classes @ vec), dim=0)
         out.append({"image": str(path), "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)}})

@@ -37,12 +37,18 @@ def _features_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", default="outputs", help="features folder made by extract (default: outputs)")
 
 
+def _rules_arg(p: argparse.ArgumentParser, what: str) -> None:
+    from .expansion import DEFAULT_RULES
+
+    p.add_argument("--rules", default=str(DEFAULT_RULES), help=f"{what} (default: {DEFAULT_RULES})")
+
+
 def _search_options(p: argparse.ArgumentParser) -> None:
     _features_arg(p)
     p.add_argument("--query", "-q", help="text query; without it, read one query per line from stdin")
     p.add_argument("--top-k", "-k", type=int, default=5, help="results per query (default: 5)")
     p.add_argument("--no-expand", action="store_true", help="search the query as typed, without the rules table")
-    p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
+    _rules_arg(p, "expansion table")
     p.add_argument("--no-dict", action="store_true",
                    help="no CC-CEDICT renderings for words the rules lack (default: dictionary on, at half weight)")
     p.add_argument("--json", action="store_true", help="one JSON object per query on stdout")
@@ -71,8 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default: cores-1, 1 to 4)")
     p.add_argument("--max-pixels", type=int, default=None, help="skip images with more pixels (default: 89 million)")
-    p.add_argument("--rules", default="rules/expansions.yaml",
-                   help="expansion table whose phrasings are pre-encoded beside the features")
+    _rules_arg(p, "expansion table whose phrasings are pre-encoded beside the features")
     p.add_argument("--update", action="store_true",
                    help="re-encode only new or changed images and captions; drop removed ones")
     p.add_argument("--exact-decode", action="store_true",
@@ -99,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _features_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
+    _rules_arg(p, "expansion table")
     p.add_argument("--no-dict", action="store_true", help="no CC-CEDICT renderings (default: dictionary on)")
     _common(p)
 
@@ -109,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model string (default: the model of --features, else the default model)")
     p.add_argument("--checkpoint", help="local weights file or folder")
     p.add_argument("--features", default="outputs", help="take the model from this features folder")
-    p.add_argument("--rules", default="rules/expansions.yaml", help="labels and prompt templates come from here")
+    _rules_arg(p, "labels and prompt templates come from here")
     p.add_argument("--no-expand", action="store_true", help="use the labels as typed, no templates")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     _common(p)
@@ -154,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score reciprocal-rank fusion of image and caption rankings (expansion_fused)")
     p.add_argument("--no-expand", action="store_true", help="evaluate queries as typed")
     p.add_argument("--no-dict", action="store_true", help="no CC-CEDICT renderings (default: dictionary on)")
-    p.add_argument("--rules", default="rules/expansions.yaml", help="expansion table (default: rules/expansions.yaml)")
+    _rules_arg(p, "expansion table")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _common(p)
 

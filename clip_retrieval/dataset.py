@@ -8,7 +8,6 @@ DataLoader reads. It must not load models or write outputs.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import warnings
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import InputError
+from .hashing import sha256_bytes
 from .store import resolve_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -52,14 +52,6 @@ def _decode_csv(path: Path) -> tuple[str, str]:
         except UnicodeDecodeError:
             continue
     raise InputError(f"{path}: not UTF-8 or GBK/GB18030 text; save it as UTF-8 CSV")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_captions(csv_path: str | os.PathLike, check_images: bool = True) -> Collection:
@@ -193,6 +185,23 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
         raise ValueError(f"{reason}: {exc}") from exc
 
 
+def open_user_image(path: str | os.PathLike, target_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    what: str = "image", shown_as: str | None = None) -> tuple[Image.Image, bytes]:
+    """A file the user named (a query image, an image to classify, an upload), decoded, with its bytes.
+
+    Anything wrong with it is an ``InputError`` naming it (``shown_as``, else its path) and why.
+    """
+    name = str(path) if shown_as is None else shown_as
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{what} not readable: {name} ({exc.strerror or exc})") from exc
+    try:
+        return open_image(data, target_size, max_pixels), data
+    except ValueError as exc:
+        raise InputError(f"{what} {name}: {exc}") from exc
+
+
 def thumbnail(path: str | os.PathLike, size: int) -> Image.Image:
     """A picture for display, at most ``size`` on each side; a grey square when the file cannot be shown."""
     try:
@@ -225,7 +234,7 @@ class ImageFiles:
             data = Path(self.paths[i]).read_bytes()
         except OSError as exc:
             return i, None, "", f"unreadable: {exc.strerror or exc}"
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_bytes(data)
         try:
             pixels = self.preprocess(open_image(data, self.target_size, self.max_pixels))
         except ValueError as exc:

@@ -574,13 +574,20 @@ def _connectors(value, owner: dict[str, tuple[str, int]], path: str) -> list[Con
     return out
 
 
-def load_rules(path: str | os.PathLike = DEFAULT_RULES) -> RuleTable:
-    """Read and validate a rules file (the default one falls back to the shipped table)."""
+def find_rules(path: str | os.PathLike = DEFAULT_RULES) -> Path | None:
+    """The rules file a path names; the default one falls back to the table shipped with the tool. None: absent."""
     path = Path(path)
     if path == DEFAULT_RULES and not path.is_file() and SHIPPED_RULES.is_file():
-        path = SHIPPED_RULES
-    if not path.is_file():
+        return SHIPPED_RULES
+    return path if path.is_file() else None
+
+
+def load_rules(path: str | os.PathLike = DEFAULT_RULES) -> RuleTable:
+    """Read and validate a rules file (the default one falls back to the shipped table)."""
+    found = find_rules(path)
+    if found is None:
         raise InputError(f"rules file not found: {path}; pass --rules PATH or --no-expand")
+    path = found
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import store
-from .dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images, sha256_file
+from .dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images
 from .encoders.base import Encoder
 from .errors import InputError
+from .hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -6,21 +6,20 @@ a feature store and a rules table together. It must not print or write logs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .dataset import open_image
+from .dataset import open_user_image
 from .encoders.base import Encoder
 from .errors import InputError
 from .dictionary import Dictionary
 from .expansion import Expansion, Phrase, RuleTable, format_grouped, script_of
+from .hashing import sha256_bytes
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -135,8 +134,10 @@ class Searcher:
     """
 
     def __init__(self, store: FeatureStore, encoder: Encoder | Callable[[], Encoder], rules: RuleTable | None,
-                 cache: tuple[list[str], torch.Tensor] | None = None, ann=None, dictionary: Dictionary | None = None):
+                 cache: tuple[list[str], torch.Tensor] | None = None, ann=None, dictionary: Dictionary | None = None,
+                 checkpoint: str | None = None):
         self.store = store
+        self.checkpoint = checkpoint     # local weights the user asked for (named in a mismatch message)
         self.ann = ann
         self.rules = rules
         self.dictionary = dictionary
@@ -155,10 +156,7 @@ class Searcher:
         self._caption_matrix: np.ndarray | None = None
 
     def _accept(self, encoder: Encoder) -> None:
-        self.store.check_model(encoder.name)
-        if self.store.model_fingerprint != encoder.fingerprint:
-            log.warning("features in %s were built with %s weights %s, loaded weights are %s",
-                        self.store.folder, self.store.model, self.store.model_fingerprint, encoder.fingerprint)
+        self.store.check_model(encoder.name, encoder.fingerprint, self.checkpoint)
         self._encoder = encoder
 
     @property
@@ -285,16 +283,9 @@ class Searcher:
 
     def image_vector(self, path: str | os.PathLike) -> tuple[torch.Tensor, str]:
         """The encoded query image and its content hash."""
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise InputError(f"query image not readable: {path} ({exc.strerror or exc})") from exc
-        try:
-            img = open_image(data, self.encoder.image_size)
-        except ValueError as exc:
-            raise InputError(f"query image {path}: {exc}") from exc
+        img, data = open_user_image(path, self.encoder.image_size, what="query image")
         vector = self.encoder.encode_images(self.encoder.preprocess(img)[None])[0]
-        return vector, hashlib.sha256(data).hexdigest()
+        return vector, sha256_bytes(data)
 
     def search_image(self, path: str | os.PathLike, k: int = 5, to: str = "image", text: str | None = None,
                      text_weight: float = 0.5, expand: bool = True) -> SearchResult:

@@ -282,7 +282,7 @@ def rules_file(record: dict, log_path: str | os.PathLike) -> str | None:
 
 def check_query_image(record: dict) -> None:
     """Refuse (NotReplayable) a record whose query image is gone or is no longer the same file."""
-    from .dataset import sha256_file
+    from .hashing import sha256_file
 
     image = record.get("image")
     if not image:

@@ -308,9 +308,13 @@ class Manifest:
 
     def rebuild_command(self, folder: str | os.PathLike, model: str | None = None,
                         checkpoint: str | None = None) -> str:
-        """The extract command that rebuilds this folder from its own source (with ``model`` if given)."""
+        """The extract command that rebuilds this folder from its own source.
+
+        Without ``model``: with the model (and local weights) that built it; with ``model``:
+        with that model and ``checkpoint``, so the features match the model the user has.
+        """
+        ckpt = checkpoint if model else self.model.checkpoint
         model = model or self.model.name
-        ckpt = checkpoint if model != self.model.name or checkpoint else self.model.checkpoint
         parts = ["clip-retrieval extract", self.source_args(), f"--model {shlex.quote(model)}"]
         if ckpt:
             parts.append(f"--checkpoint {shlex.quote(str(ckpt))}")
@@ -454,13 +458,27 @@ class FeatureStore:
         """The image features as a C-contiguous float32 array (for the fast exact scan)."""
         return np.ascontiguousarray(self.image_features.numpy(), dtype=np.float32)
 
-    def check_model(self, model: str | None) -> None:
-        """Refuse to search these features with a model other than the one that built them."""
+    def check_model(self, model: str | None, fingerprint: str | None = None, checkpoint: str | None = None) -> None:
+        """The one model-identity policy: refuse a model other than the one that built these features.
+
+        Search, update and evaluation all call this. The name is checked before any model
+        loads (a wrong ``--model`` fails at once); once a model is loaded its weights
+        fingerprint decides, because a name proves nothing about weights
+        (``open_clip:anything --checkpoint X`` loads whatever X holds).
+        """
         if model and model != self.model:
             raise ModelMismatchError(
                 f"{self.folder} 中的特征由 {self.model} 生成，不能用 {model} 检索；"
                 f"请用该模型重新提取 / features in {self.folder} were built with {self.model}, "
-                f"not {model}; rebuild them with: {self.manifest.rebuild_command(self.folder, model)}")
+                f"not {model}; rebuild them with: {self.manifest.rebuild_command(self.folder, model, checkpoint)}")
+        if fingerprint and fingerprint != self.model_fingerprint:
+            theirs, ours = f"{self.model} (weights {self.model_fingerprint})", f"{model or self.model} (weights {fingerprint})"
+            raise ModelMismatchError(
+                f"{self.folder} 中的特征由 {theirs} 生成，与当前模型 {ours} 的权重不同；"
+                f"请用原权重，或重新提取 / features in {self.folder} were built with {theirs}, not with {ours}: "
+                f"vectors from other weights cannot be compared. Use the weights that built them "
+                f"(drop --checkpoint), or rebuild: "
+                f"{self.manifest.rebuild_command(self.folder, model or self.model, checkpoint)}")
 
 
 def save(folder: str | os.PathLike, image_features: torch.Tensor, text_features: torch.Tensor,

@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 from . import api
-from .dataset import DEFAULT_MAX_PIXELS, open_image, thumbnail
+from .dataset import DEFAULT_MAX_PIXELS, open_user_image, thumbnail
 from .errors import UserError
+from .expansion import DEFAULT_RULES
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,11 @@ class Page:
             raise UserError("请先上传图片 / upload an image first")
         path = upload if isinstance(upload, str) else upload.name
         try:
-            open_image(Path(path).read_bytes(), 64, self.max_pixels)
-        except (ValueError, OSError) as exc:
+            open_user_image(path, 64, self.max_pixels, what="无法使用这张图片 / cannot use this upload:",
+                            shown_as=Path(path).name)
+        except UserError:
             self._discard(path)
-            raise UserError(f"无法使用这张图片 / cannot use this upload: {exc}") from None
+            raise
         return path
 
     @staticmethod
@@ -149,7 +151,7 @@ def build(page: Page):
     return app
 
 
-def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, rules: str = "rules/expansions.yaml",
+def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, rules: str | os.PathLike = DEFAULT_RULES,
           device: str = "auto", dictionary: bool = True) -> None:
     """Start the page and block until interrupted; the upload folder is removed on the way out."""
     upload_dir = tempfile.mkdtemp(prefix="clip_retrieval_uploads_")

@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 
 from filelock import FileLock
 
-from ..dataset import sha256_file
 from ..errors import ModelUnavailableError
+from ..hashing import sha256_file
 from ..store import write_atomic
 
 log = logging.getLogger(__name__)

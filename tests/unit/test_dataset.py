@@ -140,3 +140,18 @@ def test_jpeg_draft_mode_decodes_smaller_but_enough():
     data = _encode(Image.new("RGB", (2000, 1500), (10, 20, 30)), "JPEG")
     img = open_image(data, target_size=224)
     assert min(img.size) >= 224 and img.size[0] < 2000
+
+
+def test_a_users_image_file_gets_one_clear_error(tmp_path):
+    from clip_retrieval.dataset import open_user_image
+    from clip_retrieval.errors import InputError
+
+    with pytest.raises(InputError, match=r"query image not readable: .*gone.png \("):
+        open_user_image(tmp_path / "gone.png", what="query image")
+    fake = tmp_path / "fake.jpg"
+    fake.write_bytes(b"not an image")
+    with pytest.raises(InputError, match=r"^upload fake.jpg: not a readable image"):
+        open_user_image(fake, what="upload", shown_as="fake.jpg")
+    Image.new("RGB", (8, 6), "red").save(tmp_path / "ok.png")
+    img, data = open_user_image(tmp_path / "ok.png")
+    assert img.size == (8, 6) and data == (tmp_path / "ok.png").read_bytes()
