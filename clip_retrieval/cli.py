@@ -167,6 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON array on stdout (default: a table)")
     p.add_argument("--verbose", action="store_true", help="log details (and tracebacks) to stderr")
 
+    p = sub.add_parser("log", help="review past searches: a filtered list, stats, an HTML report or a CSV table")
+    p.add_argument("what", nargs="?", choices=["stats"],
+                   help="stats: searches per day, frequent queries, low top-1 scores, top-k changes (default: list)")
+    p.add_argument("--log", default="outputs/search_log.jsonl",
+                   help="search_log.jsonl or its folder (default: outputs/search_log.jsonl)")
+    p.add_argument("--since", help="only searches on or after this date, YYYY-MM-DD[THH:MM] (default: all)")
+    p.add_argument("--until", help="only searches on or before this date (a date includes its whole day)")
+    p.add_argument("--query", help="only queries containing this text (default: all)")
+    p.add_argument("--model", help="only searches made with this model string (default: all)")
+    p.add_argument("--mode", choices=["text", "image", "image+text"], help="only this search mode (default: all)")
+    p.add_argument("--last", type=int, help="only the N most recent matching searches (default: all; --html: 100)")
+    p.add_argument("--json", action="store_true", help="one JSON object per record (stats: one object)")
+    p.add_argument("--html", metavar="FILE", help="write one self-contained HTML page (thumbnails embedded)")
+    p.add_argument("--csv", metavar="FILE", help="write the summary table as CSV")
+    p.add_argument("--replay", action="store_true", help="replay the listed searches and show each one's status")
+    p.add_argument("--features", help="with --replay: replay against this features folder (default: the logged one)")
+    p.add_argument("--chunk-size", type=int, default=50_000, help="stats: records per pandas chunk (default: 50000)")
+    _common(p)
+
     p = sub.add_parser("replay", help="re-run logged searches and report what changed and why "
                                       "(exit 0 all identical, 3 some differ or not replayable)")
     p.add_argument("--log", default="outputs/search_log.jsonl",
@@ -352,6 +371,43 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if same == len(outcomes) else EXIT_DIFFERENT
 
 
+def cmd_log(args: argparse.Namespace) -> int:
+    from . import logreview, searchlog
+
+    if args.what == "stats":
+        if args.chunk_size < 1:
+            raise UserError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+        report = logreview.stats(args.log, chunksize=args.chunk_size)
+        print(json.dumps(report, ensure_ascii=False) if args.json else logreview.format_stats(report))
+        return EXIT_OK
+    if args.last is not None and args.last < 1:
+        raise UserError(f"--last must be at least 1, got {args.last}")
+    last = args.last or (100 if args.html else None)
+    records = logreview.select(searchlog.read_records(args.log), since=args.since, until=args.until,
+                               query=args.query, model=args.model, mode=args.mode, last=last)
+    outcomes = None
+    if args.replay:
+        from . import api
+
+        outcomes = dict(enumerate(api.replay_records(records, args.log, features=args.features, device=args.device)))
+    if args.html:
+        logreview.write_html(records, args.html, outcomes)
+        print(f"已写入 / wrote {args.html} ({len(records)} searches)", file=sys.stderr)
+    if args.csv:
+        logreview.write_csv(records, args.csv, outcomes)
+        print(f"已写入 / wrote {args.csv} ({len(records)} searches)", file=sys.stderr)
+    if args.html or args.csv:
+        return EXIT_OK
+    for n, record in enumerate(records):
+        outcome = (outcomes or {}).get(n)
+        if args.json:
+            print(json.dumps({**record, "replay": outcome.to_json()} if outcome else record, ensure_ascii=False))
+        else:
+            line = logreview.format_line(logreview.summary(record))
+            print(line + (f"  [{logreview.status_text(outcome)}]" if outcome else ""))
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
@@ -474,7 +530,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "classify": cmd_classify, "dedup": cmd_dedup, "index": cmd_index, "extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
-            "replay": cmd_replay, "models": cmd_models}
+            "replay": cmd_replay, "models": cmd_models, "log": cmd_log}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,6 +122,31 @@ def _upload_tab(title: str, prefix: str, button: str, handler, make_option, make
         go.click(handler, [upload, option], [status, output])
 
 
+HISTORY_LAST = 20
+
+
+def _history_tab(page: Page) -> None:
+    """The 日志 / History tab: the latest searches as the ``log --html`` report shows them (thumbnails inline)."""
+    import gradio as gr
+
+    from . import logreview, searchlog
+
+    def latest(last: float) -> str:
+        log_file = Path(page.searcher.store.folder) / searchlog.JSON_LOG
+        if not log_file.is_file():
+            return "<p>还没有检索记录 / no searches logged yet</p>"
+        records = logreview.select(searchlog.read_records(log_file), last=int(last))
+        return f"<style>{logreview.STYLE}</style>" + logreview.searches_html(records)
+
+    with gr.Tab("日志 / History") as tab:
+        with gr.Row():
+            last = gr.Slider(1, 100, value=HISTORY_LAST, step=1, label="最近 / latest searches", elem_id="history-last")
+            refresh = gr.Button("刷新 / Refresh", elem_id="history-refresh")
+        view = gr.HTML(elem_id="history")
+        refresh.click(latest, [last], [view])
+        tab.select(latest, [last], [view])
+
+
 def build(page: Page):
     """The Gradio Blocks for a page."""
     import gradio as gr
@@ -148,6 +173,7 @@ def build(page: Page):
         _upload_tab("零样本分类 / zero-shot", "cls", "分类 / Classify", page.classify,
                     lambda: gr.Textbox(label="标签 / labels", value="猫,狗,小猪,兔子,汽车", elem_id="labels"),
                     lambda: gr.Label(label="概率 / probabilities", elem_id="cls-results"))
+        _history_tab(page)
     return app
 
 

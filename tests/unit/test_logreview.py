@@ -1,0 +1,117 @@
+"""Reviewing the log: the filtered listing, stats read in chunks, the HTML report and the CSV table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+
+import pytest
+
+from clip_retrieval import api, cli, logreview, searchlog
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture()
+def logged(tiny_features, small_collection, tmp_path):
+    """A log of four real searches (two days apart), in its own folder."""
+    rules = tmp_path / "rules.yaml"
+    shutil.copy(ROOT / "rules" / "expansions.yaml", rules)
+    searcher = api.open_searcher(tiny_features, rules=rules, device="cpu")
+    api.search(searcher, "金毛", k=3, log_dir=tmp_path)
+    api.search(searcher, "灰猫", k=3, log_dir=tmp_path)
+    api.search(searcher, image=str(small_collection.parent / "images" / "husky_snow_00.png"), k=3, log_dir=tmp_path)
+    api.search(searcher, "金毛", k=3, expand=False, log_dir=tmp_path)
+    log = tmp_path / searchlog.JSON_LOG
+    records = list(searchlog.read_records(log))
+    for record, day in zip(records, ("2026-03-01", "2026-03-01", "2026-03-03", "2026-03-05")):
+        record["time"] = f"{day}T10:00:00+08:00"
+    log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return log
+
+
+def _lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if line]
+
+
+def test_log_lists_one_line_per_search_with_filters(logged, capsys):
+    assert cli.main(["log", "--log", str(logged)]) == 0
+    lines = _lines(capsys)
+    assert len(lines) == 4
+    assert re.search(r"金毛  扩展/exp \d+  #1 -?\d\.\d{4} \S+\.png  open_clip:tiny", lines[0])
+    assert cli.main(["log", "--log", str(logged), "--query", "金毛"]) == 0
+    assert len(_lines(capsys)) == 2
+    assert cli.main(["log", "--log", str(logged), "--mode", "image"]) == 0
+    assert [line.split()[1] for line in _lines(capsys)] == ["image"]
+    assert cli.main(["log", "--log", str(logged), "--since", "2026-03-02", "--until", "2026-03-03"]) == 0
+    assert len(_lines(capsys)) == 1
+    assert cli.main(["log", "--log", str(logged), "--model", "other", "--json"]) == 0
+    assert _lines(capsys) == []
+    assert cli.main(["log", "--log", str(logged), "--until", "2026-03-01", "--json"]) == 0
+    rows = [json.loads(line) for line in _lines(capsys)]
+    assert [r["query"] for r in rows] == ["金毛", "灰猫"] and rows[0]["results"][0]["rank"] == 1
+    assert cli.main(["log", "--log", str(logged), "--since", "March"]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+
+
+def _synthetic(path, n: int) -> None:
+    """A log of ``n`` records: three models/fingerprints, repeated queries, one old record, extra fields."""
+    lines = []
+    for i in range(n):
+        query = f"q{i % 13}"
+        setup = i % 3
+        results = [{"rank": 1, "score": 0.2 + (i % 13) / 20, "image_path": f"img/{(i + setup * (i % 13 == 5)) % 7}.png",
+                    "path": f"img/{(i + setup * (i % 13 == 5)) % 7}.png", "caption": "c"}]
+        if i % 13 != 5:  # only q5's top-k moves with the setup
+            results[0]["path"] = results[0]["image_path"] = f"img/{i % 13}.png"
+        lines.append({"time": f"2026-03-{1 + i % 4:02d}T09:00:00+08:00", "query": query, "mode": "text",
+                      "model": "demo" if setup else "open_clip:tiny", "model_fingerprint": f"m{setup}",
+                      "features_fingerprint": "f", "results": results, "raw_query": f" {query} ",
+                      "expansions": [{"text": "x", "lang": "en", "dictionary": "cc-cedict"}]})
+    lines.append({"time": "2026-03-01T09:00:00", "query": "q0", "results": []})  # an old, thin record
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), encoding="utf-8")
+
+
+def test_stats_agree_whatever_the_chunk_size(tmp_path, capsys):
+    log = tmp_path / "search_log.jsonl"
+    _synthetic(log, 520)
+    whole = logreview.stats(log, chunksize=1_000_000)
+    assert logreview.stats(log, chunksize=7) == whole
+    assert whole["records"] == 521
+    assert whole["per_day"] == {"2026-03-01": 131, "2026-03-02": 130, "2026-03-03": 130, "2026-03-04": 130}
+    assert whole["top_queries"][0] == {"query": "q0", "searches": 41}
+    moved = {r["query"]: r for r in whole["repeated"]}
+    assert moved["q5"]["changed"] and moved["q5"]["across_setups"]
+    assert not moved["q4"]["changed"] and moved["q4"]["setups"] == 3
+    assert {r["query"] for r in whole["low_top1"]} <= {"q0", "q1"}
+    assert cli.main(["log", "stats", "--log", str(log), "--chunk-size", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "521 searches" in out and "q5" in out and "changed across setups" in out
+    assert cli.main(["log", "stats", "--log", str(log), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 521
+
+
+def test_stats_name_a_damaged_line(tmp_path, capsys):
+    log = tmp_path / "search_log.jsonl"
+    _synthetic(log, 5)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write("{torn\n")
+    assert cli.main(["log", "stats", "--log", str(log)]) == 2
+    assert "line 7" in capsys.readouterr().err
+
+
+def test_html_report_is_self_contained_with_replay_and_csv(logged, tmp_path):
+    page, table = tmp_path / "report.html", tmp_path / "table.csv"
+    assert cli.main(["log", "--log", str(logged), "--html", str(page), "--csv", str(table), "--replay",
+                     "--device", "cpu"]) == 0
+    text = page.read_text(encoding="utf-8")
+    sources = re.findall(r"<img[^>]* src='([^']*)'", text)
+    assert len(sources) == 4 * 3 + 1 and all(s.startswith("data:image/jpeg;base64,") for s in sources)
+    assert "golden retriever" in text and "<th>en</th>" in text and "[金毛]" in text  # expansions by language, source
+    assert text.count("replay / 重放: identical") == 4
+    assert text.index("2026-03-05") < text.index("2026-03-01")  # newest first
+    rows = list(csv.DictReader(open(table, encoding="utf-8-sig")))
+    assert [r["query"] for r in rows] == ["金毛", "灰猫", str(rows[2]["query"]), "金毛"]
+    assert all(r["replay"] == "identical" for r in rows) and float(rows[0]["top1_score"]) != 0
