@@ -240,6 +240,13 @@ def _data_uri(path: Path, size: int = THUMB) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _origin(expansion: dict) -> str:
+    """Where an expansion came from: its source (rule, dictionary, ...) and the term that produced it."""
+    parts = [str(expansion.get("source") or "rule"), str(expansion.get("term") or "")]
+    text = " ".join(p for p in parts if p)
+    return text + ("" if expansion.get("pooled", True) else ", 未使用 not pooled")
+
+
 def _expansions_html(record: dict) -> str:
     """Expansions grouped by language, each with the rule term (source) that produced it."""
     items = record.get("expansions") or []
@@ -251,8 +258,7 @@ def _expansions_html(record: dict) -> str:
         by_lang.setdefault(str(e.get("lang") or "?"), []).append(e)
     rows = []
     for lang, group in by_lang.items():
-        cells = ", ".join(f"{html.escape(str(e.get('text')))} <span class='src'>"
-                          f"[{html.escape(str(e.get('source') or e.get('term') or 'rules'))}"
+        cells = ", ".join(f"{html.escape(str(e.get('text')))} <span class='src'>[{html.escape(_origin(e))}"
                           f"{'' if e.get('weight') in (None, 1, 1.0) else ' ×' + str(e.get('weight'))}]</span>"
                           for e in group)
         rows.append(f"<tr><th>{html.escape(lang)}</th><td>{cells}</td></tr>")

@@ -190,3 +190,21 @@ def test_zero_shot_tab(server, browser):
     top = next(x for x in lines if x.strip() in ("哈士奇", "小猪", "灰猫"))
     assert top.strip() == "小猪", lines
     page.close()
+
+
+def test_history_tab_shows_the_latest_searches_as_the_report_does(server, browser):
+    searcher = api.open_searcher(server["features"], rules=ROOT / "rules" / "expansions.yaml")
+    api.search(searcher, "灰猫", k=4)  # logged beside the features, as the page's own searches are
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server["url"])
+    page.get_by_role("tab", name=re.compile("日志")).click()
+    page.wait_for_selector("#history section.search img", timeout=30_000)
+    sections = page.locator("#history section.search")
+    assert "灰猫" in sections.first.locator("h2").inner_text()  # newest first
+    assert "grey cat" in sections.first.inner_text() and "#1 " in sections.first.inner_text()
+    sources = page.eval_on_selector_all("#history section.search img", "els => els.map(e => e.src)")
+    assert sources and all(s.startswith("data:image/jpeg;base64,") for s in sources)  # no path on disk exposed
+    records = list(searchlog.read_records(server["features"] / searchlog.JSON_LOG))
+    assert sections.count() == min(len(records), 20)
+    page.screenshot(path=str(SHOTS / "web_history.png"), full_page=False)
+    page.close()

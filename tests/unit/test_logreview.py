@@ -109,7 +109,7 @@ def test_html_report_is_self_contained_with_replay_and_csv(logged, tmp_path):
     text = page.read_text(encoding="utf-8")
     sources = re.findall(r"<img[^>]* src='([^']*)'", text)
     assert len(sources) == 4 * 3 + 1 and all(s.startswith("data:image/jpeg;base64,") for s in sources)
-    assert "golden retriever" in text and "<th>en</th>" in text and "[金毛]" in text  # expansions by language, source
+    assert "golden retriever" in text and "<th>en</th>" in text and "[rule 金毛]" in text  # expansions by language, source
     assert text.count("replay / 重放: identical") == 4
     assert text.index("2026-03-05") < text.index("2026-03-01")  # newest first
     rows = list(csv.DictReader(open(table, encoding="utf-8-sig")))
