@@ -6,8 +6,12 @@ networks with seeded random weights, saved and loaded through the real loading c
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+RULES = ROOT / "rules" / "expansions.yaml"
 
 TINY_OPEN_CLIP = {
     "embed_dim": 32,
@@ -80,3 +85,65 @@ def tiny_features(tmp_path_factory, tiny_open_clip, small_collection) -> Path:
     api.extract_features(csv=small_collection, model="open_clip:tiny", checkpoint=str(tiny_open_clip), out=out,
                          num_workers=0, device="cpu", quiet=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_collection(tmp_path_factory) -> Path:
+    """The bundled demo data plus one picture indexed twice (``husky_snow_copy.png``), extracted once per
+    session with the demo model into ``out/``; returns the folder holding images/, captions.csv and out/.
+
+    Tests that write into ``out`` (logs, indexes) copy it first or pass ``--log-dir``.
+    """
+    from clip_retrieval import api
+
+    root = tmp_path_factory.mktemp("demo")
+    shutil.copytree(ROOT / "data" / "images", root / "images")
+    shutil.copy(root / "images" / "husky_snow_00.png", root / "images" / "husky_snow_copy.png")
+    rows = (ROOT / "data" / "captions.csv").read_text(encoding="utf-8").rstrip("\n").splitlines()
+    rows.append("images/husky_snow_copy.png,雪地里的哈士奇")
+    (root / "captions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    api.extract_features(csv=root / "captions.csv", model="demo", out=root / "out", quiet=True, num_workers=0,
+                         rules=RULES)
+    return root
+
+
+@dataclass
+class Ran:
+    """What a command printed and returned, in-process or as a subprocess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``cli("search", "--query", "金毛")`` runs ``clip-retrieval search --query 金毛`` in this process.
+
+    The CLI's own ``main`` parses, dispatches and maps errors to exit codes exactly as the
+    console script does; only the interpreter start and the torch import are saved.
+    """
+    from clip_retrieval.cli import main
+
+    monkeypatch.chdir(ROOT)
+
+    def call(*args, stdin: str | None = None) -> Ran:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:   # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    return call
+
+
+def run(module: str, *args: str, stdin: str | None = None, cwd: Path = ROOT, env: dict | None = None) -> Ran:
+    """``python -m module args`` in a fresh interpreter: for what only a real process shows
+    (console entry points, exit status, output of a run that crashes)."""
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, input=stdin,
+                          cwd=cwd, env=env, timeout=300)
+    return Ran(proc.returncode, proc.stdout, proc.stderr)

@@ -1,22 +1,20 @@
-"""The bundled demo: data regenerates byte for byte, and the offline demo model finds the right images."""
+"""The bundled demo: data regenerates byte for byte, the README's first command works as typed, and
+the offline demo model finds the right images."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import shutil
 
 import pytest
 
 from clip_retrieval.encoders import BUNDLED, load_encoder
 
-from tests.conftest import ROOT
-from tests.e2e.test_scripts import run
+from tests.conftest import ROOT, run
 
 
 def test_demo_data_regenerates_byte_for_byte(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "scripts.make_demo_data", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = run("scripts.make_demo_data", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     shipped = sorted(p.relative_to(ROOT / "data") for p in (ROOT / "data").rglob("*") if p.is_file())
     made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
@@ -35,12 +33,21 @@ def test_demo_models_are_small_offline_and_say_what_they_read(name, languages):
     assert encoder.name == name and encoder.languages == frozenset(languages)
 
 
-@pytest.fixture(scope="module")
-def demo_features(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo_out")
-    proc = run("scripts.extract_embeddings", "--model", "demo", "--out", str(out), "--quiet")
+@pytest.mark.slow
+def test_readme_quick_start_commands(tmp_path):
+    """The README's first command, as processes, in a copy of the checkout: extract with the demo model
+    (default captions file and output folder), search 金毛, and the log it appends to."""
+    work = tmp_path / "checkout"
+    for name in ("data", "rules"):
+        shutil.copytree(ROOT / name, work / name)
+    proc = run("scripts.extract_embeddings", "--model", "demo", cwd=work)
     assert proc.returncode == 0, proc.stderr
-    return out
+    assert "64 images" in proc.stdout and (work / "outputs" / "manifest.json").is_file()
+    proc = run("scripts.search_demo", "--query", "金毛", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert "golden_retriever_" in proc.stdout.split("caption / 描述", 1)[1].splitlines()[1]
+    log = (work / "outputs" / "search_log.txt").read_text(encoding="utf-8")
+    assert "金毛" in log and "golden retriever" in log
 
 
 @pytest.mark.parametrize("query, prefix, n", [
@@ -52,9 +59,9 @@ def demo_features(tmp_path_factory):
     ("海边的灰猫", "grey_cat_beach_", 2),
     ("a red car", "red_car_", 3),
 ])
-def test_demo_model_finds_the_right_images(demo_features, query, prefix, n):
-    proc = run("scripts.search_demo", "--features", str(demo_features), "--query", query, "--top-k", str(n),
-               "--json")
+def test_demo_model_finds_the_right_images(demo_collection, query, prefix, n, cli, tmp_path):
+    proc = cli("search", "--features", demo_collection / "out", "--query", query, "--top-k", n, "--json",
+               "--log-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr
     paths = [r["image_path"] for r in json.loads(proc.stdout)["results"]]
     assert all(p.split("/")[-1].startswith(prefix) for p in paths), paths

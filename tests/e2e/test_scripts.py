@@ -1,24 +1,20 @@
-"""The two scripts as a user runs them: subprocesses over a small generated collection."""
+"""The two scripts as a user runs them, over a small generated collection.
+
+``python -m scripts.extract_embeddings`` is ``clip-retrieval extract`` and ``scripts.search_demo`` is
+``clip-retrieval search`` (``cli.run_subcommand``), so most checks call the CLI in-process; one runs a
+real subprocess for what only a process shows (exit status, a single stderr line, no traceback).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT
-
-
-def run(module: str, *args: str, stdin: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, input=stdin,
-                          cwd=cwd, env=env, timeout=300)
+from tests.conftest import run
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +36,9 @@ def messy_collection(tmp_path_factory, small_collection) -> Path:
     return path
 
 
-def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_path):
+def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_path, cli):
     out = tmp_path / "out"
-    proc = run("scripts.extract_embeddings", "--csv", str(messy_collection), "--model", "open_clip:tiny",
+    proc = cli("extract", "--csv", str(messy_collection), "--model", "open_clip:tiny",
                "--checkpoint", str(tiny_open_clip), "--out", str(out), "--batch-size", "8", "--num-workers", "2",
                "--max-pixels", "50000000")
     assert proc.returncode == 0, proc.stderr
@@ -56,7 +52,7 @@ def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_p
     assert all(len(i["sha256"]) == 64 for i in manifest["images"])
     assert manifest["model"]["name"] == "open_clip:tiny" and manifest["model"]["fingerprint"].startswith("sha256:")
 
-    proc = run("scripts.search_demo", "--features", str(out), "--query", "草地上的小猪", "--top-k", "3", "--json")
+    proc = cli("search", "--features", str(out), "--query", "草地上的小猪", "--top-k", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     obj = json.loads(proc.stdout)
     assert {"query", "expansions", "model", "results", "expansions_by_language", "normalized_query"} <= set(obj)
@@ -65,7 +61,7 @@ def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_p
     assert [r["rank"] for r in obj["results"]] == [1, 2, 3]
     assert set(obj["results"][0]) == {"rank", "score", "image_path", "caption"}
 
-    proc = run("scripts.search_demo", "--features", str(out), "--no-expand", "--top-k", "2",
+    proc = cli("search", "--features", str(out), "--no-expand", "--top-k", "2",
                stdin="灰猫\n\n雪地里的哈士奇\nexit\n这一行不会被搜索\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("查询 / query:") == 2 and "empty query" in proc.stderr
@@ -73,16 +69,14 @@ def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_p
     assert [r["query"] for r in records] == ["草地上的小猪", "灰猫", "雪地里的哈士奇"]
     assert records[1]["expand"] is False and records[1]["rules_sha256"] is None
 
-    proc = run("clip_retrieval", "replay", "--log", str(out / "search_log.jsonl"))
+    proc = cli("replay", "--log", str(out / "search_log.jsonl"))
     assert proc.returncode == 0, proc.stderr
     assert "3/3 identical" in proc.stdout
 
 
-def test_bad_input_exit_2_one_line_and_outputs_untouched(small_collection, tiny_open_clip, tmp_path):
+def test_bad_input_exit_2_one_line_and_outputs_untouched(tiny_features, tiny_open_clip, tmp_path, cli):
     out = tmp_path / "out"
-    ok = run("scripts.extract_embeddings", "--csv", str(small_collection), "--model", "open_clip:tiny",
-             "--checkpoint", str(tiny_open_clip), "--out", str(out), "--quiet", "--num-workers", "0")
-    assert ok.returncode == 0, ok.stderr
+    shutil.copytree(tiny_features, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     bad = tmp_path / "bad.csv"
     bad.write_text("image_path,caption\nnope.png,狗\n", encoding="utf-8")
@@ -92,24 +86,24 @@ def test_bad_input_exit_2_one_line_and_outputs_untouched(small_collection, tiny_
     assert proc.stderr.strip().count("\n") == 0 and "bad.csv line 2: image not found" in proc.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
-    proc = run("scripts.search_demo", "--features", str(out), "--query", "  ")
+    proc = cli("search", "--features", str(out), "--query", "  ")
     assert proc.returncode == 2 and "empty query" in proc.stderr
     assert not (out / "search_log.jsonl").exists()
-    proc = run("scripts.search_demo", "--features", str(out), "--query", "狗", "--model", "cn_clip:ViT-B-16")
+    proc = cli("search", "--features", str(out), "--query", "狗", "--model", "cn_clip:ViT-B-16")
     assert proc.returncode == 2 and "rebuild" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run("scripts.search_demo", "--features", str(tmp_path / "missing"), "--query", "狗")
+    proc = cli("search", "--features", str(tmp_path / "missing"), "--query", "狗")
     assert proc.returncode == 2 and "clip-retrieval extract" in proc.stderr
-    proc = run("scripts.search_demo", "--top-k", "many")
+    proc = cli("search", "--top-k", "many")
     assert proc.returncode == 2 and "invalid int value" in proc.stderr
 
 
-def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path):
+def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path, cli):
     out = tmp_path / "out"
-    proc = run("clip_retrieval", "extract", "--images", str(small_collection.parent / "images"), "--model",
+    proc = cli("extract", "--images", str(small_collection.parent / "images"), "--model",
                "open_clip:tiny", "--checkpoint", str(tiny_open_clip), "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["counts"]["images"] == 32 and manifest["counts"]["captions"] == 0
-    proc = run("clip_retrieval", "search", "--features", str(out), "--query", "金毛", "--json")
+    proc = cli("search", "--features", str(out), "--query", "金毛", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"][0]["caption"] == ""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_retrieval import api, searchlog
+from clip_retrieval import searchlog
 
 from tests.conftest import ROOT
 
@@ -38,10 +38,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, demo_collection):
     features = tmp_path_factory.mktemp("web") / "out"
-    api.extract_features(csv=ROOT / "data" / "captions.csv", model="demo", out=features, quiet=True,
-                         num_workers=0, rules=ROOT / "rules" / "expansions.yaml")
+    shutil.copytree(demo_collection / "out", features)   # the page logs into its features folder
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
     proc = subprocess.Popen([sys.executable, "-m", "clip_retrieval", "serve", "--features", str(features),

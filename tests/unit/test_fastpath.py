@@ -79,7 +79,7 @@ def test_update_equals_full_rebuild_and_encodes_only_changes(small_collection, t
     src = tmp_path / "coll"
     shutil.copytree(small_collection.parent, src)
     csv = src / "captions.csv"
-    _extract(csv, tiny_open_clip, tmp_path / "inc")
+    _extract(csv, tiny_open_clip, tmp_path / "inc", rules=None)
     lines = csv.read_text(encoding="utf-8").splitlines()
     changed_image = lines[3].split(",")[0]
     Image.new("RGB", (64, 64), (250, 0, 250)).save(src / changed_image)
@@ -90,10 +90,10 @@ def test_update_equals_full_rebuild_and_encodes_only_changes(small_collection, t
     os.utime(src / lines[10].split(",")[0])  # touched, same content: the hash keeps it
     csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    result = _extract(csv, tiny_open_clip, tmp_path / "inc", update=True)
+    result = _extract(csv, tiny_open_clip, tmp_path / "inc", update=True, rules=None)
     assert result.encoded_images == 2 and result.reused_images == 30
     assert result.encoded_captions == 2
-    _extract(csv, tiny_open_clip, tmp_path / "full")
+    _extract(csv, tiny_open_clip, tmp_path / "full", rules=None)
     inc, full = store.load(tmp_path / "inc"), store.load(tmp_path / "full")
     assert torch.allclose(inc.image_features, full.image_features, atol=1e-6)
     assert torch.allclose(inc.text_features, full.text_features, atol=1e-6)
@@ -111,7 +111,7 @@ def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("kind, fp16", [("hnsw", False), ("ivf", False), ("hnsw", True)])
 def test_ann_recall_against_exact(kind, fp16):
-    x = _clustered(30_000, 64)
+    x = _clustered(10_000, 64)
     built = ann.build(x, kind=kind, fp16=fp16)
     queries = x[:50] + 0.05 * np.random.default_rng(1).standard_normal((50, 64)).astype(np.float32)
     ids, _ = built.search(queries, 10)

@@ -8,21 +8,12 @@ import multiprocessing as mp
 from clip_retrieval import api, searchlog
 
 from tests.conftest import ROOT
-
-RECORD = {"time": "2026-01-01T00:00:00+08:00", "mode": "text", "query": "q", "expand": True, "expansions": [],
-          "k": 1, "model": "m", "model_fingerprint": "f", "features_dir": ".", "features_fingerprint": "x",
-          "rules_path": None, "rules_sha256": None, "tool_version": "0", "results": []}
-
-
-def _writer(folder: str, worker: int, count: int) -> None:
-    for i in range(count):
-        record = dict(RECORD, query=f"{worker}-{i}-" + "长" * 3000)  # long lines make torn writes likely
-        searchlog.append(folder, record)
+from tests.unit.log_writer import write_records
 
 
 def test_concurrent_processes_never_interleave_or_lose_records(tmp_path):
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 25)) for w in range(4)]
+    procs = [ctx.Process(target=write_records, args=(str(tmp_path), w, 25)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:

@@ -47,35 +47,34 @@ def test_training_lifts_recall_far_above_chance_and_checkpoint_loads(train_csv, 
     assert searcher.encoder.fingerprint == searcher.store.model_fingerprint
 
 
-def test_resume_continues_from_the_saved_epoch(train_csv, tiny_arch, tmp_path):
-    first = train(train_csv, tmp_path, arch=str(tiny_arch), epochs=1, batch_size=32, seed=0, quiet=True)
-    resumed = train(train_csv, tmp_path, arch=str(tiny_arch), epochs=2, batch_size=32, seed=0, quiet=True, resume=True)
+def test_resume_continues_from_the_saved_epoch(small_collection, tiny_arch, tmp_path):
+    first = train(small_collection, tmp_path, arch=str(tiny_arch), epochs=1, batch_size=16, seed=0, quiet=True)
+    resumed = train(small_collection, tmp_path, arch=str(tiny_arch), epochs=2, batch_size=16, seed=0, quiet=True,
+                    resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert resumed.history[0] == first.history[0]
 
 
-def test_bad_arguments(train_csv, tiny_arch, tmp_path):
+def test_bad_arguments(small_collection, tiny_arch, tmp_path):
     with pytest.raises(InputError, match="exactly one"):
-        train(train_csv, tmp_path, quiet=True)
+        train(small_collection, tmp_path, quiet=True)
     with pytest.raises(InputError, match="no train_state.pt"):
-        train(train_csv, tmp_path / "empty", arch=str(tiny_arch), resume=True, quiet=True)
+        train(small_collection, tmp_path / "empty", arch=str(tiny_arch), resume=True, quiet=True)
     with pytest.raises(InputError, match="unknown architecture"):
-        train(train_csv, tmp_path, arch="no-such-arch", quiet=True)
+        train(small_collection, tmp_path, arch="no-such-arch", quiet=True)
 
 
 @pytest.mark.slow
-def test_cli_fine_tunes_the_demo_model_and_the_result_searches(train_csv, tmp_path):
-    from tests.e2e.test_scripts import run
-
-    proc = run("clip_retrieval", "train", "--csv", str(train_csv), "--model", "demo", "--out", str(tmp_path / "ft"),
+def test_cli_fine_tunes_the_demo_model_and_the_result_searches(train_csv, tmp_path, cli):
+    proc = cli("train", "--csv", str(train_csv), "--model", "demo", "--out", str(tmp_path / "ft"),
                "--epochs", "1", "--batch-size", "32", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "best validation Recall@1" in proc.stdout
     best = tmp_path / "ft" / "best"
-    proc = run("clip_retrieval", "extract", "--csv", str(train_csv), "--model", "open_clip:finetuned",
+    proc = cli("extract", "--csv", str(train_csv), "--model", "open_clip:finetuned",
                "--checkpoint", str(best), "--out", str(tmp_path / "feats"), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    proc = run("clip_retrieval", "search", "--features", str(tmp_path / "feats"), "--query", "雪地里的哈士奇",
+    proc = cli("search", "--features", str(tmp_path / "feats"), "--query", "雪地里的哈士奇",
                "--top-k", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     assert all("husky_snow" in r["image_path"] for r in json.loads(proc.stdout)["results"])
