@@ -268,6 +268,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     batch = bool(args.queries or args.image_dir)
     if args.queries and args.image_dir:
         raise UserError("give --queries or --image-dir, not both")
+    if args.grid:   # before any search runs or is logged
+        from .grid import find_cjk_font
+        find_cjk_font()
     needs_captions = args.to == "text" or args.fuse
     searcher = api.open_searcher(args.features, model=args.model, checkpoint=args.checkpoint,
                                  rules=None if args.no_expand else args.rules, device=args.device,

@@ -1,7 +1,7 @@
 """Result grids: the query and its top-k thumbnails with rank, score and caption, as a PNG.
 
-Owns finding a font that has Chinese glyphs (and saying what to install when there is
-none) and drawing the sheet. It must not search.
+Owns finding a font that has Chinese glyphs (the machine's own, else the subset bundled in
+``clip_retrieval/fonts/``) and drawing the sheet. It must not search.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ CJK_FONT_FILES = (
     "C:/Windows/Fonts/msyh.ttc",
     "C:/Windows/Fonts/simhei.ttf",
 )
-INSTALL_HINT = ("没有找到中文字体 / no font with Chinese glyphs found: install one "
+# A 1.2 MB subset of WenQuanYi Micro Hei (Apache-2.0) covering GB 2312: used when the machine has no CJK font.
+BUNDLED_FONT = Path(__file__).resolve().parent / "fonts" / "wqy-microhei-subset.ttf"
+INSTALL_HINT = ("没有找到中文字体 / no font with Chinese glyphs found (the bundled one is missing too): install one "
                 "(Debian/Ubuntu: apt-get install fonts-wqy-microhei; Fedora: dnf install wqy-microhei-fonts; "
                 "macOS and Windows ship one) or set CLIP_RETRIEVAL_FONT=/path/to/font.ttf")
 
@@ -38,7 +40,7 @@ class FontMissingError(UserError):
 
 @lru_cache(maxsize=1)
 def find_cjk_font() -> str:
-    """A font file that has Chinese glyphs: $CLIP_RETRIEVAL_FONT, fontconfig, then well-known paths."""
+    """A font file that has Chinese glyphs: $CLIP_RETRIEVAL_FONT, fontconfig, well-known paths, then the bundled one."""
     candidates = [os.environ.get("CLIP_RETRIEVAL_FONT", "")]
     if shutil.which("fc-match"):
         try:
@@ -47,7 +49,7 @@ def find_cjk_font() -> str:
             candidates.append(found)
         except (OSError, subprocess.SubprocessError):
             pass
-    candidates += CJK_FONT_FILES
+    candidates += [*CJK_FONT_FILES, str(BUNDLED_FONT)]
     for path in candidates:
         if path and Path(path).is_file() and has_glyphs(path, "金毛灰猫"):
             return path
@@ -105,7 +107,8 @@ def render_grid(out: str | os.PathLike, query_text: str, results: list, query_im
         x += THUMB + pad
         sheet.paste(_thumb(hit.image_path), (x, pad))
         draw.text((x, pad + THUMB + 4), f"#{hit.rank}  {hit.score:.3f}", font=font, fill=(0, 0, 0))
-        draw.text((x, pad + THUMB + 26), _fit(draw, hit.caption, small, THUMB), font=small, fill=(60, 60, 60))
+        label = hit.caption or Path(hit.image_path).name   # a folder indexed without captions: its file name
+        draw.text((x, pad + THUMB + 26), _fit(draw, label, small, THUMB), font=small, fill=(60, 60, 60))
     out = Path(out)
     write_atomic(out, lambda tmp: sheet.save(tmp, format="PNG"))
     return out

@@ -13,7 +13,7 @@ from PIL import Image
 from clip_retrieval import api, searchlog
 from clip_retrieval.errors import InputError
 
-from tests.conftest import RULES
+from tests.conftest import ROOT, RULES
 
 
 @pytest.fixture
@@ -146,15 +146,57 @@ def test_grid_renders_chinese_as_glyphs(demo, tmp_path, cli):
     assert img.size[0] > 4 * 200 and img.size[1] > 200
 
 
-def test_missing_font_message_says_what_to_install(monkeypatch, tmp_path):
+@pytest.fixture
+def no_system_font(monkeypatch, tmp_path):
+    """A machine with no CJK font of its own: no known font files, no fontconfig, no $CLIP_RETRIEVAL_FONT."""
     from clip_retrieval import grid
 
     grid.find_cjk_font.cache_clear()
     monkeypatch.setattr(grid, "CJK_FONT_FILES", ())
     monkeypatch.setenv("CLIP_RETRIEVAL_FONT", str(tmp_path / "none.ttf"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no fc-match
-    try:
-        with pytest.raises(grid.FontMissingError, match="fonts-wqy-microhei"):
-            grid.find_cjk_font()
-    finally:
-        grid.find_cjk_font.cache_clear()
+    yield grid
+    grid.find_cjk_font.cache_clear()
+
+
+def test_bundled_font_draws_common_chinese_without_a_system_font(no_system_font, demo, tmp_path, cli):
+    from clip_retrieval.dataset import read_captions
+    from scripts.make_font_subset import gb2312_hanzi
+
+    grid = no_system_font
+    assert grid.find_cjk_font() == str(grid.BUNDLED_FONT)
+    assert grid.BUNDLED_FONT.stat().st_size <= 2 * 1024 * 1024
+    assert (grid.BUNDLED_FONT.parent / "LICENSE-Apache-2.0.txt").is_file()
+    gb2312 = gb2312_hanzi()[::15]
+    rules_and_captions = "".join(read_captions(ROOT / "data" / "captions.csv", check_images=False).captions)
+    sample = "".join(dict.fromkeys(gb2312 + [c for c in rules_and_captions if "\u4e00" <= c <= "\u9fff"]))
+    for start in range(0, len(sample), 40):
+        assert grid.has_glyphs(str(grid.BUNDLED_FONT), sample[start:start + 40]), sample[start:start + 40]
+    proc = cli("search", "--features", demo / "out", "--query", "海边的灰猫", "-k", "2", "--grid", tmp_path / "g.png",
+               "--log-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "g.png").size[0] > 3 * 200
+
+
+def test_missing_font_message_says_what_to_install_before_searching(no_system_font, monkeypatch, demo, tmp_path,
+                                                                     cli):
+    grid = no_system_font
+    monkeypatch.setattr(grid, "BUNDLED_FONT", tmp_path / "removed.ttf")
+    with pytest.raises(grid.FontMissingError, match="fonts-wqy-microhei"):
+        grid.find_cjk_font()
+    proc = cli("search", "--features", demo / "out", "--query", "灰猫", "--grid", tmp_path / "g.png",
+               "--log-dir", tmp_path)
+    assert proc.returncode == 2 and "fonts-wqy-microhei" in proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "search_log.jsonl").exists()
+
+
+def test_captionless_results_show_the_file_name(demo, tmp_path):
+    from clip_retrieval.grid import render_grid
+    from clip_retrieval.search import Hit
+
+    path = str(demo / "images" / "piglet_grass_00.png")
+    render_grid(tmp_path / "bare.png", "小猪", [Hit(1, 0.9, path, "", 0)])
+    render_grid(tmp_path / "named.png", "小猪", [Hit(1, 0.9, path, "piglet_grass_00.png", 0)])
+    render_grid(tmp_path / "blank.png", "小猪", [Hit(1, 0.9, path, " ", 0)])
+    bare, named, blank = (Image.open(tmp_path / f"{n}.png").tobytes() for n in ("bare", "named", "blank"))
+    assert bare == named and bare != blank
