@@ -64,10 +64,8 @@ def test_eval_over_captions_and_query_file(tiny_features, small_collection, tmp_
 
 
 @pytest.mark.slow
-def test_demo_benchmark_meets_its_targets():
-    from tests.e2e.test_scripts import run
-
-    proc = run("clip_retrieval", "eval", "--benchmark", "demo", "--json", "--quiet")
+def test_demo_benchmark_meets_its_targets(cli):
+    proc = cli("eval", "--benchmark", "demo", "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert set(report) == {"canonical", "paraphrased"}
@@ -81,11 +79,9 @@ def test_demo_benchmark_meets_its_targets():
 
 
 @pytest.mark.slow
-def test_demo_en_benchmark_meets_its_targets():
+def test_demo_en_benchmark_meets_its_targets(cli):
     """Chinese queries on the English-only demo model, by pipeline stage (issue 12's targets)."""
-    from tests.e2e.test_scripts import run
-
-    proc = run("clip_retrieval", "eval", "--benchmark", "demo-en", "--json", "--quiet")
+    proc = cli("eval", "--benchmark", "demo-en", "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert set(report) == {"single", "multi", "traditional", "dictionary"}
