@@ -147,3 +147,6 @@ def run(module: str, *args: str, stdin: str | None = None, cwd: Path = ROOT, env
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, input=stdin,
                           cwd=cwd, env=env, timeout=300)
     return Ran(proc.returncode, proc.stdout, proc.stderr)
+
+
+from tests.hub import hub_files, local_hub  # noqa: E402,F401  (the local model hub fixtures)

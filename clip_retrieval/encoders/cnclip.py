@@ -13,18 +13,59 @@ import contextlib
 import io
 import logging
 import os
+import urllib.request
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
 from .base import Encoder, trim_padding
-from .weights import HF_HOST, file_fingerprint, host_reachable, unavailable
+from .weights import (MODELSCOPE_URL, PROBE_TIMEOUT_S, download_failed, file_fingerprint, hf_endpoint, reachable,
+                      unavailable)
 
 log = logging.getLogger(__name__)
 
 
+CN_CLIP_HF_ORG = "OFA-Sys"
+CN_CLIP_MODELSCOPE_ORG = "AI-ModelScope"
+# A plain download address for Chinese-CLIP weights (``BASE/clip_cn_vit-b-16.pt``), e.g. a company mirror or
+# the project's Aliyun OSS bucket; when unset the weights come from the Hugging Face endpoint (HF_ENDPOINT).
+MIRROR_ENV = "CLIP_RETRIEVAL_CN_CLIP_MIRROR"
+
+
+def published_at(arch: str) -> list[str]:
+    """Every place the weights of ``cn_clip:ARCH`` are published, for the offline message."""
+    from cn_clip.clip import utils as cn_utils
+
+    repo, filename = cn_utils._MODELS[arch]
+    places = [f"{hf_endpoint()}/{CN_CLIP_HF_ORG}/{repo}/resolve/main/{filename}",
+              f"{MODELSCOPE_URL}/{CN_CLIP_MODELSCOPE_ORG}/{repo} ({filename})"]
+    if os.environ.get(MIRROR_ENV):
+        places.insert(0, f"{os.environ[MIRROR_ENV].rstrip('/')}/{filename}")
+    return places
+
+
+def _download_url(url: str, target: Path) -> None:
+    """Stream ``url`` to ``target`` with a progress bar; the file appears only when complete."""
+    from tqdm import tqdm
+
+    from ..store import write_atomic
+
+    def write(tmp: Path) -> None:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S * 10) as source, open(tmp, "wb") as out:
+            total = int(source.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=target.name, disable=None) as bar:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+            if total is not None and out.tell() != total:
+                raise OSError(f"got {out.tell()} of {total} bytes")
+
+    write_atomic(target, write)
+
+
 def _resolve(arch: str, cache_dir: str | None) -> str:
+    """The cached weights file, else a download from the mirror setting or the Hugging Face endpoint."""
     from cn_clip.clip import utils as cn_utils
 
     if arch not in cn_utils._MODELS:
@@ -33,9 +74,20 @@ def _resolve(arch: str, cache_dir: str | None) -> str:
     local = Path(root) / cn_utils._MODELS[arch][1]
     if local.is_file():
         return str(local)
-    if not host_reachable(HF_HOST):
-        raise unavailable(f"cn_clip:{arch}", [str(local)], HF_HOST)
-    return cn_utils._download(arch, root)
+    name = f"cn_clip:{arch}"
+    mirror = os.environ.get(MIRROR_ENV, "").rstrip("/")
+    url = f"{mirror}/{local.name}" if mirror else published_at(arch)[0]
+    host = mirror or hf_endpoint()
+    if not reachable(host):
+        places = published_at(arch)
+        raise unavailable(name, [str(local)], host, [url], [p for p in places if p != url])
+    try:
+        if mirror:
+            _download_url(url, local)
+            return str(local)
+        return cn_utils._download(arch, root)
+    except Exception as exc:  # network, HTTP and disk errors all end the same way for the user
+        raise download_failed(name, url, exc) from exc
 
 
 def build_model(model_info: dict) -> torch.nn.Module:

@@ -11,22 +11,56 @@ import json
 import logging
 import os
 import warnings
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 
 from ..errors import InputError
 from .base import Encoder, trim_padding
-from .weights import HF_HOST, file_fingerprint, host_reachable, unavailable, url_host
+from .weights import download_failed, file_fingerprint, hf_endpoint, hf_file_url, hub_offline, reachable, unavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# English-trained towers read English; the multilingual text towers read Chinese too.
-MULTILINGUAL_MARKERS = ("xlm", "multilingual", "mt5", "nllb")
+# Text towers whose tokenizer and training text cover Chinese as well as English, recognised by the
+# tokenizer the model configuration names (text_cfg hf_tokenizer_name / hf_model_name), never by the model
+# name: XLM-RoBERTa, XLM-V (MetaCLIP 2 worldwide), mT5, NLLB, Gemma (SigLIP 2) and SigLIP i18n (mC4).
+WORLDWIDE_TOKENIZERS = ("xlm-roberta-*", "facebookai/xlm-roberta-*", "facebook/xlm-v-*", "google/mt5-*",
+                        "facebook/nllb-200-*", "timm/vit-*-siglip2*", "timm/vit-*-siglip-i18n*")
+# The language code NLLB tokenizers put before the text; without it they mark every text as English.
+NLLB_CHINESE = "zho_Hans"
 
 
-def _resolve_tag(arch: str, tag: str, cache_dir: str | None) -> tuple[str, dict]:
-    """Return (weights file, pretrained cfg) for a registry tag, downloading only when a host answers."""
+def tokenizer_id(model_cfg: dict) -> str:
+    """The Hugging Face tokenizer a config names ('' for open_clip's own BPE tokenizer)."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    return str(text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name") or "")
+
+
+def languages_of(model_cfg: dict, declared: list[str] | None = None) -> frozenset[str]:
+    """The languages a text tower reads: declared by a checkpoint folder, else from its tokenizer in the config."""
+    if declared:
+        return frozenset(declared)
+    name = tokenizer_id(model_cfg).lower()
+    return frozenset({"zh", "en"}) if any(fnmatch(name, p) for p in WORLDWIDE_TOKENIZERS) else frozenset({"en"})
+
+
+def tokenizer_kwargs(model_cfg: dict) -> dict:
+    """Extra tokenizer arguments for Chinese queries (NLLB's source-language code)."""
+    return {"language": NLLB_CHINESE} if fnmatch(tokenizer_id(model_cfg).lower(), "*nllb*") else {}
+
+
+def hub_repos(model_cfg: dict) -> list[str]:
+    """Hub repositories the text tower reads its config or tokenizer files from when it is built."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    names = [text_cfg.get("hf_model_name"), text_cfg.get("hf_tokenizer_name")]
+    return list(dict.fromkeys(n for n in names if n and not Path(n).exists()))
+
+
+def _find_tag(arch: str, tag: str, cache_dir: str | None) -> tuple[dict, str | None, list[str], list[str]]:
+    """(pretrained cfg, cached weights file or None, places looked, addresses to fetch) for a registry tag."""
     import open_clip
     from open_clip import pretrained as oc_pretrained
 
@@ -36,37 +70,97 @@ def _resolve_tag(arch: str, tag: str, cache_dir: str | None) -> tuple[str, dict]
         if arch not in open_clip.list_models():
             raise InputError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
         raise InputError(f"open_clip:{arch} has no pretrained tag {tag!r}; known tags: {', '.join(tags)}")
-    looked, host = [], HF_HOST
+    looked: list[str] = []
+    fetch: list[str] = []
     hf_hub = cfg.get("hf_hub", "")
     if hf_hub:
         from huggingface_hub import constants as hf_constants
         from huggingface_hub import try_to_load_from_cache
 
-        repo_id, filename = os.path.split(hf_hub)
-        filename = filename or oc_pretrained.HF_WEIGHTS_NAME
-        for candidate in [*oc_pretrained._get_safe_alternatives(filename), filename]:
+        repo_id, filename = _hf_weights(cfg)
+        for candidate in _weights_candidates(filename):
             hit = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
             looked.append(f"{cache_dir or hf_constants.HF_HUB_CACHE} ({repo_id}/{candidate})")
             if isinstance(hit, str):
-                return hit, cfg
+                return cfg, hit, looked, fetch
+        first, *others = [hf_file_url(repo_id, c) for c in _weights_candidates(filename)]
+        fetch.append(first + "".join(f" (or {o})" for o in others))
     url = cfg.get("url", "")
     if url:
         local = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
         looked.append(str(local))
         if local.is_file():
-            return str(local), cfg
+            return cfg, str(local), looked, fetch
         if not hf_hub:
-            host = url_host(url)
-    if not host_reachable(host):
-        raise unavailable(f"open_clip:{arch}/{tag}", looked, host)
-    return oc_pretrained.download_pretrained(cfg, cache_dir=cache_dir), cfg
+            fetch.append(url)
+    return cfg, None, looked, fetch
 
 
-def _languages(model_cfg: dict, declared: list[str] | None) -> frozenset[str]:
-    if declared:
-        return frozenset(declared)
-    text_name = json.dumps(model_cfg.get("text_cfg", {})).lower()
-    return frozenset({"zh", "en"}) if any(m in text_name for m in MULTILINGUAL_MARKERS) else frozenset({"en"})
+def _hf_weights(cfg: dict) -> tuple[str, str]:
+    """(repository, file) of a tag's hub weights: 'org/name/' means open_clip's default file name."""
+    from open_clip import pretrained as oc_pretrained
+
+    repo_id, filename = os.path.split(cfg["hf_hub"])
+    return repo_id, filename or oc_pretrained.HF_WEIGHTS_NAME
+
+
+def _weights_candidates(filename: str) -> list[str]:
+    """The files open_clip tries for a tag, in its order (the safetensors twin first)."""
+    from open_clip import pretrained as oc_pretrained
+
+    return [*oc_pretrained._get_safe_alternatives(filename), filename]
+
+
+def _download_tag(name: str, cfg: dict, fetch: list[str], cache_dir: str | None) -> str:
+    """Download a tag's weights as open_clip does (hub first, safetensors twin first), after the host answered.
+
+    A missing safetensors twin moves on to the next file; any other failure is reported with the way out.
+    """
+    from open_clip import pretrained as oc_pretrained
+
+    try:
+        if cfg.get("hf_hub"):
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            repo_id, filename = _hf_weights(cfg)
+            candidates = _weights_candidates(filename)
+            for candidate in candidates:
+                try:
+                    return hf_hub_download(repo_id, candidate, cache_dir=cache_dir, library_name="open_clip")
+                except EntryNotFoundError:
+                    if candidate == candidates[-1]:
+                        raise
+        return oc_pretrained.download_pretrained_from_url(cfg["url"], cache_dir=cache_dir)
+    except Exception as exc:  # network, HTTP and disk errors all end the same way for the user
+        raise download_failed(name, fetch[0] if fetch else cfg.get("url", ""), exc) from exc
+
+
+def _build_with_hub(name: str, model_cfg: dict, build: Callable[[], T]) -> T:
+    """Run ``build`` from the cache alone when it can; reach the hub only for files the cache lacks.
+
+    Text towers built on Hugging Face models read config and tokenizer files at build time. With
+    everything cached this never touches the network (no 10 s timeouts offline); otherwise the
+    endpoint is probed first so an unreachable hub gives the offline message in seconds.
+    """
+    repos = hub_repos(model_cfg)
+    if not repos:
+        return build()
+    try:
+        with hub_offline():
+            return build()
+    except OSError as exc:
+        log.info("%s: text tower files not all cached (%s); asking the hub", name, exc)
+    endpoint = hf_endpoint()
+    files = [f"{endpoint}/{repo} (config.json, tokenizer files)" for repo in repos]
+    if not reachable(endpoint):
+        from huggingface_hub import constants as hf_constants
+
+        raise unavailable(name, [hf_constants.HF_HUB_CACHE], endpoint, files)
+    try:
+        return build()
+    except OSError as exc:
+        raise download_failed(name, "; ".join(files), exc) from exc
 
 
 def text_encoder_fn(model: torch.nn.Module):
@@ -127,13 +221,15 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
     import open_clip
 
     arch, _, tag = spec.partition("/")
+    name = f"open_clip:{spec}" if tag else f"open_clip:{arch}"
     declared: list[str] | None = None
     tag_cfg: dict = {}
     if checkpoint and Path(checkpoint).is_dir():
         config_path = Path(checkpoint) / "open_clip_config.json"
         if not config_path.is_file():
             raise InputError(f"{checkpoint}: a checkpoint folder needs open_clip_config.json beside its weights.")
-        declared = json.loads(config_path.read_text(encoding="utf-8")).get("languages")
+        folder_cfg = json.loads(config_path.read_text(encoding="utf-8"))
+        declared, model_cfg = folder_cfg.get("languages"), folder_cfg["model_cfg"]
         model_name, weights = f"local-dir:{checkpoint}", checkpoint
     elif checkpoint:
         if not Path(checkpoint).is_file():
@@ -141,24 +237,33 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
         model_name, weights = arch, checkpoint
         tag_cfg = tag_config(arch, tag)
     elif tag:
-        weights, tag_cfg = _resolve_tag(arch, tag, cache_dir)
+        tag_cfg, weights, looked, fetch = _find_tag(arch, tag, cache_dir)
+        if weights is None:
+            probe = hf_endpoint() if tag_cfg.get("hf_hub") else fetch[0]
+            if not reachable(probe):
+                raise unavailable(name, looked, probe, fetch)
+            weights = _download_tag(name, tag_cfg, fetch, cache_dir)
         model_name = arch
     else:
         raise InputError(f"open_clip:{arch} names no weights: use open_clip:{arch}/TAG or pass --checkpoint PATH.")
-    if model_name.startswith("local-dir:"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, device=device, weights_only=True)
-        model_cfg = json.loads((Path(checkpoint) / "open_clip_config.json").read_text(encoding="utf-8"))["model_cfg"]
-    else:
+    if not model_name.startswith("local-dir:"):
         if arch not in open_clip.list_models():
             raise InputError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
-        model, preprocess = create(arch, weights, tag_cfg, device)
         model_cfg = open_clip.get_model_config(arch) or {}
-    tokenizer = open_clip.get_tokenizer(model_name)
-    name = f"open_clip:{spec}" if tag else f"open_clip:{arch}"
+
+    def build():
+        if model_name.startswith("local-dir:"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, device=device,
+                                                                             weights_only=True)
+        else:
+            model, preprocess = create(arch, weights, tag_cfg, device)
+        return model, preprocess, open_clip.get_tokenizer(model_name, **tokenizer_kwargs(model_cfg))
+
+    model, preprocess, tokenizer = _build_with_hub(name, model_cfg, build)
     return wrap(model, preprocess, tokenizer, name, file_fingerprint(weights),
-                _languages(model_cfg, declared), device, model_cfg.get("embed_dim"))
+                languages_of(model_cfg, declared), device, model_cfg.get("embed_dim"))
 
 
 def wrap(model: torch.nn.Module, preprocess, tokenizer, name: str, fingerprint: str, languages: frozenset[str],
