@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_retrieval import searchlog
+from clip_retrieval import api, searchlog
 
 from tests.conftest import ROOT
 
