@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clip_retrieval import ann, api, store
+from clip_retrieval import api, store
+from clip_retrieval.index import faiss as ann
 from clip_retrieval.dataset import open_image
 from clip_retrieval.demo_data import SCENES, SUBJECTS, make_collection, render
 from clip_retrieval.encoders.openclip import random_encoder

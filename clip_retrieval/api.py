@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ann, searchlog, store
+from . import index as backends
+from . import searchlog, store
 from .dataset import DEFAULT_MAX_PIXELS, read_captions, scan_images
 from .encoders import DEFAULT_MODEL, load_encoder
 from .encoders.base import Encoder
@@ -21,6 +22,7 @@ from .errors import InputError
 from .dictionary import load_dictionary
 from .expansion import DEFAULT_RULES, Expansion, RuleTable, find_rules, load_rules
 from .extract import ExtractResult, extract
+from .index.base import Where
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,8 @@ def open_searcher(features: str | os.PathLike = "outputs", model: str | None = N
                   dictionary: bool = True) -> Searcher:
     """Load features and the rules table (``rules=None``: no expansion); the model loads on first need.
 
-    An ANN index beside the features is used unless ``exact`` is set. ``dictionary``: words no
+    The index backend ``index.json`` names (FAISS, Qdrant) serves the searches unless ``exact`` is
+    set. ``dictionary``: words no
     rule covers get CC-CEDICT renderings (read on the first such word).
 
     The expansion cache beside the features is used when it matches the model and rules,
@@ -97,10 +100,8 @@ def open_searcher(features: str | os.PathLike = "outputs", model: str | None = N
     feats = store.load(features, with_text=False)
     feats.check_model(model, checkpoint=checkpoint)
     table: RuleTable | None = load_rules(rules) if rules is not None else None
-    index = None
-    if not exact and (Path(features) / ann.INDEX_FILE).is_file():
-        index = ann.load(features, feats.fingerprint)
-    searcher = Searcher(feats, encoder or (lambda: encoder_for(feats.manifest, checkpoint, device)), table, ann=index,
+    searcher = Searcher(feats, encoder or (lambda: encoder_for(feats.manifest, checkpoint, device)), table,
+                        index=backends.open_index(feats, exact=exact),
                         dictionary=load_dictionary() if dictionary else None, checkpoint=checkpoint)
     if checkpoint is not None:
         searcher.encoder  # load and check the weights the user named now, not at first need
@@ -121,20 +122,21 @@ def record_for(searcher: Searcher, result: SearchResult) -> dict:
     used = rules is not None and result.expand
     record = searchlog.make_record(
         result, searcher.store, model_fingerprint=searcher.model_fingerprint,
-        rules_sha256=rules.sha256 if used else None, rules_path=rules.path if used else None)
+        rules_sha256=rules.sha256 if used else None, rules_path=rules.path if used else None,
+        backend=searcher.index.name)
     record["dictionary"] = used and searcher.dictionary is not None
     return record
 
 
 def search(searcher: Searcher, query: str | None = None, k: int = 5, expand: bool = True,
            log_dir: str | os.PathLike | None = None, image: str | os.PathLike | None = None, to: str = "image",
-           text_weight: float = 0.5, fuse: bool = False) -> tuple[SearchResult, dict]:
+           text_weight: float = 0.5, fuse: bool = False, where: Where | None = None) -> tuple[SearchResult, dict]:
     """Run one search (text, image, or image plus text) and append its record to the log.
 
     The log goes to ``log_dir`` (the features folder by default).
     """
     result = run_query(searcher, query=query, k=k, expand=expand, image=image, to=to, text_weight=text_weight,
-                       fuse=fuse)
+                       fuse=fuse, where=where)
     record = record_for(searcher, result)
     searchlog.append(log_dir if log_dir is not None else searcher.store.folder, record)
     return result, record
@@ -142,13 +144,20 @@ def search(searcher: Searcher, query: str | None = None, k: int = 5, expand: boo
 
 def run_query(searcher: Searcher, query: str | None = None, k: int = 5, expand: bool = True,
               image: str | os.PathLike | None = None, to: str = "image", text_weight: float = 0.5,
-              fuse: bool = False) -> SearchResult:
+              fuse: bool = False, where: Where | None = None) -> SearchResult:
     """Dispatch to the search mode the arguments name (shared by the CLI, the page and replay)."""
     if image is not None:
-        return searcher.search_image(image, k=k, to=to, text=query, text_weight=text_weight, expand=expand)
+        return searcher.search_image(image, k=k, to=to, text=query, text_weight=text_weight, expand=expand,
+                                     where=where)
     if to != "image":
         raise InputError("--to text needs --image PATH (image-to-text search)")
-    return searcher.search_text(query or "", k=k, expand=expand, fuse=fuse)
+    return searcher.search_text(query or "", k=k, expand=expand, fuse=fuse, where=where)
+
+
+def where_filter(searcher: Searcher, path_prefix: str | None = None,
+                 caption_contains: str | None = None) -> Where | None:
+    """``--where-path`` and ``--where-caption`` as one filter every backend runs (None: no filter)."""
+    return Where.parse(path_prefix, caption_contains, searcher.store.root)
 
 
 def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None = None,
@@ -177,7 +186,8 @@ def replay_records(records: list[dict], log_path: str | os.PathLike, features: s
         mode = record.get("mode", "text")
         result = run_query(searcher, query=None if mode == "image" else record.get("query"), k=record.get("k", 5),
                            expand=bool(record.get("expand")), image=record.get("image"), to=record.get("to", "image"),
-                           text_weight=record.get("text_weight") or 0.5, fuse=record.get("fuse", False))
+                           text_weight=record.get("text_weight") or 0.5, fuse=record.get("fuse", False),
+                           where=Where(**record["where"]) if record.get("where") else None)
         return record_for(searcher, result)
 
     return searchlog.replay(records, run)
@@ -185,11 +195,15 @@ def replay_records(records: list[dict], log_path: str | os.PathLike, features: s
 
 def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike | None = None,
              rules: str | os.PathLike | None = DEFAULT_RULES, compare_expansion: bool = False,
-             device: str = "auto", encoder: Encoder | None = None, fuse: bool = False, dictionary: bool = True) -> dict:
+             device: str = "auto", encoder: Encoder | None = None, fuse: bool = False, dictionary: bool = True,
+             exact: bool = False) -> dict:
     """Text-to-image and image-to-text metrics over a features folder (its captions or a query file).
 
     With ``compare_expansion`` the text-to-image metrics come twice: ``no_expansion`` and ``expansion``.
     Expansion is what search does (the dictionary too, unless ``dictionary`` is off).
+    The metrics rank every image exactly; when ``index.json`` names another backend (and ``exact`` is
+    not set), ``index`` adds recall@1/5/10 and NDCG@10 as that backend serves them, and how many of
+    the exact top 10 it returns (``agreement@10``).
     """
     from . import evaluate as ev
 
@@ -208,11 +222,36 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
         fused = np.stack([searcher.fused_scores(v, feats.image_features.shape[0]) for v in vectors])
         t2i[("expansion" if rules is not None else "no_expansion") + "_fused"] = ev.retrieval_metrics(fused, qs.relevant)
     result["text_to_image"] = t2i if compare_expansion or fuse else next(iter(t2i.values()))
+    index = backends.open_index(feats, exact=exact)
+    if index.name != "exact":
+        result["index"] = _served_metrics(index, searcher.query_vectors(qs.queries, modes[-1]),
+                                          feats.image_matrix(), qs.relevant)
     if feats.manifest.captions:
         texts = list(dict.fromkeys(c["text"] for c in feats.manifest.captions))
         result["image_to_text"] = ev.image_to_text(feats.manifest, feats.image_features,
                                                    searcher.encoder.encode_texts(texts), texts)
     return result
+
+
+def _served_metrics(index: backends.VectorIndex, vectors: torch.Tensor, matrix: np.ndarray,
+                    relevant: list[set[int]], depth: int = 10) -> dict:
+    """Top-``depth`` metrics of the rankings a backend serves, and its overlap with the exact top ``depth``."""
+    from . import evaluate as ev
+    from .search import exact_topk
+
+    queries = vectors.numpy().astype(np.float32)
+    rows, scores = index.search(queries, depth)
+    served = np.full((len(queries), matrix.shape[0]), -np.inf, dtype=np.float32)
+    overlap = []
+    for q in range(len(queries)):
+        keep = rows[q] >= 0
+        served[q, rows[q][keep]] = scores[q][keep]
+        truth = exact_topk(matrix, queries[q], depth)[0]
+        overlap.append(len(set(rows[q][keep].tolist()) & set(truth.tolist())) / max(1, len(truth)))
+    metrics = ev.retrieval_metrics(served, relevant)
+    out = {"backend": index.name, **{k: metrics[k] for k in ("recall@1", "recall@5", "recall@10", "ndcg@10")}}
+    out[f"agreement@{depth}"] = float(np.mean(overlap)) if overlap else 1.0
+    return out
 
 
 def _write_query_file(path: Path, rows: list[tuple[str, str]], root: Path) -> Path:
@@ -292,13 +331,16 @@ def language_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DE
     return report
 
 
-def build_index(features: str | os.PathLike = "outputs", kind: str = "auto", fp16: bool = False,
-                quiet: bool = True) -> dict:
-    """Build the ANN index beside a features folder; returns what was built (kind, time, memory, size)."""
+def build_index(features: str | os.PathLike = "outputs", backend: str = "faiss", quiet: bool = True,
+                **options) -> dict:
+    """Make an index backend serve a features folder (recorded in ``index.json`` beside them).
+
+    ``options`` are the backend's: FAISS ``kind``, ``fp16``; Qdrant ``path`` or ``url``, ``collection``,
+    ``shards``, ``replicas``, ``hnsw_m``, ``hnsw_ef_construct``, ``hnsw_ef``, ``recreate``.
+    Returns the config written (for Qdrant with the points written and deleted).
+    """
     feats = store.load(features, with_text=False)
-    built = ann.build(feats.image_matrix(), kind=kind, fp16=fp16, quiet=quiet)
-    ann.save(features, built, feats.fingerprint)
-    return built.meta
+    return backends.build(feats, backend, options, quiet=quiet)
 
 
 def parse_labels(labels: str | list[str]) -> list[str]:

@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search the features with a text query, an image, or both")
     _search_options(p)
-    p.add_argument("--exact", action="store_true", help="scan every vector even when an ANN index exists")
+    p.add_argument("--exact", action="store_true",
+                   help="scan every vector even when index.json names another backend (default: off)")
+    p.add_argument("--where-path", metavar="FOLDER",
+                   help="only images in this folder of the collection, relative to its root (default: all)")
+    p.add_argument("--where-caption", metavar="TEXT",
+                   help="only images with a caption containing TEXT, case-sensitive (default: all)")
     p.add_argument("--image", help="query image: similar images (itself excluded), or captions with --to text; "
                                    "with --query too, 'this picture, but ...'")
     p.add_argument("--to", default="image", choices=["image", "text"], help="what to return for --image")
@@ -125,12 +130,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object: {groups: [[{path, similarity}]]}")
     _common(p)
 
-    p = sub.add_parser("index", help="build an ANN index beside the features (used by search when present)")
+    from .index import BACKENDS
+    from .index import qdrant as q
+
+    p = sub.add_parser("index", help="choose the index backend that serves the features (search, serve, eval "
+                                     "and replay use it); Qdrant: also re-run after extract --update to sync")
     _features_arg(p)
-    p.add_argument("--backend", default="faiss", choices=["faiss"])
+    p.add_argument("--backend", default="faiss", choices=list(BACKENDS),
+                   help="exact scan, a FAISS file, or a Qdrant collection (default: faiss)")
     p.add_argument("--kind", default="auto", choices=["auto", "hnsw", "ivf", "flat"],
-                   help="auto: exact below 20k vectors, HNSW up to 300k, IVF above")
-    p.add_argument("--fp16", action="store_true", help="store vectors as float16 (half the memory)")
+                   help="faiss: auto is exact below 20k vectors, HNSW up to 300k, IVF above (default: auto)")
+    p.add_argument("--fp16", action="store_true", help="faiss: store vectors as float16, half the memory (default: off)")
+    p.add_argument("--qdrant-path", help=f"qdrant: embedded local mode in this folder (default: FEATURES/{q.LOCAL_FOLDER})")
+    p.add_argument("--qdrant-url", help=f"qdrant: a server or cluster, e.g. http://localhost:6333; its API key is read "
+                                        f"from ${q.API_KEY_ENV} (default: local mode)")
+    p.add_argument("--collection", default=q.DEFAULT_COLLECTION,
+                   help=f"qdrant: collection name (default: {q.DEFAULT_COLLECTION})")
+    p.add_argument("--shards", type=int, help="qdrant: shards of a new collection (default: the server's, 1)")
+    p.add_argument("--replicas", type=int, help="qdrant: replication factor of a new collection (default: the server's, 1)")
+    p.add_argument("--hnsw-m", type=int, default=q.HNSW_M, help=f"qdrant: HNSW links per node (default: {q.HNSW_M})")
+    p.add_argument("--hnsw-ef-construct", type=int, default=q.HNSW_EF_CONSTRUCT,
+                   help=f"qdrant: HNSW build breadth (default: {q.HNSW_EF_CONSTRUCT})")
+    p.add_argument("--hnsw-ef", type=int, default=q.HNSW_EF,
+                   help=f"qdrant: HNSW search breadth, higher is more exact and slower (default: {q.HNSW_EF})")
+    p.add_argument("--recreate", action="store_true",
+                   help="qdrant: drop the collection and upload everything again (default: sync changes only)")
     _common(p)
 
     p = sub.add_parser("train", help="train (--arch) or fine-tune (--model) a CLIP model on a captions file")
@@ -160,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-expand", action="store_true", help="evaluate queries as typed")
     p.add_argument("--no-dict", action="store_true", help="no CC-CEDICT renderings (default: dictionary on)")
     _rules_arg(p, "expansion table")
+    p.add_argument("--exact", action="store_true",
+                   help="skip the index backend's own figures even when index.json names one (default: off)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _common(p)
 
@@ -275,6 +301,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     searcher = api.open_searcher(args.features, model=args.model, checkpoint=args.checkpoint,
                                  rules=None if args.no_expand else args.rules, device=args.device,
                                  exact=args.exact, dictionary=not args.no_dict)
+    where = api.where_filter(searcher, args.where_path, args.where_caption)
     if needs_captions:
         searcher.store.caption_features()
     if batch:
@@ -293,7 +320,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             try:
                 result, _ = api.search(searcher, query, k=args.top_k, expand=not args.no_expand,
                                        log_dir=args.log_dir, image=image, to=args.to,
-                                       text_weight=args.text_weight, fuse=args.fuse)
+                                       text_weight=args.text_weight, fuse=args.fuse, where=where)
             except UserError as exc:
                 if not batch and (args.query is not None or args.image):
                     raise
@@ -456,7 +483,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return EXIT_OK
     report = api.evaluate(args.features, queries=args.queries, rules=rules,
                           compare_expansion=args.compare_expansion, device=args.device, fuse=args.fuse,
-                          dictionary=not args.no_dict)
+                          dictionary=not args.no_dict, exact=args.exact)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return EXIT_OK
@@ -465,6 +492,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _metric_table("text -> image / 文搜图", t2i if args.compare_expansion or args.fuse else {"value": t2i})
     if "image_to_text" in report:
         _metric_table("image -> text / 图搜文", {"value": report["image_to_text"]})
+    if "index" in report:
+        served = report["index"]
+        print(f"text -> image as served by {served['backend']} / 索引后端: " + "  ".join(
+            f"{k} {v:.4f}" for k, v in served.items() if k != "backend"))
     return EXIT_OK
 
 
@@ -515,9 +546,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from . import api
 
-    meta = api.build_index(args.features, kind=args.kind, fp16=args.fp16, quiet=args.quiet)
-    print(f"索引 / index: {meta['kind']}{' fp16' if meta['fp16'] else ''} over {meta['count']} vectors in "
-          f"{meta['build_seconds']:.1f} s, {meta['size_bytes'] / 1e6:.1f} MB on disk -> {args.features}")
+    if args.backend == "faiss":
+        meta = api.build_index(args.features, "faiss", quiet=args.quiet, kind=args.kind, fp16=args.fp16)
+        print(f"索引 / index: faiss {meta['kind']}{' fp16' if meta['fp16'] else ''} over {meta['count']} vectors in "
+              f"{meta['build_seconds']:.1f} s, {meta['size_bytes'] / 1e6:.1f} MB on disk -> {args.features}")
+    elif args.backend == "qdrant":
+        meta = api.build_index(args.features, "qdrant", quiet=args.quiet, path=args.qdrant_path, url=args.qdrant_url,
+                               collection=args.collection, shards=args.shards, replicas=args.replicas,
+                               hnsw_m=args.hnsw_m, hnsw_ef_construct=args.hnsw_ef_construct, hnsw_ef=args.hnsw_ef,
+                               recreate=args.recreate)
+        from pathlib import Path
+
+        where = meta["url"] or Path(args.features) / meta["path"]
+        print(f"索引 / index: qdrant collection {meta['collection']} at {where}: "
+              f"{meta['count']} points, {meta['written']} written, {meta['deleted']} deleted -> {args.features}")
+    else:
+        meta = api.build_index(args.features, args.backend, quiet=args.quiet)
+        print(f"索引 / index: {args.backend} over {meta['count']} vectors -> {args.features}")
     return EXIT_OK
 
 

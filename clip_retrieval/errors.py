@@ -34,3 +34,7 @@ class NewerFormatError(FeatureStoreError):
 
 class DiskFullError(UserError, OSError):
     """A write did not fit on the disk; nothing was replaced (the message names the folder and the size)."""
+
+
+class VectorDatabaseError(UserError):
+    """The vector database cannot be reached or opened (server down, local folder held by another process)."""

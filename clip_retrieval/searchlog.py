@@ -36,7 +36,7 @@ RECORD_VERSION = 2
 
 
 def make_record(result, store, *, model_fingerprint: str, rules_sha256: str | None,
-                rules_path: str | None) -> dict:
+                rules_path: str | None, backend: str = "exact") -> dict:
     """Everything a replay needs, beside what a person reads (the query as typed and normalised too).
 
     Paths that a replay resolves are absolute (features folder, query image, rules), and
@@ -63,6 +63,8 @@ def make_record(result, store, *, model_fingerprint: str, rules_sha256: str | No
                         "pooled": p in pooled} for p in result.expansions],
         "untranslated": result.expansion.untranslated if result.expansion else [],
         "k": result.k,
+        "where": result.where.to_json() if result.where is not None else None,
+        "backend": backend,
         "model": result.model,
         "model_fingerprint": model_fingerprint,
         "features_dir": str(Path(store.folder).resolve()),
@@ -145,7 +147,8 @@ INPUTS = (("model", "model", "model"),
           ("features_fingerprint", "images", "features"),
           ("caption_features_fingerprint", "captions", "caption features"),
           ("captions_sha256", "captions", "captions file"),
-          ("rules_sha256", "rules", "rules"))
+          ("rules_sha256", "rules", "rules"),
+          ("backend", "index", "index backend"))
 RANKING_ONLY, CAUSE_UNKNOWN = "ranking only", "cause unknown"
 
 

@@ -49,7 +49,7 @@ class Page:
         self.rules = rules
         self.max_pixels = max_pixels
         self.searcher = api.open_searcher(features, rules=rules, device=device, dictionary=dictionary)
-        self.plain = api.Searcher(self.searcher.store, lambda: self.searcher.encoder, None)
+        self.plain = api.Searcher(self.searcher.store, lambda: self.searcher.encoder, None, index=self.searcher.index)
 
     def _checked_upload(self, upload) -> str:
         """The uploaded file's path, after checking it is an image we will decode (else UserError)."""

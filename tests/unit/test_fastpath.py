@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_retrieval import ann, api, store
+from clip_retrieval import api, store
+from clip_retrieval.index import faiss as ann
 from clip_retrieval.search import Searcher, exact_topk
 
 from tests.conftest import ROOT, TINY_OPEN_CLIP
@@ -123,16 +124,16 @@ def test_ann_recall_against_exact(kind, fp16):
 def test_search_uses_the_index_and_ignores_a_stale_one(tiny_features, tmp_path):
     out = tmp_path / "f"
     shutil.copytree(tiny_features, out)
-    meta = api.build_index(out, kind="hnsw")
+    meta = api.build_index(out, "faiss", kind="hnsw")
     assert meta["count"] == 32 and (out / ann.INDEX_FILE).is_file()
     searcher = api.open_searcher(out, rules=None, device="cpu")
     exact = api.open_searcher(out, rules=None, device="cpu", exact=True)
-    assert searcher.ann is not None and exact.ann is None
+    assert searcher.index.name == "faiss" and exact.index.name == "exact"
     assert [h.index for h in searcher.search_text("灰猫", k=5).results] == \
         [h.index for h in exact.search_text("灰猫", k=5).results]
     store.save(out, store.load(out).image_features.flip(0), store.load(out).text_features,
                store.read_manifest(out))
-    assert api.open_searcher(out, rules=None, device="cpu").ann is None
+    assert api.open_searcher(out, rules=None, device="cpu").index.name == "exact"
 
 
 def test_update_keeps_a_valid_expansion_cache(small_collection, tiny_open_clip, tmp_path):

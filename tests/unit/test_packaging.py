@@ -40,9 +40,9 @@ def _declared(reqs) -> set[str]:
 
 
 @pytest.mark.parametrize("folder, extras", [
-    ("clip_retrieval", ["ann", "web", "multilingual"]),
-    ("tests", ["ann", "web", "multilingual", "dev"]),
-    ("benchmarks", ["ann"]),
+    ("clip_retrieval", ["ann", "web", "multilingual", "qdrant"]),
+    ("tests", ["ann", "web", "multilingual", "qdrant", "dev"]),
+    ("benchmarks", ["ann", "qdrant"]),
     ("scripts", ["dev"]),
 ])
 def test_every_third_party_import_is_declared(folder, extras):

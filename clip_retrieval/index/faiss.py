@@ -1,14 +1,13 @@
-"""Approximate nearest-neighbour indexes beside the features (FAISS).
+"""The FAISS backend: an approximate nearest-neighbour index file beside the features.
 
-Owns building, saving, loading and querying ``index.faiss`` + ``index.json``. The kind is
-chosen by size: below ``EXACT_BELOW`` vectors the exact scan is already fast, up to
-``HNSW_UP_TO`` an HNSW graph, above that an inverted file (IVF). The index records the
-features fingerprint it was built from; a stale one is ignored with a warning.
+Owns building, saving, loading and querying ``index.faiss`` (its settings go to ``index.json``
+through the registry). The kind is chosen by size: below ``EXACT_BELOW`` vectors the exact
+scan is already fast, up to ``HNSW_UP_TO`` an HNSW graph, above that an inverted file (IVF).
+Filters over-fetch: the index is asked for more neighbours until k pass the row mask.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -18,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .store import write_atomic
+from ..errors import InputError
+from ..store import FeatureStore, write_atomic
+from .base import RowMask, Where, padded
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
-INDEX_META = "index.json"
 EXACT_BELOW = 20_000
 HNSW_UP_TO = 300_000
 KINDS = ("auto", "hnsw", "ivf", "flat")
@@ -115,31 +114,66 @@ def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int
     return AnnIndex(index, meta)
 
 
-def save(folder: str | os.PathLike, ann: AnnIndex, features_fingerprint: str) -> Path:
+def save(folder: str | os.PathLike, ann: AnnIndex) -> Path:
+    """Write ``index.faiss`` atomically; its size joins the settings."""
     folder = Path(folder)
     faiss = _faiss()
     write_atomic(folder / INDEX_FILE, lambda tmp: faiss.write_index(ann.index, str(tmp)))
-    meta = dict(ann.meta, features_fingerprint=features_fingerprint,
-                size_bytes=(folder / INDEX_FILE).stat().st_size)
-    write_atomic(folder / INDEX_META, lambda tmp: tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
-    ann.meta = meta
+    ann.meta = dict(ann.meta, size_bytes=(folder / INDEX_FILE).stat().st_size)
     return folder / INDEX_FILE
 
 
-def load(folder: str | os.PathLike, features_fingerprint: str) -> AnnIndex | None:
-    """The index beside these features, or None when there is none or it was built from other features."""
-    folder = Path(folder)
-    if not (folder / INDEX_FILE).is_file() or not (folder / INDEX_META).is_file():
-        return None
-    meta = json.loads((folder / INDEX_META).read_text(encoding="utf-8"))
-    if meta.get("features_fingerprint") != features_fingerprint:
-        log.warning("ignoring %s: built from other features; rebuild with clip-retrieval index --features %s",
-                    folder / INDEX_FILE, folder)
-        return None
+def load(folder: str | os.PathLike, meta: dict) -> AnnIndex:
+    """The index file beside the features, with the search settings it was built with."""
+    path = Path(folder) / INDEX_FILE
+    if not path.is_file():
+        raise InputError(f"{path} is missing; rebuild it with clip-retrieval index --backend faiss --features {folder}")
     faiss = _faiss()
-    index = faiss.read_index(str(folder / INDEX_FILE))
+    index = faiss.read_index(str(path))
     if meta["kind"] == "hnsw":
         faiss.downcast_index(index).hnsw.efSearch = meta["params"]["ef_search"]
     elif meta["kind"] == "ivf":
         faiss.extract_index_ivf(index).nprobe = meta["params"]["nprobe"]
     return AnnIndex(index, meta)
+
+
+class FaissIndex:
+    """An ``AnnIndex`` as a ``VectorIndex``: filters by over-fetching until k rows pass the mask."""
+
+    name = "faiss"
+
+    def __init__(self, store: FeatureStore, ann: AnnIndex):
+        self.ann = ann
+        self._count = store.image_features.shape[0]
+        self._mask = RowMask(store)
+
+    def search(self, queries: np.ndarray, k: int, where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.atleast_2d(queries)
+        if where is None:
+            return self.ann.search(queries, k)
+        mask = self._mask(where)
+        wanted = min(k, int(mask.sum()))
+        share = max(mask.mean(), 1e-9) if self._count else 1.0
+        out = []
+        for q in queries:
+            fetch = min(self._count, max(4 * k, int(2 * k / share)))
+            while True:
+                ids, scores = self.ann.search(q[None, :], fetch)
+                keep = (ids[0] >= 0) & mask[np.maximum(ids[0], 0)]
+                if keep.sum() >= wanted or fetch >= self._count:
+                    break
+                fetch = min(self._count, fetch * 4)
+            out.append((ids[0][keep][:k], scores[0][keep][:k]))
+        return padded(out, k)
+
+
+def create(store: FeatureStore, folder: str | os.PathLike, options: dict, quiet: bool = True) -> dict:
+    """Build and save the index; returns its settings (kind, parameters, time, memory, size)."""
+    built = build(store.image_matrix(), kind=options.get("kind", "auto"), fp16=options.get("fp16", False),
+                  quiet=quiet)
+    save(folder, built)
+    return built.meta
+
+
+def open_index(store: FeatureStore, config: dict) -> FaissIndex:
+    return FaissIndex(store, load(store.folder, config))

@@ -1,0 +1,161 @@
+"""The nearest-neighbour interface every index backend implements, the filters they all run,
+and ``index.json``, the small file beside the features that says which backend serves them.
+
+Owns what is common to backends: the ``VectorIndex`` protocol, ``Where`` (the result filters,
+expressed once), each row's payload (path relative to the collection root, captions, content
+hash) and reading/writing ``index.json``. It must not know any backend's library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import FeatureStoreError, InputError
+
+if TYPE_CHECKING:  # numpy and the store (torch) load on use: the CLI parser reads this package for its help
+    import numpy as np
+
+    from ..store import FeatureStore
+
+INDEX_CONFIG = "index.json"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Result filters a photo collection needs; every backend runs exactly these semantics.
+
+    ``path_prefix``: a folder relative to the collection root (its images and its subfolders').
+    ``caption_contains``: some caption of the image contains this text (case-sensitive, as typed).
+    """
+
+    path_prefix: str | None = None
+    caption_contains: str | None = None
+
+    @classmethod
+    def parse(cls, path_prefix: str | None, caption_contains: str | None,
+              root: str | os.PathLike | None = None) -> Where | None:
+        """Normalise what a user typed; None when there is nothing to filter on."""
+        prefix = None
+        if path_prefix is not None and path_prefix.strip():
+            text = path_prefix.strip().replace("\\", "/")
+            if root is not None and Path(text).is_absolute():
+                text = relative_path(text, root)
+            prefix = str(PurePosixPath(text)).rstrip("/")
+            if prefix in ("", "."):
+                prefix = None
+        caption = caption_contains if caption_contains else None
+        return cls(prefix, caption) if prefix is not None or caption is not None else None
+
+    def matches(self, path: str, captions: list[str]) -> bool:
+        """Whether an image (path relative to the collection root, its captions) passes the filter."""
+        if self.path_prefix is not None and not path.startswith(self.path_prefix + "/"):
+            return False
+        return self.caption_contains is None or any(self.caption_contains in c for c in captions)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in (("path_prefix", self.path_prefix), ("caption_contains", self.caption_contains))
+                if v is not None}
+
+
+def relative_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """A manifest image path as a POSIX path relative to the collection root (absolute when outside it)."""
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+@dataclass(frozen=True)
+class Row:
+    """What a backend stores beside a vector, so a result can be shown without the local manifest."""
+
+    path: str
+    captions: list[str]
+    sha256: str
+
+
+def rows_of(store: FeatureStore) -> list[Row]:
+    """One ``Row`` per image vector, in the store's order."""
+    return [Row(relative_path(e["path"], store.root), list(e.get("captions", [])), e.get("sha256", ""))
+            for e in store.manifest.images]
+
+
+class RowMask:
+    """Boolean row masks for ``Where`` filters over one store, computed once per filter."""
+
+    def __init__(self, store: FeatureStore):
+        self._store = store
+        self._rows: list[Row] | None = None
+        self._masks: dict[Where, np.ndarray] = {}
+
+    def __call__(self, where: Where) -> np.ndarray:
+        import numpy as np
+
+        if self._rows is None:
+            self._rows = rows_of(self._store)
+        if where not in self._masks:  # only the last filter is kept: a session asks for one at a time
+            self._masks = {where: np.fromiter((where.matches(r.path, r.captions) for r in self._rows),
+                                              dtype=bool, count=len(self._rows))}
+        return self._masks[where]
+
+
+class VectorIndex(Protocol):
+    """Nearest neighbours among a store's image vectors.
+
+    ``search`` takes a ``[Q, D]`` float32 batch of unit vectors and returns ``(rows, scores)``,
+    each ``[Q, k]``, best first, where rows index the store's images and -1 marks no result
+    (fewer than k images pass ``where``). Scores are cosine similarities.
+    """
+
+    name: str
+
+    def search(self, queries: np.ndarray, k: int, where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ...
+
+
+def padded(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query (rows, scores) lists stacked into ``[Q, k]`` arrays, short ones padded with -1 / -inf."""
+    import numpy as np
+
+    rows = np.full((len(results), k), -1, dtype=np.int64)
+    scores = np.full((len(results), k), -np.inf, dtype=np.float32)
+    for q, (r, s) in enumerate(results):
+        rows[q, :len(r)] = r[:k]
+        scores[q, :len(s)] = s[:k]
+    return rows, scores
+
+
+def read_config(folder: str | os.PathLike) -> dict | None:
+    """``index.json`` beside the features, or None when there is none."""
+    path = Path(folder) / INDEX_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise FeatureStoreError(f"{path}: not valid JSON ({exc}); rebuild it with clip-retrieval index "
+                                f"--features {folder}") from exc
+    if not isinstance(config, dict) or "backend" not in config:
+        raise FeatureStoreError(f"{path} names no backend; rebuild it with clip-retrieval index --features {folder}")
+    return config
+
+
+def write_config(folder: str | os.PathLike, config: dict) -> None:
+    """Write ``index.json`` atomically (never an API key: backends name the variable holding it)."""
+    from ..store import write_atomic
+
+    path = Path(folder) / INDEX_CONFIG
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8"))
+
+
+def check_positive(name: str, value: int | None) -> None:
+    """Refuse a count option below 1, naming the flag."""
+    if value is not None and value < 1:
+        raise InputError(f"{name} must be at least 1, got {value}")

@@ -1,0 +1,293 @@
+"""Index backends behind one interface: exact, FAISS and Qdrant (embedded local mode, the real client).
+
+Features come from the tiny open_clip model over a generated collection laid out in folders,
+so filters by folder and caption have something to tell apart.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_retrieval import api, cli, store
+from clip_retrieval.errors import ModelMismatchError, VectorDatabaseError
+from clip_retrieval.index import BACKENDS, INDEX_CONFIG, Where, open_index
+from clip_retrieval.index import qdrant as qd
+
+pytest.importorskip("qdrant_client")
+
+# four folders; "photos/b" must match photos/b/sub but neither photos/bb nor photos_b
+FOLDERS = ["photos/a", "photos/b/sub", "photos/bb", "photos_b"]
+FILTERS = [Where("photos/b"), Where("photos"), Where("photos/a/"), Where(caption_contains="猫"),
+           Where("photos/bb", "雪"), Where("nowhere"), Where(caption_contains="一只")]
+
+
+def _extract(csv_path, checkpoint, out, **kw):
+    return api.extract_features(csv=csv_path, model="open_clip:tiny", checkpoint=str(checkpoint), out=out,
+                                num_workers=0, device="cpu", quiet=True, rules=None, **kw)
+
+
+@pytest.fixture(scope="module")
+def foldered(tmp_path_factory, tiny_open_clip):
+    """96 images spread over FOLDERS, their captions, and their features: (collection csv, features)."""
+    from clip_retrieval.demo_data import make_collection
+
+    root = tmp_path_factory.mktemp("foldered")
+    made = make_collection(root / "made", per_pair=3, seed=3, size=64)
+    coll = root / "coll"
+    rows = list(csv.reader(made.open(encoding="utf-8")))[1:]
+    out_rows = []
+    for n, (path, caption) in enumerate(rows):
+        target = f"{FOLDERS[n % len(FOLDERS)]}/{path.split('/')[-1]}"
+        (coll / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(made.parent / path, coll / target)
+        out_rows.append((target, caption))
+    csv_path = coll / "captions.csv"
+    with csv_path.open("w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([("image_path", "caption"), *out_rows])
+    features = root / "features"
+    _extract(csv_path, tiny_open_clip, features)
+    return csv_path, features
+
+
+@pytest.fixture(scope="module")
+def encoder(foldered):
+    """The tiny model, loaded once for every searcher in this module."""
+    return api.encoder_for(store.read_manifest(foldered[1]), device="cpu")
+
+
+def _copy(features, tmp_path, name="f"):
+    out = tmp_path / name
+    shutil.copytree(features, out)
+    return out
+
+
+def _index(features, backend, *extra) -> int:
+    return cli.main(["index", "--features", str(features), "--backend", backend, "--quiet", *extra])
+
+
+def test_registry_names_three_backends_and_each_module_implements_the_interface():
+    from clip_retrieval import index
+
+    assert set(BACKENDS) == {"exact", "faiss", "qdrant"}
+    for name in BACKENDS:
+        module = index.backend(name)
+        assert callable(module.create) and callable(module.open_index)
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss", "qdrant"])
+def test_index_json_routes_search_and_exact_still_forces_the_scan(encoder, backend, foldered, tmp_path, capsys):
+    out = _copy(foldered[1], tmp_path)
+    extra = ["--kind", "hnsw"] if backend == "faiss" else []
+    assert _index(out, backend, *extra) == 0
+    config = json.loads((out / INDEX_CONFIG).read_text(encoding="utf-8"))
+    assert config["backend"] == backend and config["features_fingerprint"] == store.load(out).fingerprint
+    served = api.open_searcher(out, rules=None, encoder=encoder)
+    exact = api.open_searcher(out, rules=None, encoder=encoder, exact=True)
+    assert served.index.name == backend and exact.index.name == "exact"
+    assert [h.index for h in served.search_text("灰猫", k=8).results] == \
+        [h.index for h in exact.search_text("灰猫", k=8).results]
+    # the CLI takes the same route without any backend flag, and logs which backend answered
+    capsys.readouterr()
+    assert cli.main(["search", "--features", str(out), "-q", "灰猫", "--no-expand", "--json", "-k", "3"]) == 0
+    record = json.loads((out / "search_log.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    assert record["backend"] == backend
+
+
+def test_qdrant_local_returns_the_exact_top_k(foldered, tmp_path):
+    out = _copy(foldered[1], tmp_path)
+    api.build_index(out, "qdrant")
+    feats = store.load(out, with_text=False)
+    served = open_index(feats)
+    exact = open_index(feats, exact=True)
+    queries = feats.image_matrix() + 0.05 * np.random.default_rng(0).standard_normal(feats.image_matrix().shape,
+                                                                                       dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    rows, scores = served.search(queries, 10)
+    truth_rows, truth_scores = exact.search(queries, 10)
+    assert served.name == "qdrant"
+    assert (rows == truth_rows).all()
+    assert np.allclose(scores, truth_scores, atol=1e-5)
+
+
+def test_filters_give_the_same_results_from_every_backend(encoder, foldered, tmp_path):
+    searchers = {}
+    for backend in BACKENDS:
+        out = _copy(foldered[1], tmp_path, backend)
+        api.build_index(out, backend, **({"kind": "hnsw"} if backend == "faiss" else {}))
+        searchers[backend] = api.open_searcher(out, rules=None, encoder=encoder)
+    for where in FILTERS:
+        where = Where.parse(where.path_prefix, where.caption_contains)
+        answers = {name: [(h.image_path.split("/", 3)[-1], h.caption) for h in
+                          s.search_text("灰猫在雪地", k=6, where=where).results] for name, s in searchers.items()}
+        assert answers["faiss"] == answers["exact"] == answers["qdrant"], where
+        rows = searchers["exact"].store.manifest.images
+        expected = sum(where is None or where.matches(r["path"], r["captions"]) for r in rows)
+        assert len(answers["exact"]) == min(6, expected), where
+    rows = [r["path"] for r in searchers["exact"].store.manifest.images]
+    inside = {p for p in rows if p.startswith("photos/b/")}
+    assert inside and all(p.startswith("photos/b/sub/") for p in inside)
+    got = [h.index for h in searchers["qdrant"].search_text("猫", k=50, where=Where("photos/b")).results]
+    assert {rows[i] for i in got} == inside
+
+
+@pytest.mark.slow
+def test_where_flags_reach_the_search_command(foldered, tmp_path, capsys):
+    out = _copy(foldered[1], tmp_path)
+    _index(out, "qdrant")
+    capsys.readouterr()
+    assert cli.main(["search", "--features", str(out), "-q", "灰猫", "--no-expand", "--json", "-k", "40",
+                     "--where-path", "photos/bb", "--where-caption", "猫"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert results and all("/photos/bb/" in "/" + r["image_path"] and "猫" in r["caption"] for r in results)
+    record = json.loads((out / "search_log.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    assert record["where"] == {"path_prefix": "photos/bb", "caption_contains": "猫"}
+    outcomes = api.replay_log(out / "search_log.jsonl", device="cpu")
+    assert [o.identical for o in outcomes] == [True]
+
+
+def _counting_uploads(monkeypatch) -> list[int]:
+    """Count the points handed to qdrant-client's bulk upload (the real one still runs)."""
+    from qdrant_client import QdrantClient
+
+    counts: list[int] = []
+    real = QdrantClient.upload_points
+
+    def upload(self, collection_name, points, **kw):
+        points = list(points)
+        counts.append(len(points))
+        return real(self, collection_name, points, **kw)
+
+    monkeypatch.setattr(QdrantClient, "upload_points", upload)
+    return counts
+
+
+@pytest.mark.slow
+def test_incremental_sync_writes_only_what_changed(encoder, foldered, tiny_open_clip, tmp_path, monkeypatch):
+    csv_path, features = foldered
+    coll = tmp_path / "coll"
+    shutil.copytree(csv_path.parent, coll)
+    out = _copy(features, tmp_path)
+    (out / "manifest.json").write_text((out / "manifest.json").read_text(encoding="utf-8").replace(
+        json.dumps(str(csv_path.parent))[1:-1], json.dumps(str(coll))[1:-1]), encoding="utf-8")
+    counts = _counting_uploads(monkeypatch)
+    first = api.build_index(out, "qdrant")
+    assert counts == [96] and first["written"] == 96
+    again = api.build_index(out, "qdrant")                  # idempotent: same ids, nothing to write
+    assert counts[-1] == 0 and again["written"] == again["deleted"] == 0
+    # 1% of the collection changes: one image's content
+    lines = (coll / "captions.csv").read_text(encoding="utf-8").splitlines()
+    changed = lines[5].split(",")[0]
+    Image.new("RGB", (64, 64), (250, 0, 250)).save(coll / changed)
+    _extract(coll / "captions.csv", tiny_open_clip, out, update=True)
+    synced = api.build_index(out, "qdrant")
+    assert counts[-1] == 1 and synced["written"] == 1 and synced["deleted"] == 1
+    # a caption edited and an image removed: one point rewritten, one deleted
+    lines[9] = lines[9].split(",")[0] + ",改过的描述"
+    removed = lines.pop(12).split(",")[0]
+    (coll / "captions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _extract(coll / "captions.csv", tiny_open_clip, out, update=True)
+    synced = api.build_index(out, "qdrant")
+    assert counts[-1] == 1 and synced["deleted"] == 1 and synced["count"] == 95
+    searcher = api.open_searcher(out, rules=None, encoder=encoder)
+    client = searcher.index.client
+    assert client.count(qd.DEFAULT_COLLECTION, exact=True).count == 95
+    stored = client.scroll(qd.DEFAULT_COLLECTION, limit=200, with_payload=True)[0]
+    paths = {p.payload["path"] for p in stored}
+    assert removed not in paths and changed in paths
+    assert any(p.payload["captions"] == ["改过的描述"] for p in stored)
+    assert all(len(p.payload["sha256"]) == 64 for p in stored)
+
+
+def test_point_ids_come_from_the_content_hash():
+    from clip_retrieval.index.base import Row
+
+    a = qd.point_id(Row("x/a.png", ["猫"], "ab" * 32))
+    assert a == qd.point_id(Row("x/a.png", ["狗"], "ab" * 32))      # captions live in the payload
+    assert a != qd.point_id(Row("x/a.png", ["猫"], "cd" * 32))      # new content, new point
+    assert a != qd.point_id(Row("y/a.png", ["猫"], "ab" * 32))      # same bytes elsewhere stay two results
+
+
+def test_unreachable_server_is_named_quickly(foldered, tmp_path, capsys, monkeypatch):
+    out = _copy(foldered[1], tmp_path)
+    monkeypatch.setenv(qd.API_KEY_ENV, "secret-key-value")
+    url = "http://127.0.0.1:9"                              # the discard port: nothing listens
+    assert _index(out, "qdrant", "--qdrant-url", url) == 2
+    err = capsys.readouterr().err
+    assert url in err and "secret-key-value" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / INDEX_CONFIG).exists()
+
+
+@pytest.mark.slow
+def test_a_collection_from_another_model_or_dimension_is_refused(foldered, tmp_path, capsys):
+    shared = tmp_path / "shared_qdrant"
+    first = _copy(foldered[1], tmp_path, "first")
+    assert _index(first, "qdrant", "--qdrant-path", str(shared)) == 0
+    feats = store.load(first)
+    other = tmp_path / "other"
+    manifest = replace(feats.manifest, model=replace(feats.manifest.model, name="open_clip:other"))
+    store.save(other, feats.image_features, feats.text_features, manifest)
+    assert _index(other, "qdrant", "--qdrant-path", str(shared)) == 2
+    err = capsys.readouterr().err
+    assert "open_clip:tiny (32-d)" in err and "open_clip:other (32-d)" in err
+    narrow = tmp_path / "narrow"
+    store.save(narrow, feats.image_features[:, :16], feats.text_features[:, :16], feats.manifest)
+    with pytest.raises(ModelMismatchError, match=r"32-d.*16-d"):
+        api.build_index(narrow, "qdrant", path=shared)
+    # --recreate replaces it with the new model's collection
+    assert _index(other, "qdrant", "--qdrant-path", str(shared), "--recreate") == 0
+    assert open_index(store.load(other, with_text=False)).name == "qdrant"
+
+
+@pytest.mark.slow
+def test_a_local_folder_held_by_another_process_suggests_a_server(foldered, tmp_path, capsys):
+    out = _copy(foldered[1], tmp_path)
+    folder = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from qdrant_client import QdrantClient
+        import sys, time
+        client = QdrantClient(path={str(folder)!r})
+        print("held", flush=True)
+        sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert _index(out, "qdrant", "--qdrant-path", str(folder)) == 2
+        err = capsys.readouterr().err
+        assert str(folder) in err and "--qdrant-url" in err
+        with pytest.raises(VectorDatabaseError, match="server"):
+            qd.connect(folder)
+    finally:
+        holder.communicate("")
+    assert _index(out, "qdrant", "--qdrant-path", str(folder)) == 0
+
+
+def test_local_mode_past_the_clients_recommended_size_warns(foldered, tmp_path, monkeypatch, caplog):
+    from qdrant_client.local.qdrant_local import QdrantLocal
+
+    assert qd.local_size_limit() == QdrantLocal.LARGE_DATA_THRESHOLD == 20_000
+    out = _copy(foldered[1], tmp_path)
+    api.build_index(out, "qdrant")
+    assert not [r for r in caplog.records if "qdrant-url" in r.getMessage()]
+    monkeypatch.setattr(QdrantLocal, "LARGE_DATA_THRESHOLD", 50)
+    api.build_index(out, "qdrant")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("96" in m and "--qdrant-url" in m for m in warned), warned
+
+
+def test_eval_reports_what_the_backend_serves(encoder, foldered, tmp_path):
+    out = _copy(foldered[1], tmp_path)
+    api.build_index(out, "qdrant")
+    report = api.evaluate(out, rules=None, encoder=encoder)
+    assert report["index"]["backend"] == "qdrant" and report["index"]["agreement@10"] == 1.0
+    assert report["index"]["recall@10"] == report["text_to_image"]["recall@10"]
+    assert "index" not in api.evaluate(out, rules=None, encoder=encoder, exact=True)
