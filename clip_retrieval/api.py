@@ -34,16 +34,20 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                      quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      encoder: Encoder | None = None,
                      rules: str | os.PathLike | None = DEFAULT_RULES, update: bool = False,
-                     exact_decode: bool = False) -> ExtractResult:
+                     exact_decode: bool = False, skip_bad_rows: bool = False) -> ExtractResult:
     """Validate the collection first (cheap), then load the model and encode it.
 
     When the rules file exists, the expansion cache is built too, so first searches are fast.
     ``update`` re-encodes only what changed since the features already in ``out``.
     ``exact_decode`` turns JPEG draft decoding off (pixels as a plain PIL decode gives them).
+    ``skip_bad_rows`` leaves malformed CSV rows out (listed in the manifest's source) instead of refusing the file.
     """
     if csv is not None and images is not None:
         raise InputError("give either --csv or --images, not both")
-    coll = scan_images(images) if images is not None else read_captions(csv or "data/captions.csv")
+    if images is not None:
+        coll = scan_images(images)
+    else:
+        coll = read_captions(csv or "data/captions.csv", skip_bad_rows=skip_bad_rows)
     previous = None
     if update and (Path(out) / store.MANIFEST_FILE).is_file():
         previous = store.load(out)

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-decode", action="store_true",
                    help="decode JPEGs at full size, as plain PIL does (default: off, draft decoding at reduced "
                         "size, several times faster on phone photos)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave out malformed CSV rows (open quotes, wrong column counts, empty cells, missing "
+                        "images) and list them in the manifest (default: off, the first one is an error)")
     _common(p)
 
     p = sub.add_parser("search", help="search the features with a text query, an image, or both")
@@ -231,13 +234,22 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                   out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
                                   device=args.device, quiet=args.quiet,
                                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, rules=args.rules,
-                                  update=args.update, exact_decode=args.exact_decode)
+                                  update=args.update, exact_decode=args.exact_decode,
+                                  skip_bad_rows=args.skip_bad_rows)
     counts = result.manifest.counts
     print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
           f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "
           f"reused {result.reused_images})")
     for entry in result.skipped:
-        print(f"  skipped / 跳过: {entry['path']} (row {entry['row']}): {entry['reason']}", file=sys.stderr)
+        where = f" (line {entry['row']})" if entry["row"] else ""   # folder mode has no CSV line
+        print(f"  skipped / 跳过: {entry['path']}{where}: {entry['reason']}", file=sys.stderr)
+    source = result.manifest.source
+    for bad in source.get("bad_rows", []):
+        print(f"  bad row skipped / 跳过坏行: {source['csv']} line {bad['line']}: {bad['reason']}", file=sys.stderr)
+    duplicates = source.get("duplicate_rows", {})
+    if duplicates.get("count"):
+        lines = ", ".join(map(str, duplicates["lines"][:10])) + (" …" if duplicates["count"] > 10 else "")
+        print(f"  重复的行已忽略 / duplicate rows ignored: {duplicates['count']} (lines {lines})", file=sys.stderr)
     return EXIT_OK
 
 

@@ -54,61 +54,113 @@ def _decode_csv(path: Path) -> tuple[str, str]:
     raise InputError(f"{path}: not UTF-8 or GBK/GB18030 text; save it as UTF-8 CSV")
 
 
-def read_captions(csv_path: str | os.PathLike, check_images: bool = True) -> Collection:
+def _csv_lines(text: str):
+    """(line number, cells or None, problem) for each physical line.
+
+    Every line is parsed on its own, so a quote left open cannot swallow the rows after it, and a
+    broken line is reported where it starts. A caption spanning lines is therefore a problem too.
+    """
+    lines = text.split("\n") if "\n" in text or "\r" not in text else text.split("\r")   # old Mac files: \r only
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip(" \t\r")
+        if "\0" in line:
+            yield number, None, "contains NUL bytes; is this a CSV text file?"
+            continue
+        try:
+            yield number, next(csv.reader([line], skipinitialspace=True, strict=True), []), ""
+        except csv.Error as exc:
+            yield number, None, _csv_problem(str(exc))
+
+
+def _csv_problem(message: str) -> str:
+    if "unexpected end of data" in message:
+        return ("a quote opened on this line is not closed on it (it would swallow the rows below); "
+                "close it, or write a quote inside a quoted caption as two quotes \"\"")
+    if "field larger than field limit" in message:
+        return f"a field longer than {csv.field_size_limit():,} characters; is this a CSV of image_path,caption?"
+    if "expected after" in message:
+        return "text after a closing quote; quote the whole caption, e.g. \"他说\"\"你好\"\"\""
+    return f"not a valid CSV row ({message})"
+
+
+def read_captions(csv_path: str | os.PathLike, check_images: bool = True, skip_bad_rows: bool = False) -> Collection:
     """Parse ``image_path,caption`` rows as real files arrive (BOM, GBK, stray spaces, blank lines).
 
-    Problems are collected and reported together, each naming the file and line.
+    A row is never merged with the next or cut short: an open quote, a wrong number of
+    columns, an empty cell or a missing image is a problem naming the file and line. Problems
+    are reported together (``InputError``), or with ``skip_bad_rows`` the rows are left out and
+    listed in ``source["bad_rows"]``. Repeated identical rows are kept once and counted in
+    ``source["duplicate_rows"]``.
     """
     path = Path(csv_path)
     if not path.is_file():
         raise InputError(f"captions file not found: {path}")
     text, encoding = _decode_csv(path)
-    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
-    header = next(reader, None)
-    while header is not None and not any(cell.strip() for cell in header):
-        header = next(reader, None)
-    if header is None:
+    if not text.strip():
         raise InputError(f"{path}: empty file; expected a header row 'image_path,caption'")
+    rows = _csv_lines(text)
+    for line, header, problem in rows:
+        if problem:
+            raise InputError(f"{path} line {line}: header: {problem}")
+        if any(cell.strip() for cell in header):
+            break
     columns = [cell.strip().lower() for cell in header]
     missing = [c for c in ("image_path", "caption") if c not in columns]
     if missing:
-        raise InputError(f"{path} line {reader.line_num}: missing column {', '.join(missing)} "
+        raise InputError(f"{path} line {line}: missing column {', '.join(missing)} "
                          f"(found {', '.join(repr(c) for c in columns)}); the header must be 'image_path,caption'")
     ip, cp = columns.index("image_path"), columns.index("caption")
     root = path.resolve().parent
     coll = Collection(root=root, images=[], source={"csv": str(path), "encoding": encoding})
     index: dict[str, int] = {}
-    problems: list[str] = []
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) <= max(ip, cp):
-            problems.append(f"{path} line {line}: expected {len(columns)} columns, got {len(row)}; quote captions that contain commas")
-            continue
-        image, caption = row[ip].strip(), row[cp].strip()
-        if not image:
-            problems.append(f"{path} line {line}: empty image_path")
-            continue
-        if not caption:
-            problems.append(f"{path} line {line}: empty caption for {image}")
-            continue
-        if image not in index:
-            if check_images and not coll.resolve(image).is_file():
-                problems.append(f"{path} line {line}: image not found: {coll.resolve(image)}")
+    seen: set[tuple[str, str]] = set()
+    problems: list[tuple[int, str]] = []
+    duplicates: list[int] = []
+    for line, row, problem in rows:
+        if not problem:
+            if not any(cell.strip() for cell in row):
                 continue
+            problem = _row_problem(row, columns, ip, cp)
+        if not problem:
+            image, caption = row[ip].strip(), row[cp].strip()
+            if (image, caption) in seen:
+                duplicates.append(line)
+                continue
+            if image not in index and check_images and not resolve_path(root, image).is_file():
+                problem = f"image not found: {resolve_path(root, image)}"
+        if problem:
+            problems.append((line, problem))
+            continue
+        seen.add((image, caption))
+        if image not in index:
             index[image] = len(coll.images)
             coll.images.append(image)
             coll.image_rows.append(line)
         coll.captions.append(caption)
         coll.caption_image.append(index[image])
         coll.caption_rows.append(line)
-    if problems:
+    if problems and not skip_bad_rows:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise InputError(problems[0] + more)
+        raise InputError(f"{path} line {problems[0][0]}: {problems[0][1]}{more}; "
+                         f"fix the row, or extract --skip-bad-rows leaves bad rows out")
+    coll.source["bad_rows"] = [{"line": line, "reason": reason} for line, reason in problems]
+    coll.source["duplicate_rows"] = {"count": len(duplicates), "lines": duplicates[:100]}
     if not coll.images:
-        raise InputError(f"{path}: no rows; add lines 'image_path,caption'")
+        raise InputError(f"{path}: no usable rows; add lines 'image_path,caption'")
     return coll
+
+
+def _row_problem(row: list[str], columns: list[str], ip: int, cp: int) -> str:
+    """Why a parsed row cannot be used as it stands ('' when it can)."""
+    extra = [cell for cell in row[len(columns):] if cell.strip()]
+    if len(row) < len(columns) or extra:
+        return (f"expected {len(columns)} columns ({','.join(columns)}), got {len(row)}; "
+                f"quote captions that contain commas")
+    if not row[ip].strip():
+        return "empty image_path"
+    if not row[cp].strip():
+        return f"empty caption for {row[ip].strip()}"
+    return ""
 
 
 def scan_images(folder: str | os.PathLike) -> Collection:

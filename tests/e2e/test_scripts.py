@@ -107,3 +107,24 @@ def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path, cli):
     proc = cli("search", "--features", str(out), "--query", "金毛", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"][0]["caption"] == ""
+
+
+def test_bad_rows_refused_or_skipped_and_listed(small_collection, tiny_open_clip, tmp_path, cli):
+    rows = small_collection.read_text(encoding="utf-8").splitlines()
+    rows[3:3] = ['images/piglet_grass_00.png,"引号没有闭合', rows[1], "images/piglet_grass_00.png,a,b,c,d"]
+    csv_path = small_collection.parent / "bad_rows.csv"
+    csv_path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    args = ["extract", "--csv", csv_path, "--model", "open_clip:tiny", "--checkpoint", tiny_open_clip,
+            "--out", tmp_path / "out", "--quiet", "--num-workers", "0", "--rules", tmp_path / "no_rules.yaml"]
+    proc = cli(*args)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert f"{csv_path} line 4: a quote opened on this line is not closed" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    proc = cli(*args, "--skip-bad-rows")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
+    assert [b["line"] for b in manifest["source"]["bad_rows"]] == [4, 6]
+    assert manifest["source"]["duplicate_rows"] == {"count": 1, "lines": [5]}
+    assert manifest["counts"]["captions"] == 32
+    assert proc.stderr.count("line 4") == 1 and proc.stderr.count("line 6") == 1
+    assert proc.stderr.count("duplicate rows ignored") == 1

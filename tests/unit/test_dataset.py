@@ -155,3 +155,60 @@ def test_a_users_image_file_gets_one_clear_error(tmp_path):
     Image.new("RGB", (8, 6), "red").save(tmp_path / "ok.png")
     img, data = open_user_image(tmp_path / "ok.png")
     assert img.size == (8, 6) and data == (tmp_path / "ok.png").read_bytes()
+
+
+def _rows_file(tmp_path: Path, rows: list[str], n_images: int = 3) -> Path:
+    for i in range(n_images):
+        _img(tmp_path / f"{i}.png", colour=(10 * i, 0, 0))
+    return _csv(tmp_path, "image_path,caption\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ('1.png,"一只没有闭合引号的狗', "quote opened on this line is not closed"),
+    ("1.png,一只狗,在草地上,很开心,晴天", "expected 2 columns (image_path,caption), got 5"),
+    ("1.png", "expected 2 columns"),
+    ('1.png,"他说"你好', "text after a closing quote"),
+    ("1.png,\0\0\0", "NUL bytes"),
+    ("1.png," + "长" * 140_000, "longer than 131,072 characters"),
+    (",一只狗", "empty image_path"),
+    ("1.png,  ", "empty caption"),
+    ("9.png,不存在的图", "image not found"),
+])
+def test_a_bad_row_is_named_never_merged_or_cut(tmp_path, bad, reason):
+    """Each kind of broken row: an error naming the file and the line it starts on, or with skip_bad_rows the
+    row left out and listed, and every other row read whole (nothing swallowed into a caption)."""
+    rows = [f"{i % 3}.png,第{i}行的描述" for i in range(40)]
+    rows[4] = bad
+    path = _rows_file(tmp_path, rows)
+    with pytest.raises(InputError) as info:
+        read_captions(path)
+    assert f"{path} line 6: " in str(info.value) and reason in str(info.value)
+    assert "--skip-bad-rows" in str(info.value)
+    coll = read_captions(path, skip_bad_rows=True)
+    assert coll.captions == [f"第{i}行的描述" for i in range(40) if i != 4]
+    assert coll.caption_rows == [i + 2 for i in range(40) if i != 4]
+    assert [b["line"] for b in coll.source["bad_rows"]] == [6] and reason in coll.source["bad_rows"][0]["reason"]
+
+
+def test_open_quote_in_a_long_file_names_its_line_not_the_field_limit(tmp_path):
+    """An open quote near the top of 10,000 rows used to end as 'field larger than field limit' with no file or line."""
+    rows = [f"{i % 3}.png,第{i}张图片的一段相当长的中文描述文字" for i in range(10_000)]
+    rows[2] = '0.png,"引号没有闭合'
+    path = _rows_file(tmp_path, rows)
+    with pytest.raises(InputError, match=r"captions.csv line 4: a quote opened on this line is not closed"):
+        read_captions(path)
+    coll = read_captions(path, skip_bad_rows=True)
+    assert len(coll.captions) == 9_999 and max(len(c) for c in coll.captions) < 40
+
+
+def test_trailing_empty_cells_and_quoted_commas_are_fine(tmp_path):
+    path = _rows_file(tmp_path, ['0.png,"一只狗, 在草地上",,', '1.png,"a ""quoted"" word"  ', "2.png,他说\"你好\""])
+    coll = read_captions(path)
+    assert coll.captions == ["一只狗, 在草地上", 'a "quoted" word', '他说"你好"'] and not coll.source["bad_rows"]
+
+
+def test_duplicate_rows_are_kept_once_and_counted(tmp_path):
+    path = _rows_file(tmp_path, ["0.png,狗", "1.png,猫", "0.png,狗", " 0.png , 狗 ", "0.png,另一只狗", "1.png,猫"])
+    coll = read_captions(path)
+    assert coll.captions == ["狗", "猫", "另一只狗"] and coll.caption_rows == [2, 3, 6]
+    assert coll.source["duplicate_rows"] == {"count": 3, "lines": [4, 5, 7]}
