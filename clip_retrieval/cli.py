@@ -265,9 +265,14 @@ def _print_result(result, as_json: bool) -> None:
         print("扩展 / expansions:")
         for line in result.expansion_lines():
             print("  " + line)
-    print(f"{'rank':>4}  {'score':>6}  image / 图片  caption / 描述")
-    for hit in result.results:
-        print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.image_path}  {hit.caption}")
+    if result.to == "text":
+        print(f"{'rank':>4}  {'score':>6}  caption / 描述  (image / 图片)")
+        for hit in result.results:
+            print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.caption}  ({hit.image_path})")
+    else:
+        print(f"{'rank':>4}  {'score':>6}  image / 图片  caption / 描述")
+        for hit in result.results:
+            print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.image_path}  {hit.caption}")
     print(flush=True)
 
 
@@ -275,10 +280,15 @@ def _queries(args: argparse.Namespace):
     if args.query is not None:
         yield args.query
         return
+    yield from _stdin_lines("查询 / query (exit 退出)> ")
+
+
+def _stdin_lines(prompt: str):
+    """One line at a time from stdin until EOF or ``exit``; the prompt only when a person is typing."""
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
-            print("查询 / query (exit 退出)> ", end="", file=sys.stderr, flush=True)
+            print(prompt, end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline()
         if not line or line.strip() in ("exit", "quit"):
             return
@@ -320,13 +330,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         items = _batch_queries(args)
     elif args.image:
         items = [(args.query, args.image)]
+    elif args.to == "text" and args.query is None:  # image to text, one image path per line
+        items = ((None, path.strip()) for path in _stdin_lines("图片路径 / image path (exit 退出)> "))
     else:
         items = ((q, None) for q in _queries(args))
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     status = EXIT_OK
     try:
         for n, (query, image) in enumerate(items, start=1):
-            if image is None and args.query is None and not batch and not query.strip():
+            typed = image if image is not None else query
+            if args.query is None and not batch and not args.image and not typed.strip():
                 print("clip-retrieval: 查询为空，已跳过 / empty query skipped", file=sys.stderr)
                 continue
             try:
