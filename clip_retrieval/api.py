@@ -200,7 +200,7 @@ def replay_records(records: list[dict], log_path: str | os.PathLike, features: s
 def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike | None = None,
              rules: str | os.PathLike | None = DEFAULT_RULES, compare_expansion: bool = False,
              device: str = "auto", encoder: Encoder | None = None, fuse: bool = False, dictionary: bool = True,
-             exact: bool = False) -> dict:
+             exact: bool = False, per_query: bool = False) -> dict:
     """Text-to-image and image-to-text metrics over a features folder (its captions or a query file).
 
     With ``compare_expansion`` the text-to-image metrics come twice: ``no_expansion`` and ``expansion``.
@@ -208,6 +208,8 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
     The metrics rank every image exactly; when ``index.json`` names another backend (and ``exact`` is
     not set), ``index`` adds recall@1/5/10 and NDCG@10 as that backend serves them, and how many of
     the exact top 10 it returns (``agreement@10``).
+    ``per_query`` adds ``per_query`` rows: each query's first relevant rank and reciprocal rank
+    without and with expansion.
     """
     from . import evaluate as ev
 
@@ -230,6 +232,12 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
     if index.name != "exact":
         result["index"] = _served_metrics(index, searcher.query_vectors(qs.queries, modes[-1]),
                                           feats.image_matrix(), qs.relevant)
+    if per_query:
+        if rules is None:
+            raise InputError("--per-query compares each query with and without expansion; drop --no-expand")
+        plain, expanded = ((searcher.query_vectors(qs.queries, m) @ feats.image_features.T).numpy()
+                           for m in (False, True))
+        result["per_query"] = ev.per_query(qs.queries, qs.relevant, plain, expanded)
     if feats.manifest.captions:
         texts = list(dict.fromkeys(c["text"] for c in feats.manifest.captions))
         result["image_to_text"] = ev.image_to_text(feats.manifest, feats.image_features,

@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     _rules_arg(p, "expansion table")
     p.add_argument("--exact", action="store_true",
                    help="skip the index backend's own figures even when index.json names one (default: off)")
+    p.add_argument("--per-query", metavar="FILE.csv",
+                   help="write each query's first relevant rank and reciprocal rank with and without expansion, "
+                        "and print the queries expansion helps and hurts most (default: off)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     _common(p)
 
@@ -491,6 +494,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from . import api
 
     rules = None if args.no_expand else args.rules
+    if args.benchmark and args.per_query:
+        raise UserError("--per-query works on --features (its captions or --queries), not with --benchmark")
     if args.benchmark:
         with tempfile.TemporaryDirectory(prefix="clip_retrieval_bench_") as work:
             if args.benchmark == "demo-en":
@@ -508,7 +513,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return EXIT_OK
     report = api.evaluate(args.features, queries=args.queries, rules=rules,
                           compare_expansion=args.compare_expansion, device=args.device, fuse=args.fuse,
-                          dictionary=not args.no_dict, exact=args.exact)
+                          dictionary=not args.no_dict, exact=args.exact,
+                          per_query=bool(args.per_query))
+    if args.per_query:
+        from .evaluate import write_per_query
+
+        write_per_query(report["per_query"], args.per_query)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
         return EXIT_OK
@@ -521,7 +531,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         served = report["index"]
         print(f"text -> image as served by {served['backend']} / 索引后端: " + "  ".join(
             f"{k} {v:.4f}" for k, v in served.items() if k != "backend"))
+    if args.per_query:
+        _per_query_table(report["per_query"], args.per_query)
     return EXIT_OK
+
+
+def _per_query_table(rows: list[dict], path: str) -> None:
+    """The queries expansion helps and hurts most, after the summary (all rows are in the CSV)."""
+    from .evaluate import helps_and_hurts
+
+    def rank(value) -> str:
+        return "-" if value is None else str(value)
+
+    helped, hurt = helps_and_hurts(rows)
+    print(f"per query / 逐条查询: {len(rows)} rows -> {path}")
+    for title, group in (("expansion helps most / 扩展帮助最大", helped), ("expansion hurts most / 扩展损害最大", hurt)):
+        print(f"{title}:")
+        if not group:
+            print("  (none / 无)")
+        for r in group:
+            print(f"  {_pad(r['query'], 24)}  rank {rank(r['rank_no_expansion']):>4} -> {rank(r['rank_expansion']):<4}"
+                  f"  RR {r['rr_no_expansion']:.3f} -> {r['rr_expansion']:.3f} ({r['rr_change']:+.3f})")
 
 
 def _width(text: str) -> int:

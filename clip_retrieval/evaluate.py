@@ -126,3 +126,44 @@ def image_to_text(manifest: Manifest, image_features: torch.Tensor, caption_vect
     position = {t: i for i, t in enumerate(captions)}
     relevant = [{position[t] for t in img.get("captions", []) if t in position} for img in manifest.images]
     return retrieval_metrics((image_features @ caption_vectors.T).numpy(), relevant)
+
+
+def per_query(queries: list[str], relevant: list[set[int]], plain_scores: np.ndarray,
+              expanded_scores: np.ndarray) -> list[dict]:
+    """Each query's first relevant rank and reciprocal rank without and with expansion (a rules reviewer's table).
+
+    A query none of whose relevant images is in the collection has no rank and a reciprocal rank of 0.
+    """
+    rows = []
+    for q, query in enumerate(queries):
+        row: dict = {"query": query, "relevant": len(relevant[q])}
+        for name, scores in (("no_expansion", plain_scores), ("expansion", expanded_scores)):
+            ranks = ranks_of_relevant(scores[q], relevant[q])
+            row[f"rank_{name}"] = ranks[0] if ranks else None
+            row[f"rr_{name}"] = 1.0 / ranks[0] if ranks else 0.0
+        row["rr_change"] = row["rr_expansion"] - row["rr_no_expansion"]
+        rows.append(row)
+    return rows
+
+
+def helps_and_hurts(rows: list[dict], top: int = 5) -> tuple[list[dict], list[dict]]:
+    """The queries expansion helps most and hurts most, by change in reciprocal rank (ties: query order)."""
+    helped = sorted((r for r in rows if r["rr_change"] > 0), key=lambda r: -r["rr_change"])[:top]
+    hurt = sorted((r for r in rows if r["rr_change"] < 0), key=lambda r: r["rr_change"])[:top]
+    return helped, hurt
+
+
+PER_QUERY_COLUMNS = ("query", "relevant", "rank_no_expansion", "rr_no_expansion", "rank_expansion", "rr_expansion",
+                     "rr_change")
+
+
+def write_per_query(rows: list[dict], path: str | os.PathLike) -> None:
+    """The per-query table as CSV (UTF-8 with BOM for spreadsheet programs), written atomically."""
+    import pandas as pd
+
+    from .store import write_atomic
+
+    frame = pd.DataFrame(rows, columns=list(PER_QUERY_COLUMNS))
+    for column in ("rank_no_expansion", "rank_expansion"):
+        frame[column] = frame[column].astype("Int64")
+    write_atomic(Path(path), lambda tmp: frame.to_csv(tmp, index=False, encoding="utf-8-sig", float_format="%.6f"))

@@ -94,3 +94,48 @@ def test_demo_en_benchmark_meets_its_targets(cli):
     assert abs(r5["traditional"]["rendered"] - r5["single"]["rendered"]) <= 0.02
     assert r5["dictionary"]["rendered+dict"] >= 0.5
     assert r5["dictionary"]["rendered+dict"] >= r5["dictionary"]["original"] + 0.3
+
+
+def test_per_query_ranks_and_the_queries_expansion_moves_most():
+    from clip_retrieval.evaluate import helps_and_hurts, per_query
+
+    plain = np.array([[0.9, 0.1, 0.5], [0.2, 0.9, 0.1], [0.3, 0.3, 0.3]])
+    expanded = np.array([[0.1, 0.2, 0.9], [0.9, 0.8, 0.1], [0.3, 0.3, 0.3]])
+    rows = per_query(["a", "b", "c"], [{2}, {1}, {-1}], plain, expanded)
+    assert [(r["rank_no_expansion"], r["rank_expansion"]) for r in rows] == [(2, 1), (1, 2), (None, None)]
+    assert rows[0]["rr_change"] == pytest.approx(0.5) and rows[1]["rr_change"] == pytest.approx(-0.5)
+    assert rows[2]["rr_no_expansion"] == rows[2]["rr_expansion"] == 0.0
+    helped, hurt = helps_and_hurts(rows)
+    assert [r["query"] for r in helped] == ["a"] and [r["query"] for r in hurt] == ["b"]
+
+
+def test_eval_per_query_csv_matches_what_search_returns(tiny_features, small_collection, tmp_path, capsys):
+    import csv
+
+    from clip_retrieval import cli
+
+    queries = tmp_path / "q.csv"
+    queries.write_text("query,image_path\n金毛,images/golden_retriever_grass_00.png\n"
+                       "金毛,images/golden_retriever_snow_00.png\n灰猫,images/grey_cat_night_00.png\n"
+                       "小猪,images/piglet_beach_00.png\n", encoding="utf-8")
+    (tmp_path / "images").symlink_to(small_collection.parent / "images")
+    table = tmp_path / "per_query.csv"
+    assert cli.main(["eval", "--features", str(tiny_features), "--queries", str(queries), "--per-query", str(table),
+                     "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("recall@1") < out.index("expansion helps most") < out.index("expansion hurts most")
+    rows = list(csv.DictReader(open(table, encoding="utf-8-sig")))
+    assert [r["query"] for r in rows] == ["金毛", "灰猫", "小猪"]
+    searcher = api.open_searcher(tiny_features, device="cpu")
+    wanted = {"金毛": {"golden_retriever_grass_00.png", "golden_retriever_snow_00.png"},
+              "灰猫": {"grey_cat_night_00.png"}, "小猪": {"piglet_beach_00.png"}}
+    for row in rows:
+        for expand, column in ((False, "rank_no_expansion"), (True, "rank_expansion")):
+            hits = searcher.search_text(row["query"], k=32, expand=expand).results
+            first = next(h.rank for h in hits if h.image_path.rsplit("/", 1)[-1] in wanted[row["query"]])
+            assert int(row[column]) == first, (row, expand)
+            assert float(row[column.replace("rank", "rr")]) == pytest.approx(1 / first, abs=1e-6)
+        moved = float(row["rr_expansion"]) - float(row["rr_no_expansion"])
+        if moved:
+            heading = "expansion helps most" if moved > 0 else "expansion hurts most"
+            assert row["query"] in out[out.index(heading):].split("most", 2)[1]
