@@ -1,29 +1,39 @@
-"""The Python API the CLI wraps: extract, open a searcher, search (and log), replay.
+"""The Python API the CLI and the web page wrap: extract, open a searcher, search (and
+log), batch search, replay, evaluate, index, classify, dedup.
 
 Library first, CLI second: every subcommand is a thin layer over these functions, which
-tests call directly. This module wires the owners together and owns nothing else.
+tests call directly. This module wires the owners together (choosing the model for a
+features folder, building the expansion cache beside it) and owns the policies every
+front end shares: each search is logged (``search``), and in a batch one bad query is
+reported in its outcome while the rest still run (``search_many``). The work itself
+belongs to the modules it calls.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from . import evaluate as ev
 from . import index as backends
 from . import searchlog, store
-from .dataset import DEFAULT_MAX_PIXELS, read_captions, scan_images
+from .dataset import DEFAULT_MAX_PIXELS, read_captions, read_query_lines, scan_images
+from .dedup import near_duplicate_groups
+from .dictionary import load_dictionary
 from .encoders import DEFAULT_MODEL, load_encoder
 from .encoders.base import Encoder
-from .errors import InputError
-from .dictionary import load_dictionary
+from .errors import InputError, UserError
 from .expansion import DEFAULT_RULES, Expansion, RuleTable, find_rules, load_rules
 from .extract import ExtractResult, extract
 from .index.base import Where
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
+from .zeroshot import classify_images, parse_labels
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +156,48 @@ def search(searcher: Searcher, query: str | None = None, k: int = 5, expand: boo
     return result, record
 
 
+@dataclass
+class QueryOutcome:
+    """One query of a batch: its result, or the user error that stopped it (the others still ran)."""
+
+    n: int                                  # 1-based position in the batch
+    query: str | None
+    image: str | None
+    result: SearchResult | None = None
+    error: UserError | None = None
+
+
+def batch_queries(queries: str | os.PathLike | None = None,
+                  image_dir: str | os.PathLike | None = None) -> list[tuple[str | None, str | None]]:
+    """(text, image) pairs for a batch: one text query per line of ``queries``, or every image in ``image_dir``."""
+    if queries is not None and image_dir is not None:
+        raise InputError("give --queries or --image-dir, not both")
+    if queries is None and image_dir is None:
+        raise InputError("a batch needs --queries FILE or --image-dir DIR")
+    if queries is not None:
+        return [(line, None) for line in read_query_lines(queries)]
+    coll = scan_images(image_dir)
+    return [(None, str(coll.resolve(p))) for p in coll.images]
+
+
+def search_many(searcher: Searcher, items: Iterable[tuple[str | None, str | None]], k: int = 5, expand: bool = True,
+                log_dir: str | os.PathLike | None = None, to: str = "image", text_weight: float = 0.5,
+                fuse: bool = False, where: Where | None = None) -> Iterator[QueryOutcome]:
+    """Search (and log) each (text, image) pair in turn: the partial-result policy.
+
+    A query a user got wrong (empty, an unreadable image) becomes that outcome's ``error``
+    and the rest still run; anything else is a bug and stops the batch.
+    """
+    for n, (query, image) in enumerate(items, start=1):
+        outcome = QueryOutcome(n, query, image)
+        try:
+            outcome.result, _ = search(searcher, query, k=k, expand=expand, log_dir=log_dir, image=image, to=to,
+                                       text_weight=text_weight, fuse=fuse, where=where)
+        except UserError as exc:
+            outcome.error = exc
+        yield outcome
+
+
 def run_query(searcher: Searcher, query: str | None = None, k: int = 5, expand: bool = True,
               image: str | os.PathLike | None = None, to: str = "image", text_weight: float = 0.5,
               fuse: bool = False, where: Where | None = None) -> SearchResult:
@@ -211,8 +263,6 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
     ``per_query`` adds ``per_query`` rows: each query's first relevant rank and reciprocal rank
     without and with expansion.
     """
-    from . import evaluate as ev
-
     feats = store.load(features)
     searcher = Searcher(feats, encoder or encoder_for(feats.manifest, device=device),
                         load_rules(rules) if rules is not None else None,
@@ -248,7 +298,6 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
 def _served_metrics(index: backends.VectorIndex, vectors: torch.Tensor, matrix: np.ndarray,
                     relevant: list[set[int]], depth: int = 10) -> dict:
     """Top-``depth`` metrics of the rankings a backend serves, and its overlap with the exact top ``depth``."""
-    from . import evaluate as ev
     from .search import exact_topk
 
     queries = vectors.numpy().astype(np.float32)
@@ -264,17 +313,6 @@ def _served_metrics(index: backends.VectorIndex, vectors: torch.Tensor, matrix: 
     out = {"backend": index.name, **{k: metrics[k] for k in ("recall@1", "recall@5", "recall@10", "ndcg@10")}}
     out[f"agreement@{depth}"] = float(np.mean(overlap)) if overlap else 1.0
     return out
-
-
-def _write_query_file(path: Path, rows: list[tuple[str, str]], root: Path) -> Path:
-    """A ``query,image_path`` file for ``evaluate.file_queries`` (image paths made absolute under ``root``)."""
-    import csv as csv_module
-
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv_module.writer(fh)
-        writer.writerow(["query", "image_path"])
-        writer.writerows((q, str(root / p)) for q, p in rows)
-    return path
 
 
 def _benchmark_collection(workdir: Path, model: str, device: str, quiet: bool) -> tuple[Path, Path]:
@@ -297,7 +335,7 @@ def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAUL
     encoder = encoder_for(store.read_manifest(out), device=device)
     report = {}
     for name, rows in benchmark_queries(collection).items():
-        path = _write_query_file(workdir / f"{name}.csv", rows, collection.parent)
+        path = ev.write_query_file(workdir / f"{name}.csv", rows, collection.parent)
         report[name] = evaluate(out, queries=path, rules=rules, compare_expansion=True,
                                 encoder=encoder, fuse=fuse)["text_to_image"]
     return report
@@ -326,7 +364,6 @@ def language_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DE
 
     Every stage is scored on the same held-out pictures, so the stages differ only in what is pooled.
     """
-    from . import evaluate as ev
     from .demo_data import language_benchmark_queries
 
     workdir = Path(workdir)
@@ -335,7 +372,7 @@ def language_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DE
     searcher = Searcher(feats, encoder_for(feats.manifest, device=device), load_rules(rules))
     report: dict = {}
     for name, rows in language_benchmark_queries(collection).items():
-        qs = ev.file_queries(_write_query_file(workdir / f"{name}.csv", rows, collection.parent), feats.manifest)
+        qs = ev.file_queries(ev.write_query_file(workdir / f"{name}.csv", rows, collection.parent), feats.manifest)
         report[name] = {}
         for stage in BENCHMARK_STAGES:
             vectors = searcher.pooled([stage_expansion(searcher, q, stage) for q in qs.queries])
@@ -355,15 +392,6 @@ def build_index(features: str | os.PathLike = "outputs", backend: str = "faiss",
     return backends.build(feats, backend, options, quiet=quiet)
 
 
-def parse_labels(labels: str | list[str]) -> list[str]:
-    """``猫,狗,鸟`` (ASCII or full-width commas) into distinct non-empty labels."""
-    items = labels.replace("，", ",").split(",") if isinstance(labels, str) else labels
-    out = list(dict.fromkeys(x.strip() for x in items if x.strip()))
-    if len(out) < 2:
-        raise InputError(f"--labels needs at least two labels separated by commas, got {labels!r}")
-    return out
-
-
 def classifier_encoder(model: str | None = None, checkpoint: str | None = None,
                        features: str | os.PathLike | None = None, device: str = "auto") -> Encoder:
     """The model named, else the one that built ``features`` (when there are some), else the default."""
@@ -374,68 +402,15 @@ def classifier_encoder(model: str | None = None, checkpoint: str | None = None,
     return load_encoder(DEFAULT_MODEL, checkpoint, device)
 
 
-def label_vectors(encoder: Encoder, labels: list[str], rules: RuleTable | None) -> torch.Tensor:
-    """One vector per label: its expansions in the encoder's languages, each in every prompt template, pooled."""
-    from .expansion import Phrase
-    from .search import pool
-
-    prompts, weights, owners = [], [], []
-    for n, label in enumerate(labels):
-        expansion = rules.expand(label, encoder.languages) if rules else Expansion(label, [Phrase(label, "zh")])
-        for phrase in expansion.pooled:
-            for prompt in (rules.prompts(phrase.text, phrase.lang) if rules else [phrase.text]):
-                prompts.append(prompt)
-                weights.append(phrase.weight)
-                owners.append(n)
-    vectors = encoder.encode_texts(prompts)
-    owners_t = torch.tensor(owners)
-    return torch.stack([pool(vectors[owners_t == n], [w for w, o in zip(weights, owners) if o == n])
-                        for n in range(len(labels))])
-
-
 def classify(images: list[str | os.PathLike], labels: str | list[str], encoder: Encoder,
              rules: str | os.PathLike | None = DEFAULT_RULES) -> list[dict]:
-    """Zero-shot classification: probabilities over the labels from the model's logit scale."""
-    from .dataset import open_user_image
-
-    names = parse_labels(labels)
-    table = load_rules(rules) if rules is not None else None
-    classes = label_vectors(encoder, names, table)
-    out = []
-    for path in images:
-        img, _ = open_user_image(path, encoder.image_size)
-        vec = encoder.encode_images(encoder.preprocess(img)[None])[0]
-        probs = torch.softmax(encoder.logit_scale * (classes @ vec), dim=0)
-        out.append({"image": str(path), "probabilities": {n: round(float(p), 6) for n, p in zip(names, probs)}})
-    return out
+    """Zero-shot classification (``zeroshot``): probabilities over the labels for each image file."""
+    return classify_images(images, parse_labels(labels), encoder, load_rules(rules) if rules is not None else None)
 
 
 def dedup(features: str | os.PathLike = "outputs", threshold: float = 0.95, block: int = 4096) -> list[list[dict]]:
-    """Groups of near-duplicate images (cosine similarity at least ``threshold``), largest first."""
-    if not 0.0 < threshold <= 1.0:
-        raise InputError(f"--threshold must be in (0, 1], got {threshold}")
+    """Groups of near-duplicate images (``dedup``) with their paths, largest group first."""
     feats = store.load(features, with_text=False)
-    x = feats.image_features
-    parent = list(range(x.shape[0]))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for start in range(0, x.shape[0], block):
-        sims = x[start:start + block] @ x.T
-        rows, cols = torch.nonzero(sims >= threshold - 1e-6, as_tuple=True)
-        for r, c in zip((rows + start).tolist(), cols.tolist()):
-            if r < c:
-                parent[find(c)] = find(r)
-    groups: dict[int, list[int]] = {}
-    for i in range(x.shape[0]):
-        groups.setdefault(find(i), []).append(i)
-    out = []
-    for members in groups.values():
-        if len(members) > 1:
-            first = x[members[0]]
-            out.append([{"path": feats.image_path(i), "similarity": round(float(x[i] @ first), 6)} for i in members])
-    return sorted(out, key=lambda g: (-len(g), g[0]["path"]))
+    groups = [[{"path": feats.image_path(i), "similarity": round(sim, 6)} for i, sim in group]
+              for group in near_duplicate_groups(feats.image_features, threshold, block)]
+    return sorted(groups, key=lambda g: (-len(g), g[0]["path"]))

@@ -16,8 +16,6 @@ from typing import Sequence
 from . import __version__
 from .errors import UserError
 
-log = logging.getLogger("clip_retrieval")
-
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
 
 
@@ -279,15 +277,8 @@ def _print_result(result, as_json: bool) -> None:
     print(flush=True)
 
 
-def _queries(args: argparse.Namespace):
-    if args.query is not None:
-        yield args.query
-        return
-    yield from _stdin_lines("查询 / query (exit 退出)> ")
-
-
 def _stdin_lines(prompt: str):
-    """One line at a time from stdin until EOF or ``exit``; the prompt only when a person is typing."""
+    """Non-empty lines from stdin until EOF or ``exit``; the prompt only when a person is typing."""
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
@@ -295,66 +286,48 @@ def _stdin_lines(prompt: str):
         line = sys.stdin.readline()
         if not line or line.strip() in ("exit", "quit"):
             return
+        if not line.strip():
+            print("clip-retrieval: 查询为空，已跳过 / empty query skipped", file=sys.stderr)
+            continue
         yield line.rstrip("\n")
-
-
-def _batch_queries(args: argparse.Namespace):
-    """(text, image) pairs for a batch run, from --queries or --image-dir."""
-    from .dataset import scan_images
-    from .errors import InputError
-
-    if args.queries:
-        try:
-            lines = open(args.queries, encoding="utf-8-sig").read().splitlines()
-        except OSError as exc:
-            raise InputError(f"queries file not readable: {args.queries} ({exc.strerror or exc})") from exc
-        return [(line.strip(), None) for line in lines if line.strip()]
-    coll = scan_images(args.image_dir)
-    return [(None, str(coll.resolve(p))) for p in coll.images]
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from . import api
 
     batch = bool(args.queries or args.image_dir)
-    if args.queries and args.image_dir:
-        raise UserError("give --queries or --image-dir, not both")
+    single = not batch and (args.query is not None or args.image is not None)
+    items = api.batch_queries(args.queries, args.image_dir) if batch else None
     if args.grid:   # before any search runs or is logged
         from .grid import find_cjk_font
         find_cjk_font()
-    needs_captions = args.to == "text" or args.fuse
     searcher = api.open_searcher(args.features, model=args.model, checkpoint=args.checkpoint,
                                  rules=None if args.no_expand else args.rules, device=args.device,
                                  exact=args.exact, dictionary=not args.no_dict)
     where = api.where_filter(searcher, args.where_path, args.where_caption)
-    if needs_captions:
+    if args.to == "text" or args.fuse:
         searcher.store.caption_features()
-    if batch:
-        items = _batch_queries(args)
-    elif args.image:
+    if single:
         items = [(args.query, args.image)]
-    elif args.to == "text" and args.query is None:  # image to text, one image path per line
+    elif batch:
+        pass
+    elif args.to == "text":  # image to text, one image path per line
         items = ((None, path.strip()) for path in _stdin_lines("图片路径 / image path (exit 退出)> "))
     else:
-        items = ((q, None) for q in _queries(args))
+        items = ((q, None) for q in _stdin_lines("查询 / query (exit 退出)> "))
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     status = EXIT_OK
     try:
-        for n, (query, image) in enumerate(items, start=1):
-            typed = image if image is not None else query
-            if args.query is None and not batch and not args.image and not typed.strip():
-                print("clip-retrieval: 查询为空，已跳过 / empty query skipped", file=sys.stderr)
-                continue
-            try:
-                result, _ = api.search(searcher, query, k=args.top_k, expand=not args.no_expand,
-                                       log_dir=args.log_dir, image=image, to=args.to,
-                                       text_weight=args.text_weight, fuse=args.fuse, where=where)
-            except UserError as exc:
-                if not batch and (args.query is not None or args.image):
-                    raise
-                print(f"clip-retrieval: {exc}", file=sys.stderr)
+        for outcome in api.search_many(searcher, items, k=args.top_k, expand=not args.no_expand,
+                                       log_dir=args.log_dir, to=args.to, text_weight=args.text_weight,
+                                       fuse=args.fuse, where=where):
+            if outcome.error is not None:
+                if single:
+                    raise outcome.error
+                print(f"clip-retrieval: {outcome.error}", file=sys.stderr)
                 status = EXIT_USAGE
                 continue
+            result = outcome.result
             if result.notice:
                 print(f"clip-retrieval: {result.notice}", file=sys.stderr)
             if batch:
@@ -363,8 +336,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                 _print_result(result, args.json)
             if args.grid:
                 from .grid import render_grid
-                target = args.grid if not batch else _numbered(args.grid, n)
-                render_grid(target, result.query, result.results, query_image=image)
+                target = args.grid if not batch else _numbered(args.grid, outcome.n)
+                render_grid(target, result.query, result.results, query_image=outcome.image)
     finally:
         if out is not sys.stdout:
             out.close()

@@ -1,8 +1,11 @@
-"""Reading a collection: captions.csv or a folder of images, validated, and decoded safely.
+"""Reading what the user hands in: a collection (captions.csv or a folder of images), a
+batch of queries, an image file, validated and decoded safely.
 
-Owns: CSV encodings and quirks, path resolution, folder walking, turning any image file
-into an RGB picture (or a reason it was skipped), and the torch Dataset the extraction
-DataLoader reads. It must not load models or write outputs.
+Owns: CSV encodings and quirks, folder walking, the queries file of a batch search,
+turning any image file into an RGB picture (or a reason it was skipped), opening an image
+file the user named with one clear error (``open_user_image``), and the torch Dataset the
+extraction DataLoader reads. Paths are resolved by ``store.resolve_path``. It must not load
+models or write outputs.
 """
 
 from __future__ import annotations
@@ -189,6 +192,17 @@ def scan_images(folder: str | os.PathLike) -> Collection:
     return Collection(root=root, images=found, image_rows=[0] * len(found), source={"images": str(root)})
 
 
+def read_query_lines(path: str | os.PathLike) -> list[str]:
+    """Text queries for a batch search: one per non-empty line (UTF-8, with or without a BOM)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except OSError as exc:
+        raise InputError(f"queries file not readable: {path} ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    return [line.strip() for line in lines if line.strip()]
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to RGB the way a person would expect to see it."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
@@ -232,7 +246,7 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
         raise ValueError(f"too many pixels ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
         raise ValueError("not a readable image: unknown or unsupported format") from exc
-    except (OSError, SyntaxError, Image.UnidentifiedImageError) as exc:
+    except (OSError, SyntaxError) as exc:
         reason = "truncated or corrupt" if "truncated" in str(exc) or "broken" in str(exc) else "not a readable image"
         raise ValueError(f"{reason}: {exc}") from exc
 

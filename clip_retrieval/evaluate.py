@@ -1,7 +1,8 @@
 """Retrieval metrics as the CLIP and Chinese-CLIP papers use them.
 
 Owns Recall@K, mAP, NDCG@10 and mean/median rank over a score matrix and relevant sets,
-and building query sets from a captions file or a query file. It must not load models
+building query sets from a captions file or a query file, and the query file's format
+(``file_queries`` reads it, ``write_query_file`` writes it). It must not load models
 or open feature files itself: callers hand it a loaded encoder and store, so a result
 can be recomputed from saved features.
 
@@ -114,6 +115,20 @@ def file_queries(path: str | os.PathLike, manifest: Manifest) -> QuerySet:
         raise InputError(f"{path}: no queries")
     queries = list(grouped)
     return QuerySet(queries, [grouped[q] for q in queries])
+
+
+def write_query_file(path: str | os.PathLike, rows: list[tuple[str, str]], root: str | os.PathLike) -> Path:
+    """Write ``query,image_path`` rows in the format ``file_queries`` reads (image paths made absolute under ``root``)."""
+    from .store import write_atomic
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["query", "image_path"])
+            writer.writerows((q, str(resolve_path(root, p))) for q, p in rows)
+
+    write_atomic(path, write)
+    return Path(path)
 
 
 def text_to_image(query_vectors: torch.Tensor, image_features: torch.Tensor, relevant: list[set[int]]) -> dict:

@@ -1,14 +1,16 @@
-"""Search: pool a query's phrasings into one vector and find the nearest images.
+"""Search: pool a query's phrasings into one vector and find the nearest images or captions.
 
-Owns weighted pooling, the exact top-k scan and the ``Searcher`` that ties an encoder,
-a feature store and a rules table together. It must not print or write logs.
+Owns weighted pooling (``pool``/``pool_each``, also used for zero-shot labels), the exact
+top-k scan, reciprocal-rank fusion, and the ``Searcher`` that ties an encoder, a feature
+store and a rules table together and serves every search mode (text to image, image to
+image, image to text, image plus text). It must not print or write logs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -49,7 +51,6 @@ class SearchResult:
     k: int
     expand: bool
     truncated: bool = False
-    matched: list[str] = field(default_factory=list)
     mode: str = "text"                       # text, image, image+text
     to: str = "image"                        # what the results are: images or captions
     image: str | None = None                 # the query image, for image modes
@@ -92,6 +93,16 @@ def pool(embeddings: torch.Tensor, weights: list[float] | torch.Tensor) -> torch
     return pooled / pooled.norm().clamp_min(1e-12)
 
 
+def pool_each(embeddings: torch.Tensor, weights: list[list[float]]) -> torch.Tensor:
+    """One pooled vector per group: ``embeddings`` holds the groups' rows one group after another,
+    ``weights`` each group's weights (a query's phrasings, a label's prompts)."""
+    out, start = [], 0
+    for group in weights:
+        out.append(pool(embeddings[start:start + len(group)], group))
+        start += len(group)
+    return torch.stack(out) if out else torch.empty(0, embeddings.shape[-1])
+
+
 def exact_topk(matrix: np.ndarray, query: np.ndarray, k: int,
                out: np.ndarray | None = None, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices and scores of the k best rows, best first (ties: lower index first).
@@ -132,10 +143,13 @@ def build_expansion_cache(encoder: Encoder, rules: RuleTable) -> tuple[list[str]
 
 
 class Searcher:
-    """Text-to-image search over one feature store with one encoder and rules table.
+    """Every search mode over one feature store, with one encoder and rules table.
 
-    The encoder may be given as a function that loads it: a query whose phrasings are all
-    in the expansion cache is answered without loading the model at all.
+    Text to image (``search_text``, optionally fused with the captions), image to image,
+    image to text and image plus text (``search_image``). The encoder may be given as a
+    function that loads it: a query whose phrasings are all in the expansion cache is
+    answered without loading the model at all. Searching without expansion is
+    ``expand=False`` on the same searcher (same index, same cache), not another searcher.
     """
 
     def __init__(self, store: FeatureStore, encoder: Encoder | Callable[[], Encoder], rules: RuleTable | None,
@@ -207,13 +221,10 @@ class Searcher:
 
     def pooled(self, expansions: list[Expansion]) -> torch.Tensor:
         """One vector per expansion: the weighted mean of the phrasings the model reads (``Expansion.pooled``)."""
+        if not expansions:
+            return torch.empty(0, self.store.image_features.shape[1])
         embeddings = self.phrase_vectors([p.text for e in expansions for p in e.pooled])
-        out, start = [], 0
-        for e in expansions:
-            n = len(e.pooled)
-            out.append(pool(embeddings[start:start + n], [p.weight for p in e.pooled]))
-            start += n
-        return torch.stack(out) if out else torch.empty(0, self.store.image_features.shape[1])
+        return pool_each(embeddings, [[p.weight for p in e.pooled] for e in expansions])
 
     def nearest(self, vector: torch.Tensor, k: int, where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(indices, scores) best first, from the index backend serving these features (exact by default)."""
@@ -244,8 +255,7 @@ class Searcher:
         hits = self.fused(vector, k, where) if fuse else self.search_vector(vector, k, where)
         return SearchResult(query=text, expansions=expansion.expansions, results=hits,
                             model=self.store.model, k=k, expand=expand, truncated=truncated,
-                            matched=expansion.matched, fuse=fuse, expansion=expansion, raw_query=query,
-                            where=where)
+                            fuse=fuse, expansion=expansion, raw_query=query, where=where)
 
     def _captions(self) -> tuple[list[tuple[str, int, int]], np.ndarray]:
         """Distinct (caption, image, captions-file row) triples and their vectors, for image-to-text and fusion."""
@@ -329,7 +339,7 @@ class Searcher:
             hits = [self._hit(r, i, sc) for r, (i, sc) in enumerate(keep, start=1)]
         return SearchResult(query=clean or str(path), expansions=expansion.expansions if expansion else [], results=hits,
                             model=self.store.model, k=k, expand=expand and bool(text), truncated=truncated,
-                            matched=expansion.matched if expansion else [], mode="image+text" if text else "image",
+                            mode="image+text" if text else "image",
                             to=to, image=str(path), image_sha256=digest, text_weight=text_weight if text else None,
                             expansion=expansion, raw_query=text,
                             where=where)

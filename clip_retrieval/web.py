@@ -45,11 +45,9 @@ class Page:
 
     def __init__(self, features: str, rules: str, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
                  dictionary: bool = True):
-        self.features = features
         self.rules = rules
         self.max_pixels = max_pixels
         self.searcher = api.open_searcher(features, rules=rules, device=device, dictionary=dictionary)
-        self.plain = api.Searcher(self.searcher.store, lambda: self.searcher.encoder, None, index=self.searcher.index)
 
     def _checked_upload(self, upload) -> str:
         """The uploaded file's path, after checking it is an image we will decode (else UserError)."""
@@ -88,7 +86,7 @@ class Page:
         import gradio as gr
 
         try:
-            result = api.search(self.searcher if expand else self.plain, query=query, k=int(k), expand=expand)[0]
+            result = api.search(self.searcher, query=query, k=int(k), expand=expand)[0]
         except UserError as exc:
             raise gr.Error(str(exc)) from None
         return _expansions(result), _gallery(result)

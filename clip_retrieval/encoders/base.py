@@ -38,11 +38,6 @@ class Encoder:
     _encode_tokens: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
     autocast: bool = False
 
-    @property
-    def id(self) -> str:
-        """Model name plus weights fingerprint: two encoders with the same id give the same vectors."""
-        return f"{self.name}@{self.fingerprint}"
-
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids padded to the model's context length (the library's own tokenizer)."""
         return self._tokenize(list(texts))
