@@ -65,6 +65,7 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     encoder = encoder or load_encoder(model, checkpoint, device)
     if previous is not None:
         previous.check_model(encoder.name, encoder.fingerprint, checkpoint)
+    _warn_demo_model_on_photos(encoder, coll.images)
     result = extract(encoder, coll, out, batch_size=batch_size, num_workers=num_workers, quiet=quiet,
                      max_pixels=max_pixels, checkpoint=checkpoint, previous=previous, exact_decode=exact_decode)
     if rules is not None and find_rules(rules) is not None:
@@ -85,6 +86,21 @@ def _keep_expansion_cache(folder: str | os.PathLike, cache: tuple[list[str], tor
                     "(the model encodes the phrasings each time): %s", exc)
         return False
     return True
+
+
+def _warn_demo_model_on_photos(encoder: Encoder, images: list[str]) -> None:
+    """Once per run: the bundled demo models were trained on generated drawings only."""
+    from .demo_data import is_demo_drawing
+    from .encoders.catalog import BUNDLED
+
+    if encoder.name not in BUNDLED:
+        return
+    others = sum(not is_demo_drawing(p) for p in images)
+    if others:
+        log.warning("演示模型只认识内置的示意图（8 种主体 × 4 种场景），%d/%d 张图片不是，结果没有意义 / the demo model only "
+                    "knows the bundled drawings (8 subjects in 4 scenes); %d of %d images are not among them, so their "
+                    "results mean nothing: use a real model, e.g. --model open_clip:ViT-B-32/openai or cn_clip:ViT-B-16",
+                    others, len(images), others, len(images))
 
 
 def encoder_for(manifest: store.Manifest, checkpoint: str | None = None, device: str = "auto") -> Encoder:

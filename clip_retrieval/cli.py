@@ -19,7 +19,25 @@ from .errors import UserError
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            shown = "on" if action.default else "off"
+        else:
+            shown = "none" if action.default is None else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpWithDefaults)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # argparse's own usage errors keep exit code 2, one line
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -109,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="the web page: every search mode in a browser")
     _features_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
     _rules_arg(p, "expansion table")
     p.add_argument("--no-dict", action="store_true", help="no CC-CEDICT renderings (default: dictionary on)")
     _common(p)
@@ -165,11 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--arch", help="train a small architecture from scratch (e.g. demo-small, or a JSON path)")
     p.add_argument("--checkpoint", help="local weights for --model")
     p.add_argument("--out", required=True, help="folder for epoch_NNN/, best/ and the training state")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training images")
+    p.add_argument("--batch-size", type=int, default=128, help="image-caption pairs per step (the contrastive batch)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-4 from scratch, 1e-5 fine-tuning)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images held out for validation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed for the split, the order and new weights")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch saved in --out")
     _common(p)
 
@@ -224,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: the folder each record names)")
     p.add_argument("--json", action="store_true", help="one JSON object per record")
     _common(p)
+    for choice in sub._choices_actions:   # each subcommand's own --help opens with its one-line description
+        sub.choices[choice.dest].description = sub.choices[choice.dest].description or choice.help
     return parser
 
 
@@ -610,7 +630,12 @@ COMMANDS = {"serve": cmd_serve, "classify": cmd_classify, "dedup": cmd_dedup, "i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:   # `clip-retrieval` alone: the usage and the list of subcommands, not a one-line error
+        print(parser.format_help(), file=sys.stderr, end="")
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

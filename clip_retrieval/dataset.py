@@ -226,6 +226,8 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
 
     Raises ``ValueError`` with a short reason for files that must be skipped.
     """
+    if (len(data) if isinstance(data, bytes) else os.path.getsize(data)) == 0:
+        raise ValueError("empty file (0 bytes)")
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with warnings.catch_warnings():

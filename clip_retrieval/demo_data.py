@@ -8,7 +8,9 @@ same bytes. It must not encode or search.
 from __future__ import annotations
 
 import csv
+import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,13 @@ SCENES = (
     Scene("beach", "海边", "at the beach"),
     Scene("night", "夜晚", "at night"),
 )
+
+
+def is_demo_drawing(path: str) -> bool:
+    """Whether a file name is one the demo generator writes (``{subject}_{scene}_NN.png``)."""
+    subjects = "|".join(s.key for s in SUBJECTS)
+    scenes = "|".join(s.key for s in SCENES)
+    return re.fullmatch(rf"({subjects})_({scenes})_[^/\\]*\.(png|jpe?g)", os.path.basename(path)) is not None
 
 
 def _jitter(colour: tuple[int, int, int], rng: random.Random, amount: int = 18) -> tuple[int, int, int]:

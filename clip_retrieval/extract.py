@@ -7,6 +7,7 @@ with the model) and what goes into the manifest. It must not parse CSVs itself
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import platform
@@ -153,7 +154,7 @@ def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_si
     skipped_entries: list[store.SkippedEntry] = [
         {"path": coll.images[i], "row": coll.image_rows[i], "sha256": h, "reason": reason} for i, h, reason in skipped]
     for entry in skipped_entries:
-        log.warning("skipped %s (row %s): %s", entry["path"], entry["row"], entry["reason"])
+        log.info("skipped %s (row %s): %s", entry["path"], entry["row"], entry["reason"])  # callers report it
     source = dict(coll.source)
     if "csv" in source:
         source["csv_sha256"] = sha256_file(source["csv"])
@@ -166,7 +167,7 @@ def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_si
         image_decode=decode,
         environment={"torch": torch.__version__, "python": platform.python_version(), "device": str(encoder.device)})
     written = store.save(out, image_feats, text_feats, manifest)
-    return ExtractResult(manifest=written, skipped=skipped_entries, encoded_images=len(todo),
+    return ExtractResult(manifest=written, skipped=skipped_entries, encoded_images=int(new_kept.sum()),
                          reused_images=len(reuse), encoded_captions=encoded_captions)
 
 
@@ -177,12 +178,14 @@ def _caption_features(encoder: Encoder, captions: list[str], previous: store.Fea
     if previous is not None and previous.text_features.shape[0] == len(previous.manifest.captions):
         known = {c["text"]: row for row, c in enumerate(previous.manifest.captions)}
     todo = list(dict.fromkeys(t for t in captions if t not in known))
+    uses = collections.Counter(captions)   # the bar counts captions, each distinct text is encoded once
     fresh: dict[str, torch.Tensor] = {}
-    with tqdm(total=len(todo), desc="captions / 文本", unit="txt", disable=quiet or not todo) as bar:
+    with tqdm(total=len(captions), initial=len(captions) - sum(uses[t] for t in todo), desc="captions / 文本",
+              unit="txt", disable=quiet or not todo) as bar:
         for start in range(0, len(todo), 256):
             chunk = todo[start:start + 256]
             fresh.update(zip(chunk, encoder.encode_texts(chunk)))
-            bar.update(len(chunk))
+            bar.update(sum(uses[t] for t in chunk))
     if not captions:
         return torch.empty(0, encoder.dim), 0
     rows = [fresh[t] if t in fresh else previous.text_features[known[t]] for t in captions]

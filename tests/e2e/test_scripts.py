@@ -8,6 +8,8 @@ real subprocess for what only a process shows (exit status, a single stderr line
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def messy_collection(tmp_path_factory, small_collection) -> Path:
     return path
 
 
-def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_path, cli):
+def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_path, cli, caplog):
     out = tmp_path / "out"
     proc = cli("extract", "--csv", str(messy_collection), "--model", "open_clip:tiny",
                "--checkpoint", str(tiny_open_clip), "--out", str(out), "--batch-size", "8", "--num-workers", "2",
@@ -48,6 +50,10 @@ def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_p
     assert "too many pixels" in reasons["images/bomb.png"]
     assert "truncated" in reasons["images/broken.png"] or "corrupt" in reasons["images/broken.png"]
     assert "images/broken.png" in proc.stderr and "34 images" in proc.stdout
+    assert proc.stderr.count("images/broken.png") == 1 and not [r for r in caplog.records if "broken" in r.getMessage()
+                                                                 and r.levelno >= logging.WARNING]
+    assert "encoded 34 images" in proc.stdout   # the two skipped files are not counted as encoded
+    assert re.search(r"captions / 文本: 100%.* 34/34 ", proc.stderr)   # the bar counts captions, not distinct texts
     assert manifest["source"]["encoding"] == "gb18030" and len(manifest["source"]["csv_sha256"]) == 64
     assert all(len(i["sha256"]) == 64 for i in manifest["images"])
     assert manifest["model"]["name"] == "open_clip:tiny" and manifest["model"]["fingerprint"].startswith("sha256:")
@@ -99,11 +105,18 @@ def test_bad_input_exit_2_one_line_and_outputs_untouched(tiny_features, tiny_ope
 
 def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path, cli):
     out = tmp_path / "out"
-    proc = cli("extract", "--images", str(small_collection.parent / "images"), "--model",
+    folder = tmp_path / "images"
+    shutil.copytree(small_collection.parent / "images", folder)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "broken.png").write_bytes((folder / "piglet_grass_00.png").read_bytes()[:200])
+    proc = cli("extract", "--images", str(folder), "--model",
                "open_clip:tiny", "--checkpoint", str(tiny_open_clip), "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["counts"]["images"] == 32 and manifest["counts"]["captions"] == 0
+    assert {s["path"]: s["reason"] for s in manifest["skipped"]}["empty.png"] == "empty file (0 bytes)"
+    assert "skipped / 跳过: empty.png: empty file (0 bytes)" in proc.stderr and "row 0" not in proc.stderr
+    assert "encoded 32 images" in proc.stdout
     proc = cli("search", "--features", str(out), "--query", "金毛", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"][0]["caption"] == ""
@@ -128,3 +141,19 @@ def test_bad_rows_refused_or_skipped_and_listed(small_collection, tiny_open_clip
     assert manifest["counts"]["captions"] == 32
     assert proc.stderr.count("line 4") == 1 and proc.stderr.count("line 6") == 1
     assert proc.stderr.count("duplicate rows ignored") == 1
+
+
+def test_demo_model_on_photos_says_once_it_only_knows_the_drawings(small_collection, tmp_path, cli, caplog):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n, name in enumerate(["IMG_0001.jpg", "IMG_0002.jpg", "husky_snow_00.png"]):
+        shutil.copy(small_collection.parent / "images" / "husky_snow_00.png", folder / name)
+    proc = cli("extract", "--images", folder, "--model", "demo", "--out", tmp_path / "out", "--quiet",
+               "--num-workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    notes = [r.getMessage() for r in caplog.records if "only knows the bundled drawings" in r.getMessage()]
+    assert len(notes) == 1 and "2 of 3 images" in notes[0]
+    caplog.clear()
+    proc = cli("extract", "--csv", small_collection, "--model", "demo", "--out", tmp_path / "demo_out", "--quiet",
+               "--num-workers", "0")
+    assert proc.returncode == 0 and not [r for r in caplog.records if "bundled drawings" in r.getMessage()]

@@ -171,3 +171,13 @@ def test_expansion_cache_that_does_not_fit_warns_and_searches_still_work(small_c
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     code = cli.main(["search", "--features", str(out), "--query", "金毛", "--rules", str(RULES), "--device", "cpu"])
     assert code == 0 and "expansion cache not written" in caplog.text and "金毛" in capsys.readouterr().out
+
+
+def test_caption_progress_counts_captions_not_distinct_texts(tiny_open_clip, capsys):
+    from clip_retrieval.encoders import load_encoder
+    from clip_retrieval.extract import _caption_features
+
+    encoder = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
+    feats, encoded = _caption_features(encoder, ["金毛", "灰猫", "金毛", "金毛", "小猪"], None, quiet=False)
+    assert feats.shape[0] == 5 and encoded == 3
+    assert "5/5" in capsys.readouterr().err
