@@ -1,7 +1,8 @@
 """The ``clip-retrieval`` command: argument parsing and printing over ``clip_retrieval.api``.
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 anything else;
-``replay`` exits 3 when some record differs or could not be replayed.
+3 partial results: batch search and classify finished the good inputs and list each bad one with
+its reason (stderr, and a JSON line with "error"), ``replay`` found records that differ or could not run.
 Heavy imports (torch, open_clip) happen inside the subcommands so ``--help`` is instant.
 """
 
@@ -17,6 +18,7 @@ from . import __version__
 from .errors import UserError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
+EXIT_PARTIAL = EXIT_DIFFERENT   # some inputs failed (listed), the others were done
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):
@@ -336,7 +338,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         items = ((q, None) for q in _stdin_lines("查询 / query (exit 退出)> "))
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    status = EXIT_OK
+    status, done = EXIT_OK, 0
     try:
         for outcome in api.search_many(searcher, items, k=args.top_k, expand=not args.no_expand,
                                        log_dir=args.log_dir, to=args.to, text_weight=args.text_weight,
@@ -345,8 +347,12 @@ def cmd_search(args: argparse.Namespace) -> int:
                 if single:
                     raise outcome.error
                 print(f"clip-retrieval: {outcome.error}", file=sys.stderr)
-                status = EXIT_USAGE
+                if batch:   # the bad input keeps its place in the JSON Lines, with its reason
+                    print(json.dumps({"query": outcome.query, "image": outcome.image, "error": str(outcome.error)},
+                                     ensure_ascii=False), file=out, flush=True)
+                status = EXIT_PARTIAL if batch else EXIT_USAGE
                 continue
+            done += 1
             result = outcome.result
             if result.notice:
                 print(f"clip-retrieval: {result.notice}", file=sys.stderr)
@@ -361,7 +367,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-    return status
+    return EXIT_USAGE if batch and status and not done else status
 
 
 def _numbered(path: str, n: int) -> str:
@@ -375,13 +381,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     labels = api.parse_labels(args.labels)
     encoder = api.classifier_encoder(args.model, args.checkpoint, args.features, args.device)
-    for item in api.classify(args.images, labels, encoder, rules=None if args.no_expand else args.rules):
+    items = api.classify(args.images, labels, encoder, rules=None if args.no_expand else args.rules)
+    for item in items:
+        if "error" in item:
+            print(f"clip-retrieval: {item['error']}", file=sys.stderr)
         if args.json:
             print(json.dumps(item, ensure_ascii=False))
-        else:
+        elif "error" not in item:
             ranked = sorted(item["probabilities"].items(), key=lambda kv: -kv[1])
             print(f"{item['image']}: " + "  ".join(f"{label} {p:.3f}" for label, p in ranked))
-    return EXIT_OK
+    failed = sum("error" in item for item in items)
+    return EXIT_OK if not failed else EXIT_PARTIAL if failed < len(items) else EXIT_USAGE
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:

@@ -40,6 +40,13 @@ def _expansions(result) -> str:
     return "\n".join(lines + ["扩展 / expansions:", ""] + [f"- {line}" for line in result.expansion_lines()])
 
 
+def _probabilities(item: dict) -> dict:
+    """A classify entry's probabilities, or its reason as the tab's status line."""
+    if "error" in item:
+        raise UserError(item["error"])
+    return item["probabilities"]
+
+
 class Page:
     """The handlers, holding the one searcher (and its model) the page was started with."""
 
@@ -102,7 +109,7 @@ class Page:
 
     def classify(self, upload, labels: str):
         return self._with_upload(
-            upload, lambda p: api.classify([p], labels, self.searcher.encoder, rules=self.rules)[0]["probabilities"],
+            upload, lambda p: _probabilities(api.classify([p], labels, self.searcher.encoder, rules=self.rules)[0]),
             None)
 
 

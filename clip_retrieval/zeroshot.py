@@ -14,7 +14,7 @@ import torch
 
 from .dataset import open_user_image
 from .encoders.base import Encoder
-from .errors import InputError
+from .errors import InputError, UserError
 from .expansion import Expansion, Phrase, RuleTable
 from .search import pool_each
 
@@ -45,11 +45,18 @@ def label_vectors(encoder: Encoder, labels: list[str], rules: RuleTable | None) 
 
 def classify_images(images: list[str | os.PathLike], labels: list[str], encoder: Encoder,
                     rules: RuleTable | None) -> list[dict]:
-    """Probabilities over ``labels`` for each image file: ``{"image", "probabilities": {label: p}}``."""
+    """Probabilities over ``labels`` for each image file: ``{"image", "probabilities": {label: p}}``.
+
+    One unreadable image does not sink the rest: its entry is ``{"image", "error": reason}``.
+    """
     classes = label_vectors(encoder, labels, rules)
     out = []
     for path in images:
-        img, _ = open_user_image(path, encoder.image_size)
+        try:
+            img, _ = open_user_image(path, encoder.image_size)
+        except UserError as exc:
+            out.append({"image": str(path), "error": str(exc)})
+            continue
         vec = encoder.encode_images(encoder.preprocess(img)[None])[0]
         probs = torch.softmax(encoder.logit_scale * (classes @ vec), dim=0)
         out.append({"image": str(path), "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probs)}})

@@ -107,6 +107,36 @@ def test_classify_bad_input(cli):
     assert proc.returncode == 2 and "nope.png" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_one_bad_image_does_not_sink_classify(demo, tmp_path, cli):
+    (tmp_path / "empty.png").write_bytes(b"")
+    good = demo / "images" / "piglet_grass_01.png"
+    proc = cli("classify", tmp_path / "empty.png", good, tmp_path / "nope.png", "--labels", "哈士奇,小猪",
+               "--model", "demo", "--json")
+    assert proc.returncode == 3, proc.stderr   # partial results: the good ones done, each bad one listed
+    items = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [Path(i["image"]).name for i in items] == ["empty.png", "piglet_grass_01.png", "nope.png"]
+    assert "empty file" in items[0]["error"] and "nope.png" in items[2]["error"]
+    assert max(items[1]["probabilities"], key=items[1]["probabilities"].get) == "小猪"
+    assert proc.stderr.count("empty.png") == 1 and proc.stderr.count("nope.png") == 1
+
+
+def test_one_bad_image_does_not_sink_a_batch_search(demo, tmp_path, cli):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(demo / "images" / "rabbit_beach_00.png", folder / "a.png")
+    (folder / "b.png").write_bytes((demo / "images" / "red_car_snow_01.png").read_bytes()[:300])
+    shutil.copy(demo / "images" / "red_car_snow_01.png", folder / "c.png")
+    proc = cli("search", "--features", demo / "out", "--image-dir", folder, "--log-dir", tmp_path, "-k", "2")
+    assert proc.returncode == 3, proc.stderr
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [Path(x["image"]).name if "error" in x else "ok" for x in lines] == ["ok", "b.png", "ok"]
+    assert "b.png" in proc.stderr and len(list(searchlog.read_records(tmp_path / "search_log.jsonl"))) == 2
+    (folder / "a.png").write_bytes(b"")
+    (folder / "c.png").write_bytes(b"")
+    proc = cli("search", "--features", demo / "out", "--image-dir", folder, "--log-dir", tmp_path, "-k", "2")
+    assert proc.returncode == 2   # nothing could be searched: an input error, not a partial result
+
+
 def test_batch_queries_and_image_dir_write_json_lines_and_log_each(demo, tmp_path, cli):
     queries = tmp_path / "q.txt"
     queries.write_text("金毛\n\n灰猫\n海边的兔子\n", encoding="utf-8")
