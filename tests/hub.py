@@ -272,9 +272,62 @@ PUBLISHED: dict[str, Published] = {p.name: p for p in (
     # Served without a safetensors twin, so open_clip's fallback to the .bin (after a 404) is exercised too.
     Published("open_clip:ViT-B-32/laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
               "open_clip_pytorch_model.bin"),
+    Published("open_clip:xlm-roberta-base-ViT-B-32/laion5b_s13b_b90k",
+              "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k", "open_clip_pytorch_model.bin",
+              ("xlm-roberta-base",)),
+    Published("open_clip:ViT-B-16-SigLIP2/webli", "timm/ViT-B-16-SigLIP2", "open_clip_model.safetensors",
+              ("timm/ViT-B-16-SigLIP2",)),
+    Published("open_clip:nllb-clip-base-siglip/mrl", "visheratin/nllb-siglip-mrl-base", "open_clip_pytorch_model.bin",
+              ("facebook/nllb-200-distilled-600M",)),
     Published("cn_clip:ViT-B-16", "OFA-Sys/chinese-clip-vit-base-patch16", "clip_cn_vit-b-16.pt"),
     Published("cn_clip:RN50", "OFA-Sys/chinese-clip-rn50", "clip_cn_rn50.pt"),
 )}
+
+
+# Characters and words the small tokenizers know: the test captions and queries, plus ASCII letters.
+TOKEN_CHARS = sorted(set("草地上的金毛灰猫海边小狗雪里奔跑哈士奇旁还有一辆红色汽车猪在公园花朵夕阳城市街道山湖泊森林"
+                         "白黑黄蓝绿只个张照片沙滩房间桌子草坪") | set("abcdefghijklmnopqrstuvwxyz"))
+
+# Hugging Face repositories renamed upstream; the hub answers the old name with a redirect, as huggingface.co does.
+RENAMED = {"xlm-roberta-base": "FacebookAI/xlm-roberta-base"}
+
+
+def _pieces(specials: list[str]) -> dict[str, int]:
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for piece in ["\u2581", *TOKEN_CHARS, *("\u2581" + c for c in TOKEN_CHARS)]:
+        vocab.setdefault(piece, len(vocab))
+    return vocab
+
+
+def build_text_repo(repo: str, folder: Path) -> dict[str, Path]:
+    """The config and small tokenizer files a text tower fetches from ``repo``, written with transformers' own
+    classes (so transformers reads them back as it reads the real ones); real architecture sizes in config.json."""
+    target = folder / ("text--" + repo.replace("/", "--"))
+    if not (target / "tokenizer_config.json").is_file():
+        if repo == "xlm-roberta-base":
+            from transformers import XLMRobertaConfig, XLMRobertaTokenizer
+
+            vocab = [(tok, 0.0) for tok in ("<s>", "<pad>", "</s>", "<unk>")]
+            vocab += [(piece, -5.0) for piece in list(_pieces([]))] + [("<mask>", 0.0)]
+            XLMRobertaTokenizer(vocab=vocab).save_pretrained(target)
+            XLMRobertaConfig(vocab_size=250002, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+                             pad_token_id=1, bos_token_id=0, eos_token_id=2).save_pretrained(target)
+        elif repo.startswith("facebook/nllb-200"):
+            from transformers import M2M100Config, NllbTokenizer
+
+            NllbTokenizer(vocab=_pieces(["<s>", "<pad>", "</s>", "<unk>"]), merges=[]).save_pretrained(target)
+            M2M100Config(vocab_size=256206, d_model=1024, encoder_layers=12, decoder_layers=12,
+                         encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
+                         decoder_ffn_dim=4096, max_position_embeddings=1024, scale_embedding=True,
+                         activation_function="relu", pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                         decoder_start_token_id=2).save_pretrained(target)
+        elif repo.startswith("timm/") and "SigLIP2" in repo:
+            from transformers import GemmaTokenizer
+
+            GemmaTokenizer(vocab=_pieces(["<pad>", "<eos>", "<bos>", "<unk>"]), merges=[]).save_pretrained(target)
+        else:
+            raise ValueError(f"no text files known for {repo}")
+    return {p.name: p for p in target.iterdir() if p.is_file() and p.suffix in (".json", ".model")}
 
 
 def build_weights(published: Published, folder: Path) -> Path:
@@ -300,7 +353,7 @@ def build_weights(published: Published, folder: Path) -> Path:
 
         arch, _, tag = published.spec.partition("/")
         quick = bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
-        model = open_clip.create_model(arch, force_quick_gelu=quick)
+        model = open_clip.create_model(arch, force_quick_gelu=quick, pretrained_text=False)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         tmp = target.with_suffix(".tmp")
         if published.filename.endswith(".safetensors"):
@@ -357,7 +410,16 @@ def hub_files(tmp_path_factory) -> Path:
 
 
 def publish(hub: LocalHub, published: Published, folder: Path) -> Path:
-    """Build (once) and serve one model's weights under its real repository and file name."""
+    """Build (once) and serve one model's weights and text-tower files under their real repositories and names.
+
+    Building a text tower reads its config through the hub, so the caller forgets the caches afterwards.
+    """
+    for repo in published.text_repos:
+        served = RENAMED.get(repo, repo)
+        if served != repo:
+            hub.renamed[repo] = served
+        for name, path in build_text_repo(repo, folder).items():
+            hub.add(served, name, path)
     path = build_weights(published, folder)
     hub.add(published.repo, published.filename, path)
     return path

@@ -47,9 +47,23 @@ def languages_of(model_cfg: dict, declared: list[str] | None = None) -> frozense
     return frozenset({"zh", "en"}) if any(fnmatch(name, p) for p in WORLDWIDE_TOKENIZERS) else frozenset({"en"})
 
 
-def tokenizer_kwargs(model_cfg: dict) -> dict:
-    """Extra tokenizer arguments for Chinese queries (NLLB's source-language code)."""
-    return {"language": NLLB_CHINESE} if fnmatch(tokenizer_id(model_cfg).lower(), "*nllb*") else {}
+def source_language(model_cfg: dict) -> str | None:
+    """The language code the text tokenizer must be given for Chinese queries (NLLB's), else None."""
+    return NLLB_CHINESE if fnmatch(tokenizer_id(model_cfg).lower(), "*nllb*") else None
+
+
+def set_source_language(tokenizer, code: str) -> None:
+    """Make an NLLB tokenizer mark texts as ``code``.
+
+    open_clip's ``set_language`` calls ``set_src_lang_special_tokens``, which transformers 5 undoes
+    on every call (it re-applies ``src_lang``), so every text would be tagged eng_Latn; setting
+    ``src_lang`` itself sticks.
+    """
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is not None and hasattr(inner, "src_lang"):
+        inner.src_lang = code
+    else:
+        tokenizer.set_language(code)
 
 
 def hub_repos(model_cfg: dict) -> list[str]:
@@ -259,7 +273,10 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
                                                                              weights_only=True)
         else:
             model, preprocess = create(arch, weights, tag_cfg, device)
-        return model, preprocess, open_clip.get_tokenizer(model_name, **tokenizer_kwargs(model_cfg))
+        tokenizer = open_clip.get_tokenizer(model_name)
+        if source_language(model_cfg):
+            set_source_language(tokenizer, source_language(model_cfg))
+        return model, preprocess, tokenizer
 
     model, preprocess, tokenizer = _build_with_hub(name, model_cfg, build)
     return wrap(model, preprocess, tokenizer, name, file_fingerprint(weights),

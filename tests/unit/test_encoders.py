@@ -229,3 +229,37 @@ def test_open_clip_tag_with_cached_weights_builds_the_tags_architecture(tiny_qui
         assert torch.allclose(encoder.encode_texts(TEXTS), want[True], atol=1e-5)
         assert tuple(encoder.model.visual.preprocess_cfg["mean"]) == (0.5, 0.4, 0.3)
     assert torch.allclose(tagged.encode_images(pixels), from_file.encode_images(pixels), atol=1e-6)
+
+
+def test_languages_and_tokenizer_language_come_from_the_text_tower_config():
+    """Every documented open_clip name: the languages read from its configured tokenizer agree with the
+    catalogue, and only NLLB towers get a source-language code (zho_Hans)."""
+    import open_clip
+
+    from clip_retrieval.encoders import catalog
+    from clip_retrieval.encoders.openclip import languages_of, source_language
+
+    names = [m for m in catalog.MODELS.values() if m.family == "open_clip"]
+    assert names
+    for m in names:
+        model_cfg = open_clip.get_model_config(m.spec.partition("/")[0])
+        assert languages_of(model_cfg) == frozenset(m.languages), m.name
+        assert source_language(model_cfg) == m.tokenizer_language, m.name
+    worldwide = open_clip.get_model_config("ViT-H-14-worldwide")  # MetaCLIP 2 (XLM-V tokenizer)
+    assert languages_of(worldwide) == frozenset({"zh", "en"})
+    assert languages_of(open_clip.get_model_config("ViT-B-16-SigLIP")) == frozenset({"en"})  # English c4 SigLIP
+    assert languages_of({}, ["zh"]) == frozenset({"zh"})  # a checkpoint folder's declaration wins
+
+
+def test_nllb_tokenizer_marks_texts_as_simplified_chinese(tmp_path):
+    """open_clip's set_language does not stick under transformers 5; ours must put zho_Hans first."""
+    import open_clip
+
+    from clip_retrieval.encoders.openclip import NLLB_CHINESE, set_source_language
+    from tests.hub import build_text_repo
+
+    files = build_text_repo("facebook/nllb-200-distilled-600M", tmp_path)
+    tokenizer = open_clip.tokenizer.HFTokenizer(str(files["tokenizer_config.json"].parent), context_length=16)
+    set_source_language(tokenizer, NLLB_CHINESE)
+    tokens = tokenizer(["草地上的金毛", "小狗"])
+    assert (tokens[:, 0] == tokenizer.tokenizer.convert_tokens_to_ids(NLLB_CHINESE)).all()
