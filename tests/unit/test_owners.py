@@ -101,3 +101,27 @@ def test_the_page_searches_with_expansion_off_through_its_one_searcher(tiny_feat
     monkeypatch.setattr(page.searcher, "nearest", lambda v, k, where=None: calls.append(k) or real(v, k, where))
     status, gallery = page.text_search("金毛", False, 4)
     assert calls == [4] and len(gallery) == 4 and "off" in status
+
+
+def test_every_output_gets_the_mode_the_umask_gives(small_collection, tiny_open_clip, tmp_path):
+    """Features, manifest, expansion cache, index files and grids: not 0600 as mkstemp made them."""
+    import os
+    import stat
+
+    from clip_retrieval.grid import render_grid
+
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "f"
+        api.extract_features(csv=small_collection, model="open_clip:tiny", checkpoint=str(tiny_open_clip), out=out,
+                             num_workers=0, device="cpu", quiet=True, rules=RULES)
+        api.build_index(out, backend="faiss", kind="hnsw")
+        searcher = api.open_searcher(out, rules=RULES, device="cpu")
+        result = searcher.search_text("金毛", k=2)
+        render_grid(tmp_path / "grid.png", result.query, result.results)
+    finally:
+        os.umask(old)
+    files = [p for p in out.iterdir() if p.is_file()] + [tmp_path / "grid.png"]
+    assert {"manifest.json", "image_features.pt", "expansion_cache.pt", "index.json"} <= {p.name for p in files}
+    assert any(p.suffix == ".faiss" for p in files)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(0o640) for p in files}
