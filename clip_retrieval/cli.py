@@ -228,10 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="only searches made with this model string (default: all)")
     p.add_argument("--mode", choices=["text", "image", "image+text"], help="only this search mode (default: all)")
     p.add_argument("--last", type=int, help="only the N most recent matching searches (default: all; --html: 100)")
-    p.add_argument("--json", action="store_true", help="one JSON object per record (stats: one object)")
-    p.add_argument("--html", metavar="FILE", help="write one self-contained HTML page (thumbnails embedded)")
-    p.add_argument("--csv", metavar="FILE", help="write the summary table as CSV")
-    p.add_argument("--replay", action="store_true", help="replay the listed searches and show each one's status")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per record (stats: one object) (default: readable lines)")
+    p.add_argument("--html", metavar="FILE",
+                   help="write one self-contained HTML page, thumbnails embedded (default: no page)")
+    p.add_argument("--csv", metavar="FILE", help="write the summary table as CSV (default: no table)")
+    p.add_argument("--replay", action="store_true",
+                   help="replay the listed searches and show each one's status (default: off)")
     p.add_argument("--features", help="with --replay: replay against this features folder (default: the logged one)")
     p.add_argument("--chunk-size", type=int, default=50_000, help="stats: records per pandas chunk (default: 50000)")
     _common(p)
@@ -438,7 +441,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     if args.what == "stats":
         if args.chunk_size < 1:
             raise UserError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-        report = logreview.stats(args.log, chunksize=args.chunk_size)
+        report = logreview.stats(args.log, chunksize=args.chunk_size, quiet=args.quiet or args.json)
         print(json.dumps(report, ensure_ascii=False) if args.json else logreview.format_stats(report))
         return EXIT_OK
     if args.last is not None and args.last < 1:

@@ -201,13 +201,17 @@ def _same_hit(old: dict, new: dict, to_text: bool) -> bool:
 
 def _causes(record: dict, fresh: dict) -> tuple[list[str], list[str]]:
     """(changed inputs as readable lines, cause names) between a record and its replay."""
-    changes, causes = [], []
+    changes, causes, changed = [], [], set()
     for key, cause, label in INPUTS:
         if key == "rules_sha256" and not (record.get("expand") and fresh.get("rules_sha256")):
             continue
         if key in record and record.get(key) != fresh.get(key):
             changes.append(f"{label}: {record.get(key)} -> {fresh.get(key)}")
+            changed.add(key)
             causes.append(cause)
+    if changed & {"model", "model_fingerprint"}:  # other weights re-encode everything: changed features follow
+        causes = [c for k, c, _ in INPUTS
+                  if k in changed and k not in ("features_fingerprint", "caption_features_fingerprint")]
     return changes, list(dict.fromkeys(causes))
 
 

@@ -77,6 +77,7 @@ def _synthetic(path, n: int) -> None:
 def test_stats_agree_whatever_the_chunk_size(tmp_path, capsys):
     log = tmp_path / "search_log.jsonl"
     _synthetic(log, 520)
+    assert [len(frame) for frame in logreview._chunks(log, 200)] == [200, 200, 121]  # never the whole log at once
     whole = logreview.stats(log, chunksize=1_000_000)
     assert logreview.stats(log, chunksize=7) == whole
     assert whole["records"] == 521

@@ -48,6 +48,7 @@ def test_replay_identical_then_reports_what_changed(tiny_features, tmp_path):
     assert not changed.identical
     assert any(c.startswith("rules:") for c in changed.changes)
     assert any(c.startswith("expansions:") for c in changed.changes)
+    assert changed.causes == ["rules"]
     assert outcomes[1].changes == [next(c for c in outcomes[1].changes if c.startswith("rules:"))]
 
 
@@ -65,3 +66,4 @@ def test_replay_against_other_features_names_the_change(tiny_features, small_col
     assert not outcome.identical
     assert any(c.startswith("features:") for c in outcome.changes)
     assert any(c.startswith("model weights:") for c in outcome.changes)
+    assert outcome.causes == ["weights"]  # the features changed because the weights did
