@@ -236,8 +236,11 @@ def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None =
                device: str = "auto") -> list[searchlog.ReplayOutcome]:
     """Re-run every logged query against current (or other) features and rules, without logging again.
 
-    Records that cannot run are reported as not replayable and the others still run.
+    Records that cannot run are reported as not replayable and the others still run; a
+    ``features`` folder the user names must exist (bad input, not a replay outcome).
     """
+    if features is not None:
+        store.read_manifest(features)
     return replay_records(list(searchlog.read_records(log_path)), log_path, features=features, device=device)
 
 

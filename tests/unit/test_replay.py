@@ -153,3 +153,6 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert cli.main(["replay", "--log", str(tmp_path / "broken.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "nothing.jsonl" in err and "broken.jsonl line 1" in err
+    (tmp_path / "ok.jsonl").write_text("", encoding="utf-8")
+    assert cli.main(["replay", "--log", str(tmp_path / "ok.jsonl"), "--features", str(tmp_path / "nofeats")]) == 2
+    assert "nofeats" in capsys.readouterr().err
