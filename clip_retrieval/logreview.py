@@ -28,6 +28,7 @@ MODES = ("text", "image", "image+text")
 CSV_COLUMNS = ("time", "query", "mode", "to", "expansions", "top1_path", "top1_score", "top1_caption", "model",
                "k", "features_fingerprint", "replay")
 THUMB = 96
+MAX_VARIANTS = 10   # distinct top-k lists counted per query (more show as 10): bounds the memory per query
 
 
 def parse_when(text: str | None, end: bool = False) -> datetime | None:
@@ -152,7 +153,9 @@ def stats(path: str | os.PathLike, chunksize: int = 50_000, top: int = 10, low_q
     """Searches per day, frequent queries, low top-1 scores per model, and top-k changes of repeated queries.
 
     The log is read ``chunksize`` records at a time; only per-query aggregates are kept, so
-    memory grows with the number of distinct queries and setups, not with the log.
+    memory grows with the number of distinct queries (each keeps at most ``MAX_VARIANTS`` top-k
+    digests and its setups), not with the length of the log (apart from 4 bytes per record for
+    the top-1 score quantile of each model).
     """
     import numpy as np
     import pandas as pd
@@ -168,7 +171,8 @@ def stats(path: str | os.PathLike, chunksize: int = 50_000, top: int = 10, low_q
     score_sum: pd.Series | None = None     # indexed by (model, query)
     score_n: pd.Series | None = None
     top1_by_model: dict[str, list[np.ndarray]] = {}
-    setups = pd.DataFrame(columns=["query", "setup", "topk"])
+    setups: dict[str, set[str]] = {}       # per query: the setups it was searched with
+    variants: dict[str, set[str]] = {}     # per query: its distinct top-k lists, at most MAX_VARIANTS kept
     total = 0
     progress = tqdm(desc="log / 日志", unit=" records", disable=quiet, unit_scale=True)
     for frame in _chunks(path, chunksize):
@@ -183,7 +187,12 @@ def stats(path: str | os.PathLike, chunksize: int = 50_000, top: int = 10, low_q
         score_n = counts if score_n is None else score_n.add(counts, fill_value=0)
         for model, scores in scored.groupby("model")["top1"]:
             top1_by_model.setdefault(model, []).append(scores.to_numpy(dtype=np.float32))
-        setups = pd.concat([setups, frame[["query", "setup", "topk"]].drop_duplicates()]).drop_duplicates()
+        for query, setup in frame[["query", "setup"]].drop_duplicates().itertuples(index=False):
+            setups.setdefault(query, set()).add(setup)
+        for query, topk in frame[["query", "topk"]].drop_duplicates().itertuples(index=False):
+            seen = variants.setdefault(query, set())
+            if len(seen) < MAX_VARIANTS:
+                seen.add(topk)
     progress.close()
     low = []
     for model, parts in sorted(top1_by_model.items()):
@@ -195,13 +204,10 @@ def stats(path: str | os.PathLike, chunksize: int = 50_000, top: int = 10, low_q
     repeated = per_query[per_query > 1]
     changes = []
     if len(repeated):
-        mine = setups[setups["query"].isin(repeated.index)].groupby("query").agg(
-            setups=("setup", "nunique"), topk_variants=("topk", "nunique"))
-        for query, row in mine.sort_values(["topk_variants", "setups"], ascending=False).iterrows():
-            changes.append({"query": query, "searches": int(repeated[query]), "setups": int(row["setups"]),
-                            "topk_variants": int(row["topk_variants"]),
-                            "changed": bool(row["topk_variants"] > 1),
-                            "across_setups": bool(row["topk_variants"] > 1 and row["setups"] > 1)})
+        rows = [(query, int(n), len(setups[query]), len(variants[query])) for query, n in repeated.items()]
+        for query, n, n_setups, n_variants in sorted(rows, key=lambda r: (-r[3], -r[2], r[0])):
+            changes.append({"query": query, "searches": n, "setups": n_setups, "topk_variants": n_variants,
+                            "changed": n_variants > 1, "across_setups": n_variants > 1 and n_setups > 1})
     frequent = per_query.sort_values(ascending=False, kind="stable").head(top)
     return {"log": str(path), "records": total,
             "per_day": {day: int(n) for day, n in per_day.sort_index().items()},
