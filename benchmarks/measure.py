@@ -221,4 +221,56 @@ def cold_start(sizes: dict, work: str) -> dict:
     return {"cold_start_s": statistics.median(times)}
 
 
-STEPS = [extraction, text_latency, cached_query, update, cold_start, vector_search]
+def _resolve_every_entry(feats: store.FeatureStore, path: Path, sha256: str) -> set[int]:
+    """The image-query exclusion as it was before issue 11: one resolve() per indexed image (the baseline)."""
+    target = str(path.resolve())
+    return {i for i, entry in enumerate(feats.manifest.images)
+            if entry.get("sha256") == sha256 or str(feats.manifest.image_file(i).resolve()) == target}
+
+
+def scale_cliffs(sizes: dict, work: str) -> dict:
+    """What used to grow without bound with the collection: the image query's self-exclusion and dedup.
+
+    Baselines are the old code measured in the same run on a slice (20k, or n/5) and scaled linearly
+    (exclusion) or quadratically (the exact dedup join); memory is the join's score block.
+    """
+    from clip_retrieval import dedup
+
+    n = sizes["vectors"]
+    root = Path(work) / "scale"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    query = root / "images" / "query.png"
+    query.write_bytes(b"not indexed")
+    entries = [{"path": f"images/{i // 1000:04d}/{i:07d}.jpg", "sha256": f"{i:064x}", "captions": []} for i in range(n)]
+    manifest = store.Manifest(model=store.ModelInfo(name="demo", fingerprint="x", dim=4, languages=["zh"]),
+                              root=root, images=entries)
+    feats = store.FeatureStore(folder=root, manifest=manifest, image_features=torch.zeros(n, 4), text_features=None)
+    start = time.perf_counter()
+    feats.same_image(query, "f" * 64)
+    first_ms = (time.perf_counter() - start) * 1000
+    query_ms = _p50(lambda: feats.same_image(query, "f" * 64), sizes["repeats"]) * 1000
+    sample = min(20_000, n // 5)
+    small = store.FeatureStore(folder=root, image_features=torch.zeros(sample, 4), text_features=None,
+                               manifest=store.Manifest(model=manifest.model, root=root, images=entries[:sample]))
+    start = time.perf_counter()
+    _resolve_every_entry(small, query, "f" * 64)
+    old_ms = (time.perf_counter() - start) * 1000 * n / sample
+    out = {"scale_entries": n, "image_query_exclusion_ms": query_ms, "image_query_exclusion_first_ms": first_ms,
+           "image_query_exclusion_before_ms_est": old_ms, "image_query_exclusion_speedup": old_ms / query_ms}
+
+    x = torch.from_numpy(clustered(n))
+    x[n // 2:n // 2 + 100] = x[:100]   # 100 planted duplicates
+    start = time.perf_counter()
+    groups = dedup.near_duplicate_groups(x, threshold=0.95)
+    dedup_s = time.perf_counter() - start
+    start = time.perf_counter()
+    dedup.near_duplicate_groups(x[:sample], threshold=0.95, method="exact")
+    exact_s = (time.perf_counter() - start) * (n / sample) ** 2
+    out.update({"dedup_s": dedup_s, "dedup_groups": len(groups), "dedup_exact_join_s_est": exact_s,
+                "dedup_speedup": exact_s / dedup_s,
+                "dedup_score_block_mb": dedup.exact_block_rows(n) * n * 4 / 1e6,
+                "dedup_score_block_before_mb": 4096 * n * 4 / 1e6})
+    return out
+
+
+STEPS = [extraction, text_latency, cached_query, update, cold_start, vector_search, scale_cliffs]

@@ -410,6 +410,8 @@ class FeatureStore:
     manifest: Manifest
     image_features: torch.Tensor
     text_features: torch.Tensor | None     # None until caption_features() is asked for
+    _by_hash: dict[str, list[int]] | None = field(default=None, init=False, repr=False, compare=False)
+    _by_path: dict[str, list[int]] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def model(self) -> str:
@@ -446,12 +448,26 @@ class FeatureStore:
         return self.text_features
 
     def same_image(self, path: str | os.PathLike, sha256: str) -> set[int]:
-        """Indexed images that are this file: the same path, or the same content under another name."""
-        target = str(Path(path).resolve())
-        found = set()
-        for i, entry in enumerate(self.manifest.images):
-            if entry.get("sha256") == sha256 or str(self.manifest.image_file(i).resolve()) == target:
-                found.add(i)
+        """Indexed images that are this file: the same path, or the same content under another name.
+
+        Answered from two maps built on the first call (content hash, normalised path), so a
+        query costs one ``resolve()`` of its own path, not one per indexed image. A symlink in
+        the collection that points at the query file has the query's content, so the hash finds it.
+        """
+        if self._by_hash is None:
+            self._by_hash, self._by_path = {}, {}
+            for i, entry in enumerate(self.manifest.images):
+                if entry.get("sha256"):
+                    self._by_hash.setdefault(entry["sha256"], []).append(i)
+                self._by_path.setdefault(os.path.normpath(entry["path"]), []).append(i)
+        target = Path(path).resolve()
+        keys = {str(target)}
+        root = Path(self.root).resolve()
+        if target.is_relative_to(root):
+            keys.add(str(target.relative_to(root)))
+        found = set(self._by_hash.get(sha256, ()))
+        for key in keys:
+            found.update(self._by_path.get(key, ()))
         return found
 
     def image_matrix(self) -> np.ndarray:
