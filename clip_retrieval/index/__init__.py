@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -61,8 +60,3 @@ def open_index(store: FeatureStore, exact: bool = False) -> VectorIndex:
         return ExactIndex(store)
     return backend(config["backend"]).open_index(store, config)
 
-
-def describe(folder: str | os.PathLike) -> str:
-    """One line naming the backend serving a features folder (for logs and the page)."""
-    config = read_config(folder)
-    return "exact" if config is None else config["backend"]
