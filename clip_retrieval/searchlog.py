@@ -230,7 +230,9 @@ def compare(record: dict, fresh: dict) -> ReplayOutcome:
         first = min(len(old), len(new))
     if first is not None:
         def show(hits, i):
-            return (hits[i].get("caption") if to_text else hits[i].get("image_path")) if i < len(hits) else "-"
+            if i >= len(hits):
+                return "-"
+            return hits[i].get("caption") if to_text else hits[i].get("path") or hits[i].get("image_path")
         differs.append(f"ranking: first differs at rank {first + 1}: {show(old, first)} -> {show(new, first)}")
     else:
         for a, b in zip(old, new):

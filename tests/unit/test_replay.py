@@ -42,6 +42,7 @@ def _replace_caption(csv_path: Path, image_path: str, new: str) -> None:
         csv.writer(fh).writerows(rows)
 
 
+@pytest.mark.slow  # extracts its own collection twice
 def test_replay_from_another_folder_with_absolute_features_is_identical(collection, tiny_open_clip, tmp_path,
                                                                         monkeypatch, capsys):
     work = tmp_path / "work"
@@ -85,6 +86,7 @@ def test_missing_query_image_is_not_replayable_and_replay_goes_on(tiny_features,
     assert "changed" in rows[1]["reason"] and "sha256" in rows[1]["reason"]
 
 
+@pytest.mark.slow  # extracts its own collection twice
 def test_changed_caption_is_flagged_and_named(collection, tiny_open_clip, tmp_path):
     feats = _extract(collection, tmp_path / "feats", tiny_open_clip)
     searcher = api.open_searcher(feats, rules=None, device="cpu")
@@ -103,6 +105,7 @@ def test_changed_caption_is_flagged_and_named(collection, tiny_open_clip, tmp_pa
     assert any(c.startswith("ranking:") for c in caption_outcome.changes)
 
 
+@pytest.mark.slow  # extracts its own collection twice
 def test_changed_image_is_named(collection, tiny_open_clip, tmp_path):
     feats = _extract(collection, tmp_path / "feats", tiny_open_clip)
     api.search(api.open_searcher(feats, rules=None, device="cpu"), "金毛", k=32, expand=False)
