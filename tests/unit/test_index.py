@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -282,6 +283,14 @@ def test_local_mode_past_the_clients_recommended_size_warns(foldered, tmp_path, 
     api.build_index(out, "qdrant")
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("96" in m and "--qdrant-url" in m for m in warned), warned
+    # opening the folder again (a search in another process) warns the same way, in place of the client's own warning
+    folder = str((out / qd.LOCAL_FOLDER).resolve())
+    qd._LOCAL_CLIENTS.pop(folder).close()
+    caplog.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # the client's own warning must not escape
+        qd.connect(folder)
+    assert any("--qdrant-url" in r.getMessage() for r in caplog.records)
 
 
 def test_eval_reports_what_the_backend_serves(encoder, foldered, tmp_path):
