@@ -2,9 +2,16 @@
 
 Owns the Gradio layout and turning page events into API calls. Every search is logged
 exactly as the CLI logs it. Safety: binds to 127.0.0.1 unless told otherwise; result
-images are handed to Gradio as thumbnails it caches itself, so no path on disk is
-addressable through the page; uploads land in a private temporary folder and are
-deleted after each request and when the server stops.
+images are handed to Gradio as thumbnail files rendered once (atomically) into the
+page's private temporary folder, which Gradio copies into its own cache, so no
+collection path is addressable through the page; uploads land in that folder too and
+are deleted as soon as their request is done (rejected ones and empty leftovers included),
+and the folder goes when the server stops.
+
+Why thumbnail files and not PIL images: Gradio rewrites a PIL image's cache file in
+place on every request, so 20 concurrent queries showing the same picture truncated the
+file under another request that was still sending it ("Too little data for declared
+Content-Length"); it copies a file into its cache under a temporary name instead.
 """
 
 from __future__ import annotations
@@ -14,21 +21,19 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 from . import api
 from .dataset import DEFAULT_MAX_PIXELS, open_user_image, thumbnail
 from .errors import UserError
 from .expansion import DEFAULT_RULES
+from .store import write_atomic
 
 log = logging.getLogger(__name__)
 
 THUMB = 256
 MAX_UPLOAD = "20mb"
-
-
-def _gallery(result) -> list:
-    return [(thumbnail(h.image_path, THUMB), f"#{h.rank}  {h.score:.3f}  {h.caption}") for h in result.results]
 
 
 def _expansions(result) -> str:
@@ -51,10 +56,28 @@ class Page:
     """The handlers, holding the one searcher (and its model) the page was started with."""
 
     def __init__(self, features: str, rules: str, device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 dictionary: bool = True):
+                 dictionary: bool = True, work_dir: str | os.PathLike | None = None):
         self.rules = rules
         self.max_pixels = max_pixels
         self.searcher = api.open_searcher(features, rules=rules, device=device, dictionary=dictionary)
+        self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="clip_retrieval_page_"))
+        self.thumbs = self.work_dir / "thumbnails"
+        self.thumbs.mkdir(parents=True, exist_ok=True)
+
+    def _thumbnail_file(self, image: int) -> str:
+        """Image ``image``'s thumbnail as a file, rendered once; concurrent requests never see it half-written."""
+        target = self.thumbs / f"{image}.png"
+        if not target.is_file():
+            picture = thumbnail(self.searcher.store.manifest.image_file(image), THUMB)
+            write_atomic(target, lambda tmp: picture.save(tmp, format="PNG"))
+        return str(target)
+
+    def _gallery(self, result) -> list:
+        return [(self._thumbnail_file(h.index), f"#{h.rank}  {h.score:.3f}  {h.caption}") for h in result.results]
+
+    def _collection_path(self, image: int) -> str:
+        """An image's path as written in the collection (relative to its root), never the server's own path."""
+        return self.searcher.store.manifest.images[image]["path"]
 
     def _checked_upload(self, upload) -> str:
         """The uploaded file's path, after checking it is an image we will decode (else UserError)."""
@@ -69,12 +92,41 @@ class Page:
             raise
         return path
 
-    @staticmethod
-    def _discard(path: str) -> None:
+    def _discard(self, path: str) -> None:
+        """Delete a finished or rejected upload now, with Gradio's other copies of it and empty leftovers.
+
+        Zero-byte files older than a few seconds (uploads that never arrived) go too; a file
+        still being written is younger than that.
+        """
+        upload = Path(path)
         try:
-            os.unlink(path)
+            size = upload.stat().st_size
+            data = upload.read_bytes() if size <= 64 << 20 else None
         except OSError:
-            pass
+            size, data = -1, None
+        upload.unlink(missing_ok=True)
+        if not upload.resolve().is_relative_to(self.work_dir.resolve()):
+            return
+        now = time.time()
+        for folder, dirs, files in os.walk(self.work_dir, topdown=False):
+            here = Path(folder)
+            if here == self.thumbs:
+                continue
+            for name in files:
+                other = here / name
+                try:
+                    st = other.stat()
+                    stale_empty = st.st_size == 0 and now - st.st_mtime > 5
+                    same = name == upload.name and st.st_size == size and data is not None and other.read_bytes() == data
+                    if stale_empty or same:
+                        other.unlink()
+                except OSError:
+                    continue
+            if here != self.work_dir:
+                try:
+                    here.rmdir()   # only succeeds when empty
+                except OSError:
+                    pass
 
     def _with_upload(self, upload, work, empty):
         """Run ``work(path)`` on a checked upload; a problem becomes the tab's status line, not a crash."""
@@ -90,21 +142,19 @@ class Page:
             self._discard(path)
 
     def text_search(self, query: str, expand: bool, k: float):
-        import gradio as gr
-
         try:
             result = api.search(self.searcher, query=query, k=int(k), expand=expand)[0]
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
-        return _expansions(result), _gallery(result)
+        except UserError as exc:   # an empty query and the like: a line on the page, no server traceback
+            return f"⚠️ {exc}", []
+        return _expansions(result), self._gallery(result)
 
     def image_search(self, upload, k: float):
-        return self._with_upload(upload, lambda p: _gallery(api.search(self.searcher, image=p, k=int(k))[0]), [])
+        return self._with_upload(upload, lambda p: self._gallery(api.search(self.searcher, image=p, k=int(k))[0]), [])
 
     def image_to_text(self, upload, k: float):
         def work(path):
             result = api.search(self.searcher, image=path, k=int(k), to="text")[0]
-            return [[h.rank, round(h.score, 4), h.caption, h.image_path] for h in result.results]
+            return [[h.rank, round(h.score, 4), h.caption, self._collection_path(h.index)] for h in result.results]
         return self._with_upload(upload, work, [])
 
     def classify(self, upload, labels: str):
@@ -194,7 +244,7 @@ def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, 
     os.environ["GRADIO_TEMP_DIR"] = upload_dir
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        app = build(Page(features, rules, device, dictionary=dictionary))
+        app = build(Page(features, rules, device, dictionary=dictionary, work_dir=upload_dir))
         print(f"serving on http://{host}:{port}  (uploads: {upload_dir}; Ctrl-C to stop)", flush=True)
         app.launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True,
                    max_file_size=MAX_UPLOAD, ssr_mode=False)

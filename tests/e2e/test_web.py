@@ -120,12 +120,18 @@ def test_expansions_are_grouped_by_language_with_dictionary_marked(server, brows
     page.close()
 
 
-def test_expansion_toggle_changes_what_is_shown(server, browser):
+def _ask(server, browser, query: str, shown: str):
+    """A new page that has searched ``query`` and shows ``shown`` in its expansions line."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(server["url"])
-    page.locator("#query textarea").fill("黄金猎犬")
+    page.locator("#query textarea").fill(query)
     page.locator("#search").click()
-    page.wait_for_function("document.querySelector('#expansions').innerText.includes('金毛')", timeout=30_000)
+    page.wait_for_function(f"document.querySelector('#expansions').innerText.includes('{shown}')", timeout=30_000)
+    return page
+
+
+def test_expansion_toggle_changes_what_is_shown(server, browser):
+    page = _ask(server, browser, "黄金猎犬", "金毛")
     with_expansion = _captions(page, "#results")
     page.locator("#expand input[type=checkbox]").uncheck()
     page.locator("#search").click()
@@ -207,3 +213,30 @@ def test_history_tab_shows_the_latest_searches_as_the_report_does(server, browse
     assert sections.count() == min(len(records), 20)
     page.screenshot(path=str(SHOTS / "web_history.png"), full_page=False)
     page.close()
+
+
+def test_twenty_concurrent_queries_with_repeated_texts_are_all_answered(server):
+    """Repeated texts share thumbnails; each answer's images must arrive whole (one of 80 used to be cut off
+    with 'Too little data for declared Content-Length' while Gradio rewrote the same cache file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+    from PIL import Image
+
+    client = Client(server["url"], verbose=False)
+
+    def ask(query: str):
+        return client.predict(query, True, 6, api_name="/text_search")
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(ask, ["金毛", "灰猫", "小猪", "雪地里的哈士奇"] * 5))
+    assert len(answers) == 20
+    for status, gallery in answers:
+        assert len(gallery) == 6, status
+        for item in gallery:
+            with Image.open(item["image"]) as img:
+                img.load()
+
+
+def test_empty_query_shows_a_line_on_the_page(server, browser):
+    _ask(server, browser, "   ", "empty query").close()
