@@ -300,3 +300,16 @@ def test_eval_reports_what_the_backend_serves(encoder, foldered, tmp_path):
     assert report["index"]["backend"] == "qdrant" and report["index"]["agreement@10"] == 1.0
     assert report["index"]["recall@10"] == report["text_to_image"]["recall@10"]
     assert "index" not in api.evaluate(out, rules=None, encoder=encoder, exact=True)
+
+
+def test_the_web_page_searches_through_the_backend_index_json_names(foldered, tmp_path):
+    pytest.importorskip("gradio")
+    from clip_retrieval.web import Page
+
+    out = _copy(foldered[1], tmp_path)
+    api.build_index(out, "qdrant")
+    page = Page(str(out), None, device="cpu")
+    assert page.searcher.index.name == "qdrant"
+    page.text_search("灰猫", False, 3)
+    record = json.loads((out / "search_log.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+    assert record["backend"] == "qdrant" and len(record["results"]) == 3
