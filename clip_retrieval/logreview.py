@@ -23,6 +23,7 @@ from typing import Iterable
 
 from . import searchlog
 from .errors import InputError
+from .store import resolve_path
 
 MODES = ("text", "image", "image+text")
 CSV_COLUMNS = ("time", "query", "mode", "to", "expansions", "top1_path", "top1_score", "top1_caption", "model",
@@ -246,7 +247,7 @@ def result_file(record: dict, hit: dict) -> Path:
     """Where a logged result's image is: its collection-relative path under the logged root, else as printed."""
     root, rel = record.get("collection_root"), hit.get("path")
     if root and rel:
-        return Path(rel) if Path(rel).is_absolute() else Path(root) / rel
+        return resolve_path(root, rel)
     return Path(str(hit.get("image_path", "")))
 
 

@@ -27,13 +27,15 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable, TypedDict
+from typing import TYPE_CHECKING, Callable, Iterable, TypedDict
 
 import numpy as np
-import torch
 
 from . import __version__
 from .errors import DiskFullError, FeatureStoreError, ModelMismatchError, NewerFormatError
+
+if TYPE_CHECKING:  # torch loads when tensors are read or written: the writer, paths and manifest stay light
+    import torch
 
 FORMAT_VERSION = 1
 IMAGE_FILE = "image_features.pt"
@@ -500,6 +502,8 @@ class FeatureStore:
 def save(folder: str | os.PathLike, image_features: torch.Tensor, text_features: torch.Tensor,
          manifest: Manifest) -> Manifest:
     """Write the three files together, atomically; returns the manifest as written."""
+    import torch
+
     folder = Path(folder)
     image_features = image_features.float().contiguous()
     text_features = text_features.float().contiguous()
@@ -519,6 +523,8 @@ def save(folder: str | os.PathLike, image_features: torch.Tensor, text_features:
 
 
 def _load_tensor(path: Path, manifest: Manifest, folder: Path) -> torch.Tensor:
+    import torch
+
     if not path.is_file():
         raise _needs_rebuild(folder, f"{path} is missing", manifest)
     payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -543,6 +549,8 @@ def load(folder: str | os.PathLike, with_text: bool = True) -> FeatureStore:
 def save_expansion_cache(folder: str | os.PathLike, texts: list[str], embeddings: torch.Tensor,
                          model_fingerprint: str, rules_sha256: str) -> Path:
     """Embeddings of every phrase in a rules file, tagged with the model and rules they came from."""
+    import torch
+
     path = Path(folder) / EXPANSION_CACHE_FILE
     payload = {"texts": list(texts), "embeddings": embeddings.float().contiguous(),
                "model_fingerprint": model_fingerprint, "rules_sha256": rules_sha256, "format_version": FORMAT_VERSION}
@@ -554,6 +562,8 @@ def save_expansion_cache(folder: str | os.PathLike, texts: list[str], embeddings
 def load_expansion_cache(folder: str | os.PathLike, model_fingerprint: str,
                          rules_sha256: str) -> tuple[list[str], torch.Tensor] | None:
     """The cached phrases and embeddings, or None when missing or made for another model or rules file."""
+    import torch
+
     path = Path(folder) / EXPANSION_CACHE_FILE
     if not path.is_file():
         return None

@@ -242,3 +242,16 @@ def test_no_pickle_needed_to_load(tmp_path):
     store.save(tmp_path, _feats(2), _feats(2), _manifest(2))
     payload = torch.load(tmp_path / "image_features.pt", weights_only=True)
     assert set(payload) == {"features", "generation"}
+
+
+def test_paths_manifest_and_writer_load_without_torch():
+    """``store``'s light half (and ``dataset``, which resolves paths through it) must not pull torch in."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = "import sys, clip_retrieval.store, clip_retrieval.dataset; print('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    assert out.stdout.strip() == "False"
