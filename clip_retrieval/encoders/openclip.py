@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import warnings
+import zipfile
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -221,13 +222,38 @@ def create(arch: str, weights: str | None, tag_cfg: dict, device: torch.device |
 
     preprocess_cfg = merge_preprocess_dict({}, tag_cfg)
     preprocess_cfg.pop("size", None)  # open_clip sizes the transform from the built tower, as for a tag
+    scripted = weights is not None and is_torchscript(weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        model = open_clip.create_model(arch, pretrained=weights, device=device, weights_only=True,
-                                       force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+        model = open_clip.create_model(arch, pretrained=None if scripted else weights, device=device,
+                                       weights_only=True, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
                                        force_preprocess_cfg=preprocess_cfg)
+    if scripted:  # every parameter must be there; computed buffers the archive also carries are left out
+        expected = model.state_dict()
+        model.load_state_dict({k: v for k, v in torchscript_state(weights).items() if k in expected})
     preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     return model, preprocess
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """True for a TorchScript archive, the format OpenAI publishes CLIP in (``~/.cache/clip/ViT-B-32.pt``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def torchscript_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The weights of an OpenAI TorchScript archive, in open_clip's names (OpenAI's own).
+
+    ``torch.load(weights_only=True)`` refuses TorchScript archives; ``torch.jit.load`` reads them
+    with TorchScript's restricted loader, which runs no Python pickle code.
+    """
+    state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    return {k: v.float() for k, v in state.items()}
 
 
 def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str | None = None) -> Encoder:

@@ -263,3 +263,24 @@ def test_nllb_tokenizer_marks_texts_as_simplified_chinese(tmp_path):
     set_source_language(tokenizer, NLLB_CHINESE)
     tokens = tokenizer(["草地上的金毛", "小狗"])
     assert (tokens[:, 0] == tokenizer.tokenizer.convert_tokens_to_ids(NLLB_CHINESE)).all()
+
+
+def test_openai_torchscript_file_in_the_clip_cache_loads(tiny_quickgelu_tag, monkeypatch, tmp_path):
+    """Users of OpenAI's clip package have ``~/.cache/clip/ViT-B-32.pt``, a TorchScript archive that
+    ``torch.load(weights_only=True)`` refuses; the tag's URL file and --checkpoint both load it."""
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+
+    arch, weights = tiny_quickgelu_tag
+    model = open_clip.create_model(arch, pretrained=str(weights), force_quick_gelu=True).eval()
+    scripted = tmp_path / "home" / ".cache" / "clip" / "tiny-oai.pt"
+    scripted.parent.mkdir(parents=True)
+    torch.jit.save(torch.jit.script(model), str(scripted))
+    cfg = dict(oc_pretrained._PRETRAINED[arch]["oai"], hf_hub="", url="https://example.invalid/x/tiny-oai.pt")
+    monkeypatch.setitem(oc_pretrained._PRETRAINED, arch, {"oai": cfg})
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with torch.no_grad():
+        want = F.normalize(model.encode_text(open_clip.get_tokenizer(arch)(TEXTS)), dim=-1)
+    for encoder in (load_encoder(f"open_clip:{arch}/oai", device="cpu"),
+                    load_encoder(f"open_clip:{arch}/oai", str(scripted), "cpu")):
+        assert torch.allclose(encoder.encode_texts(TEXTS), want, atol=1e-5)
