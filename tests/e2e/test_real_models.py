@@ -209,3 +209,18 @@ def test_documented_name_downloads_searches_equals_upstream_and_reloads_offline(
     assert torch.allclose(again.encode_texts(captions), want_txt, atol=1e-5)
     assert time.monotonic() - start < 120
     forget(published, hf_cache, clip_cache)  # gigabytes per name: free the disk for the next one
+
+
+def test_cn_clip_mirror_setting_is_probed_and_named(empty_caches, monkeypatch):
+    """CLIP_RETRIEVAL_CN_CLIP_MIRROR (a plain URL base) replaces the hub for Chinese-CLIP, in the probe and message."""
+    published = PUBLISHED["cn_clip:RN50"]
+    forget(published, *empty_caches)
+    mirror = closed_port_url() + "/checkpoints"
+    monkeypatch.setenv("CLIP_RETRIEVAL_CN_CLIP_MIRROR", mirror)
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as info:
+        load_encoder("cn_clip:RN50", device="cpu")
+    assert time.monotonic() - start < FAIL_FAST_S
+    message = str(info.value)
+    assert f"{mirror}/clip_cn_rn50.pt" in message and f"无法连接 {mirror}" in message
+    assert "OFA-Sys/chinese-clip-rn50" in message and "modelscope.cn" in message  # the other places it is published
