@@ -15,10 +15,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
-import torch
 
 from . import evaluate as ev
 from . import index as backends
@@ -26,14 +25,17 @@ from . import searchlog, store
 from .dataset import DEFAULT_MAX_PIXELS, read_captions, read_query_lines, scan_images
 from .dedup import near_duplicate_groups
 from .dictionary import load_dictionary
-from .encoders import DEFAULT_MODEL, load_encoder
-from .encoders.base import Encoder
+from .encoders import DEFAULT_MODEL
 from .errors import InputError, UserError
 from .expansion import DEFAULT_RULES, Expansion, RuleTable, find_rules, load_rules
 from .extract import ExtractResult, extract
 from .index.base import Where
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
+from .runtime.onnx import load_for_cpu, weights_fingerprint
 from .zeroshot import classify_images, parse_labels
+
+if TYPE_CHECKING:
+    from .encoders.base import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +62,35 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
         coll = read_captions(csv or "data/captions.csv", skip_bad_rows=skip_bad_rows)
     previous = None
     if update and (Path(out) / store.MANIFEST_FILE).is_file():
-        previous = store.load(out)
+        previous = store.load(out, with_text=False)
         previous.check_model(encoder.name if encoder else model, checkpoint=checkpoint)
-    encoder = encoder or load_encoder(model, checkpoint, device)
-    if previous is not None:
-        previous.check_model(encoder.name, encoder.fingerprint, checkpoint)
-    _warn_demo_model_on_photos(encoder, coll.images)
-    result = extract(encoder, coll, out, batch_size=batch_size, num_workers=num_workers, quiet=quiet,
-                     max_pixels=max_pixels, checkpoint=checkpoint, previous=previous, exact_decode=exact_decode)
+        if encoder is None and checkpoint:   # other local weights are refused before anything is reused
+            previous.check_model(model, weights_fingerprint(model, checkpoint), checkpoint)
+    loaded: list[Encoder] = []
+
+    def get_encoder() -> Encoder:
+        """The model, loaded when something needs encoding (an --update with nothing new loads none)."""
+        if not loaded:
+            loaded.append(encoder or load_for_cpu(model, checkpoint, device))
+            if previous is not None:
+                previous.check_model(loaded[0].name, loaded[0].fingerprint, checkpoint)
+        return loaded[0]
+
+    if previous is None:
+        _warn_demo_model_on_photos(get_encoder(), coll.images)
+    result = extract(get_encoder if previous is not None else get_encoder(), coll, out, batch_size=batch_size,
+                     num_workers=num_workers, quiet=quiet, max_pixels=max_pixels, checkpoint=checkpoint,
+                     previous=previous, exact_decode=exact_decode)
     if rules is not None and find_rules(rules) is not None:
         table = load_rules(rules)
-        if store.load_expansion_cache(out, encoder.fingerprint, table.sha256) is None:
-            _keep_expansion_cache(out, build_expansion_cache(encoder, table), encoder.fingerprint, table.sha256)
+        fingerprint = result.manifest.model.fingerprint
+        cache = store.load_expansion_cache(out, fingerprint, table.sha256)   # this folder's, else the shared one
+        if cache is None or not (Path(out) / store.EXPANSION_CACHE_FILE).is_file():
+            _keep_expansion_cache(out, cache or build_expansion_cache(get_encoder(), table), fingerprint, table.sha256)
     return result
 
 
-def _keep_expansion_cache(folder: str | os.PathLike, cache: tuple[list[str], torch.Tensor], model_fingerprint: str,
+def _keep_expansion_cache(folder: str | os.PathLike, cache: tuple[list[str], np.ndarray], model_fingerprint: str,
                           rules_sha256: str) -> bool:
     """Save the expansion cache beside the features; when it cannot be written (a full disk, a read-only
     folder) searches still work, only slower, so this warns instead of failing the command."""
@@ -104,12 +119,15 @@ def _warn_demo_model_on_photos(encoder: Encoder, images: list[str]) -> None:
 
 
 def encoder_for(manifest: store.Manifest, checkpoint: str | None = None, device: str = "auto") -> Encoder:
-    """The encoder that made a features folder (its checkpoint too, unless another is given)."""
+    """The encoder that made a features folder (its checkpoint too, unless another is given).
+
+    On a CPU it is the exported ONNX model when there is one for the recorded weights.
+    """
     name = manifest.model.name
     saved = manifest.model.checkpoint
     if checkpoint is None and saved and Path(saved).exists():
         checkpoint = saved
-    return load_encoder(name, checkpoint, device)
+    return load_for_cpu(name, checkpoint, device, manifest.model.fingerprint if checkpoint == saved else None)
 
 
 def open_searcher(features: str | os.PathLike = "outputs", model: str | None = None,
@@ -304,8 +322,7 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
     if per_query:
         if rules is None:
             raise InputError("--per-query compares each query with and without expansion; drop --no-expand")
-        plain, expanded = ((searcher.query_vectors(qs.queries, m) @ feats.image_features.T).numpy()
-                           for m in (False, True))
+        plain, expanded = (searcher.query_vectors(qs.queries, m) @ feats.image_matrix().T for m in (False, True))
         result["per_query"] = ev.per_query(qs.queries, qs.relevant, plain, expanded)
     if feats.manifest.captions:
         texts = list(dict.fromkeys(c["text"] for c in feats.manifest.captions))
@@ -314,12 +331,12 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
     return result
 
 
-def _served_metrics(index: backends.VectorIndex, vectors: torch.Tensor, matrix: np.ndarray,
+def _served_metrics(index: backends.VectorIndex, vectors: np.ndarray, matrix: np.ndarray,
                     relevant: list[set[int]], depth: int = 10) -> dict:
     """Top-``depth`` metrics of the rankings a backend serves, and its overlap with the exact top ``depth``."""
     from .search import exact_topk
 
-    queries = vectors.numpy().astype(np.float32)
+    queries = np.asarray(vectors, dtype=np.float32)
     rows, scores = index.search(queries, depth)
     served = np.full((len(queries), matrix.shape[0]), -np.inf, dtype=np.float32)
     overlap = []
@@ -415,10 +432,10 @@ def classifier_encoder(model: str | None = None, checkpoint: str | None = None,
                        features: str | os.PathLike | None = None, device: str = "auto") -> Encoder:
     """The model named, else the one that built ``features`` (when there are some), else the default."""
     if model:
-        return load_encoder(model, checkpoint, device)
+        return load_for_cpu(model, checkpoint, device)
     if features is not None and (Path(features) / store.MANIFEST_FILE).is_file():
         return encoder_for(store.read_manifest(features), checkpoint, device)
-    return load_encoder(DEFAULT_MODEL, checkpoint, device)
+    return load_for_cpu(DEFAULT_MODEL, checkpoint, device)
 
 
 def classify(images: list[str | os.PathLike], labels: str | list[str], encoder: Encoder,

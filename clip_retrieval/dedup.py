@@ -14,7 +14,6 @@ the N² products of the exact join; near-duplicates sit in the same or a neighbo
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .errors import InputError
 
@@ -30,13 +29,13 @@ def exact_block_rows(n: int, block: int = 4096) -> int:
     return max(1, min(block, MAX_SCORES // max(1, n)))
 
 
-def _exact_pairs(x: torch.Tensor, threshold: float, block: int):
+def _exact_pairs(x: np.ndarray, threshold: float, block: int):
     n = x.shape[0]
     rows_per_block = exact_block_rows(n, block)
     for start in range(0, n, rows_per_block):
-        sims = x[start:start + rows_per_block] @ x.T
-        rows, cols = torch.nonzero(sims >= threshold - 1e-6, as_tuple=True)
-        yield (rows + start).numpy(), cols.numpy()
+        sims = np.matmul(x[start:start + rows_per_block], x.T)
+        rows, cols = np.nonzero(sims >= threshold - 1e-6)
+        yield rows + start, cols
 
 
 def _ivf_pairs(x: np.ndarray, threshold: float, seed: int = 0):
@@ -58,7 +57,7 @@ def _ivf_pairs(x: np.ndarray, threshold: float, seed: int = 0):
         yield rows, ids
 
 
-def near_duplicate_groups(x: torch.Tensor, threshold: float = 0.95, block: int = 4096,
+def near_duplicate_groups(x: np.ndarray, threshold: float = 0.95, block: int = 4096,
                           method: str = "auto") -> list[list[tuple[int, float]]]:
     """Groups (two or more rows of ``x``) linked by cosine similarity >= ``threshold``.
 
@@ -69,11 +68,12 @@ def near_duplicate_groups(x: torch.Tensor, threshold: float = 0.95, block: int =
     """
     if not 0.0 < threshold <= 1.0:
         raise InputError(f"--threshold must be in (0, 1], got {threshold}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
     if method == "auto":
         method = "ivf" if n >= IVF_FROM and _has_faiss() else "exact"
     if method == "ivf":
-        pairs = _ivf_pairs(np.ascontiguousarray(x.numpy(), dtype=np.float32), threshold)
+        pairs = _ivf_pairs(x, threshold)
     else:
         pairs = _exact_pairs(x, threshold, block)
     parent = list(range(n))

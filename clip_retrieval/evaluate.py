@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import InputError
 from .store import Manifest, resolve_path
@@ -131,16 +130,17 @@ def write_query_file(path: str | os.PathLike, rows: list[tuple[str, str]], root:
     return Path(path)
 
 
-def text_to_image(query_vectors: torch.Tensor, image_features: torch.Tensor, relevant: list[set[int]]) -> dict:
-    return retrieval_metrics((query_vectors @ image_features.T).numpy(), relevant)
+def text_to_image(query_vectors: np.ndarray, image_features: np.ndarray, relevant: list[set[int]]) -> dict:
+    return retrieval_metrics(np.asarray(query_vectors, np.float32) @ np.asarray(image_features, np.float32).T, relevant)
 
 
-def image_to_text(manifest: Manifest, image_features: torch.Tensor, caption_vectors: torch.Tensor,
+def image_to_text(manifest: Manifest, image_features: np.ndarray, caption_vectors: np.ndarray,
                   captions: list[str]) -> dict:
     """Each image queries the distinct captions; its own captions (and identical texts) are relevant."""
     position = {t: i for i, t in enumerate(captions)}
     relevant = [{position[t] for t in img.get("captions", []) if t in position} for img in manifest.images]
-    return retrieval_metrics((image_features @ caption_vectors.T).numpy(), relevant)
+    return retrieval_metrics(np.asarray(image_features, np.float32) @ np.asarray(caption_vectors, np.float32).T,
+                             relevant)
 
 
 def per_query(queries: list[str], relevant: list[set[int]], plain_scores: np.ndarray,

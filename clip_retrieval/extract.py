@@ -1,8 +1,10 @@
 """Extraction: a collection in, normalised image and caption features out.
 
-Owns the batching pipeline (DataLoader with decoding in worker processes, overlapped
-with the model) and what goes into the manifest. It must not parse CSVs itself
-(``dataset``) or know the file format (``store``).
+Owns the batching pipeline (decoding overlapped with the model: worker processes for a
+torch model, threads for ONNX Runtime, which releases the GIL as Pillow's decoder does)
+and what goes into the manifest. It must not parse CSVs itself (``dataset``) or know the
+file format (``store``). Features are float32 numpy; torch is imported only when a torch
+model runs.
 """
 
 from __future__ import annotations
@@ -11,18 +13,23 @@ import collections
 import logging
 import os
 import platform
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch.utils.data import DataLoader
+import numpy as np
 from tqdm import tqdm
 
 from . import store
 from .dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images
-from .encoders.base import Encoder
 from .errors import InputError
 from .hashing import sha256_file
+
+if TYPE_CHECKING:
+    from .encoders.base import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +52,39 @@ class ExtractResult:
     encoded_captions: int = 0
 
 
+def _batches_in_threads(dataset: ImageFiles, batch_size: int, workers: int):
+    """Decoded batches in order, decoding a few batches ahead in threads (no worker processes)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque = deque()
+        todo = iter(range(len(dataset)))
+        for i in todo:
+            pending.append(pool.submit(dataset.__getitem__, i))
+            if len(pending) >= 3 * batch_size:
+                break
+        while pending:
+            items = []
+            while pending and len(items) < batch_size:
+                items.append(pending.popleft().result())
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(dataset.__getitem__, nxt))
+            good = [(i, px, h) for i, px, h, reason in items if px is not None]
+            bad = [(i, h, reason) for i, px, h, reason in items if px is None]
+            pixels = np.stack([px for _, px, _ in good]) if good else None
+            yield [i for i, _, _ in good], pixels, [h for _, _, h in good], bad
+
+
+def _batches_in_processes(dataset: ImageFiles, batch_size: int, workers: int, pin_memory: bool):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
+                      pin_memory=pin_memory, prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
 def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num_workers: int | None = None,
                   quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, exact_decode: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[str], list[tuple[int, str, str]]]:
-    """Encode image files in batches, decoding in worker processes while the model runs.
+                  ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
+    """Encode image files in batches, decoding ahead while the model runs.
 
     JPEGs decode in draft mode (libjpeg's reduced-size decoding, several times cheaper on phone
     photos; the benchmark prints its smallest cosine to a full decode) unless ``exact_decode``,
@@ -56,21 +92,22 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
     Returns (features with a row per path, mask of rows encoded, content hashes, skipped as
     (position, hash, reason)).
     """
-    feats = torch.zeros(len(paths), encoder.dim)
-    kept = torch.zeros(len(paths), dtype=torch.bool)
+    feats = np.zeros((len(paths), encoder.dim), dtype=np.float32)
+    kept = np.zeros(len(paths), dtype=bool)
     hashes = [""] * len(paths)
     skipped: list[tuple[int, str, str]] = []
     if not paths:
         return feats, kept, hashes, skipped
     dataset = ImageFiles(paths, encoder.preprocess, None if exact_decode else encoder.image_size, max_pixels)
     workers = default_workers() if num_workers is None else num_workers
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_images,
-                        pin_memory=encoder.device.type == "cuda",
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    if getattr(encoder, "runtime", "torch") == "onnxruntime":
+        batches = _batches_in_threads(dataset, batch_size, workers)
+    else:
+        batches = _batches_in_processes(dataset, batch_size, workers, encoder.device.type == "cuda")
     with tqdm(total=len(paths), desc="images / 图片", unit="img", disable=quiet) as bar:
-        for idx, pixels, digests, bad in loader:
+        for idx, pixels, digests, bad in batches:
             if pixels is not None:
-                feats[idx] = encoder.encode_images(pixels)
+                feats[idx] = np.asarray(encoder.encode_images(pixels), dtype=np.float32)
                 kept[idx] = True
                 for i, h in zip(idx, digests):
                     hashes[i] = h
@@ -101,14 +138,48 @@ def _reusable(coll: Collection, paths: list[Path], stats: list[os.stat_result],
     return reuse
 
 
-def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_size: int = 32,
+class _EncoderOnDemand:
+    """The encoder, loaded the first time something needs encoding (``--update`` with nothing new loads none)."""
+
+    def __init__(self, encoder: Encoder | Callable[[], Encoder], previous: store.FeatureStore | None):
+        self._encoder = encoder if hasattr(encoder, "encode_texts") else None
+        self._load = None if self._encoder is not None else encoder
+        self._previous = previous
+
+    def get(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = self._load()
+        return self._encoder
+
+    def model_info(self, checkpoint: str | None) -> store.ModelInfo:
+        """The manifest's model: from the encoder, or carried over when nothing needed one."""
+        saved = str(Path(checkpoint).resolve()) if checkpoint else None
+        enc = self._encoder
+        if enc is None:
+            old = self._previous.manifest.model
+            return store.ModelInfo(name=old.name, fingerprint=old.fingerprint, dim=old.dim,
+                                   languages=list(old.languages), checkpoint=saved)
+        return store.ModelInfo(name=enc.name, fingerprint=enc.fingerprint, dim=enc.dim,
+                               languages=sorted(enc.languages), checkpoint=saved)
+
+    def environment(self) -> dict:
+        enc: Any = self._encoder
+        if enc is None:
+            return dict(self._previous.manifest.environment or {}, python=platform.python_version())
+        runtime = getattr(enc, "runtime", "torch")
+        version = getattr(sys.modules.get(runtime), "__version__", "?")
+        return {"runtime": f"{runtime} {version}", "python": platform.python_version(), "device": str(enc.device)}
+
+
+def extract(encoder: Encoder | Callable[[], Encoder], coll: Collection, out: str | os.PathLike, batch_size: int = 32,
             num_workers: int | None = None, quiet: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, checkpoint: str | None = None,
             previous: store.FeatureStore | None = None, exact_decode: bool = False) -> ExtractResult:
     """Encode a collection and save features + manifest under ``out`` (atomically).
 
     With ``previous`` (features made by the same model), only new or changed images and
-    new captions are encoded; removed rows are dropped. ``checkpoint`` is recorded so a
+    new captions are encoded; removed rows are dropped. ``encoder`` may be a function that
+    loads it, called only when something has to be encoded. ``checkpoint`` is recorded so a
     later search loads the same local weights by itself. The decoding mode (draft or
     exact, see ``encode_images``) is recorded too; ``previous`` image vectors made in the
     other mode are not reused.
@@ -121,11 +192,17 @@ def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_si
     same_decode = previous is not None and previous.manifest.image_decode == decode
     reuse = _reusable(coll, paths, stats, previous) if same_decode else {}
     todo = [i for i in range(len(paths)) if i not in reuse]
-    new_feats, new_kept, new_hashes, new_skipped = encode_images(
-        encoder, [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels, exact_decode)
-    all_feats = torch.zeros(len(paths), encoder.dim)
+    model = _EncoderOnDemand(encoder if previous is not None or hasattr(encoder, "encode_texts") else encoder(),
+                             previous)
+    if todo:
+        new_feats, new_kept, new_hashes, new_skipped = encode_images(
+            model.get(), [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels, exact_decode)
+    else:
+        new_feats, new_kept, new_hashes, new_skipped = None, np.zeros(0, dtype=bool), [], []
+    dim = model.model_info(checkpoint).dim
+    all_feats = np.zeros((len(paths), dim), dtype=np.float32)
     hashes = [""] * len(paths)
-    kept_mask = torch.zeros(len(paths), dtype=torch.bool)
+    kept_mask = np.zeros(len(paths), dtype=bool)
     for i, (row, digest) in reuse.items():
         all_feats[i] = previous.image_features[row]
         hashes[i] = digest
@@ -142,7 +219,7 @@ def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_si
     new_index = {old: new for new, old in enumerate(keep)}
     caption_ids = [c for c, img in enumerate(coll.caption_image) if img in new_index]
     captions = [coll.captions[c] for c in caption_ids]
-    text_feats, encoded_captions = _caption_features(encoder, captions, previous, quiet)
+    text_feats, encoded_captions = _caption_features(model, captions, previous, quiet, dim)
     images: list[store.ImageEntry] = [
         {"path": coll.images[old], "sha256": hashes[old], "size": stats[old].st_size,
          "mtime_ns": stats[old].st_mtime_ns, "captions": []} for old in keep]
@@ -160,33 +237,32 @@ def extract(encoder: Encoder, coll: Collection, out: str | os.PathLike, batch_si
         source["csv_sha256"] = sha256_file(source["csv"])
         source["csv"] = str(Path(source["csv"]).resolve())
     manifest = store.Manifest(
-        model=store.ModelInfo(name=encoder.name, fingerprint=encoder.fingerprint, dim=encoder.dim,
-                              languages=sorted(encoder.languages),
-                              checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None),
+        model=model.model_info(checkpoint),
         source=source, root=coll.root, images=images, captions=caption_entries, skipped=skipped_entries,
         image_decode=decode,
-        environment={"torch": torch.__version__, "python": platform.python_version(), "device": str(encoder.device)})
+        environment=model.environment())
     written = store.save(out, image_feats, text_feats, manifest)
     return ExtractResult(manifest=written, skipped=skipped_entries, encoded_images=int(new_kept.sum()),
                          reused_images=len(reuse), encoded_captions=encoded_captions)
 
 
-def _caption_features(encoder: Encoder, captions: list[str], previous: store.FeatureStore | None,
-                      quiet: bool) -> tuple[torch.Tensor, int]:
+def _caption_features(model: _EncoderOnDemand, captions: list[str], previous: store.FeatureStore | None,
+                      quiet: bool, dim: int) -> tuple[np.ndarray, int]:
     """Caption vectors, reusing ``previous`` ones for identical texts; returns (features, how many encoded)."""
     known: dict[str, int] = {}
-    if previous is not None and previous.text_features.shape[0] == len(previous.manifest.captions):
+    previous_texts = previous.caption_features() if previous is not None else None
+    if previous is not None and previous_texts.shape[0] == len(previous.manifest.captions):
         known = {c["text"]: row for row, c in enumerate(previous.manifest.captions)}
     todo = list(dict.fromkeys(t for t in captions if t not in known))
     uses = collections.Counter(captions)   # the bar counts captions, each distinct text is encoded once
-    fresh: dict[str, torch.Tensor] = {}
+    fresh: dict[str, np.ndarray] = {}
     with tqdm(total=len(captions), initial=len(captions) - sum(uses[t] for t in todo), desc="captions / 文本",
               unit="txt", disable=quiet or not todo) as bar:
         for start in range(0, len(todo), 256):
             chunk = todo[start:start + 256]
-            fresh.update(zip(chunk, encoder.encode_texts(chunk)))
+            fresh.update(zip(chunk, np.asarray(model.get().encode_texts(chunk), dtype=np.float32)))
             bar.update(sum(uses[t] for t in chunk))
     if not captions:
-        return torch.empty(0, encoder.dim), 0
-    rows = [fresh[t] if t in fresh else previous.text_features[known[t]] for t in captions]
-    return torch.stack(rows), len(todo)
+        return np.empty((0, dim), dtype=np.float32), 0
+    rows = [fresh[t] if t in fresh else previous_texts[known[t]] for t in captions]
+    return np.stack(rows), len(todo)

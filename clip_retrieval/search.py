@@ -3,7 +3,9 @@
 Owns weighted pooling (``pool``/``pool_each``, also used for zero-shot labels), the exact
 top-k scan, reciprocal-rank fusion, and the ``Searcher`` that ties an encoder, a feature
 store and a rules table together and serves every search mode (text to image, image to
-image, image to text, image plus text). It must not print or write logs.
+image, image to text, image plus text). It must not print or write logs. Vectors are
+float32 numpy arrays, so a search imports no torch (a torch encoder's outputs are
+converted on the way in).
 """
 
 from __future__ import annotations
@@ -11,19 +13,20 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
 from .dataset import open_user_image
-from .encoders.base import Encoder
 from .errors import InputError
 from .dictionary import Dictionary
 from .expansion import Expansion, Phrase, RuleTable, format_grouped, script_of
 from .hashing import sha256_bytes
 from .index.base import RowMask, VectorIndex, Where
 from .store import FeatureStore
+
+if TYPE_CHECKING:
+    from .encoders.base import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +89,23 @@ class SearchResult:
         return out
 
 
-def pool(embeddings: torch.Tensor, weights: list[float] | torch.Tensor) -> torch.Tensor:
+def pool(embeddings, weights) -> np.ndarray:
     """Weighted mean of unit vectors, renormalised to unit length."""
-    w = torch.as_tensor(weights, dtype=embeddings.dtype).reshape(-1, 1)
-    pooled = (embeddings * w).sum(dim=0) / w.sum()
-    return pooled / pooled.norm().clamp_min(1e-12)
+    vectors = np.asarray(embeddings, dtype=np.float32)
+    w = np.asarray(weights, dtype=np.float32).reshape(-1, 1)
+    pooled = (vectors * w).sum(axis=0) / w.sum()
+    return pooled / max(float(np.linalg.norm(pooled)), 1e-12)
 
 
-def pool_each(embeddings: torch.Tensor, weights: list[list[float]]) -> torch.Tensor:
+def pool_each(embeddings, weights: list[list[float]]) -> np.ndarray:
     """One pooled vector per group: ``embeddings`` holds the groups' rows one group after another,
     ``weights`` each group's weights (a query's phrasings, a label's prompts)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
     out, start = [], 0
     for group in weights:
         out.append(pool(embeddings[start:start + len(group)], group))
         start += len(group)
-    return torch.stack(out) if out else torch.empty(0, embeddings.shape[-1])
+    return np.stack(out) if out else np.empty((0, embeddings.shape[-1]), dtype=np.float32)
 
 
 def exact_topk(matrix: np.ndarray, query: np.ndarray, k: int,
@@ -134,12 +139,12 @@ def clean_query(query: str) -> tuple[str, bool]:
     return text, False
 
 
-def build_expansion_cache(encoder: Encoder, rules: RuleTable) -> tuple[list[str], torch.Tensor]:
+def build_expansion_cache(encoder: Encoder, rules: RuleTable) -> tuple[list[str], np.ndarray]:
     """Every key, alias and phrasing in the table, encoded once (queries that match whole need no encoding)."""
     texts = list(dict.fromkeys(
         [t for r in rules.rules for t in [r.key, *r.aliases]] +
         [p.text for r in rules.rules for p in r.expansions if p.lang in encoder.languages]))
-    return texts, encoder.encode_texts(texts)
+    return texts, np.asarray(encoder.encode_texts(texts), dtype=np.float32)
 
 
 class Searcher:
@@ -153,20 +158,21 @@ class Searcher:
     """
 
     def __init__(self, store: FeatureStore, encoder: Encoder | Callable[[], Encoder], rules: RuleTable | None,
-                 cache: tuple[list[str], torch.Tensor] | None = None, index: VectorIndex | None = None,
+                 cache: tuple[list[str], np.ndarray] | None = None, index: VectorIndex | None = None,
                  dictionary: Dictionary | None = None,
                  checkpoint: str | None = None):
         self.store = store
         self.checkpoint = checkpoint     # local weights the user asked for (named in a mismatch message)
         self.rules = rules
         self.dictionary = dictionary
-        self._encoder: Encoder | None = None
-        self._load_encoder = encoder if callable(encoder) and not isinstance(encoder, Encoder) else None
-        if isinstance(encoder, Encoder):
+        self._encoder: Any = None
+        loaded = hasattr(encoder, "encode_texts")     # a torch Encoder or an OnnxEncoder
+        self._load_encoder = None if loaded else encoder
+        if loaded:
             self._accept(encoder)
         self.languages = frozenset(store.manifest.model.languages or self.encoder.languages)
         self._cache_rows: dict[str, int] = {}
-        self._cache_vectors = torch.empty(0)
+        self._cache_vectors = np.empty((0, 0), dtype=np.float32)
         if cache is not None:
             self.use_cache(*cache)
         self._matrix = store.image_matrix()
@@ -194,9 +200,9 @@ class Searcher:
     def model_fingerprint(self) -> str:
         return self._encoder.fingerprint if self._encoder is not None else self.store.model_fingerprint
 
-    def use_cache(self, texts: list[str], vectors: torch.Tensor) -> None:
+    def use_cache(self, texts: list[str], vectors: np.ndarray) -> None:
         self._cache_rows = {t: i for i, t in enumerate(texts)}
-        self._cache_vectors = vectors
+        self._cache_vectors = np.asarray(vectors, dtype=np.float32)
 
     def expand(self, query: str, expand: bool = True) -> Expansion:
         """Whole-language renderings in the languages the model reads (``expand=False``: the query alone)."""
@@ -204,31 +210,31 @@ class Searcher:
             return self.rules.expand(query, self.languages, dictionary=self.dictionary)
         return Expansion(query=query, phrases=[Phrase(query, script_of(query), 1.0, source="query")])
 
-    def phrase_vectors(self, texts: list[str]) -> torch.Tensor:
+    def phrase_vectors(self, texts: list[str]) -> np.ndarray:
         """Cached embeddings where there are some; the rest encoded together in one batch."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache_rows))
-        fresh = dict(zip(missing, self.encoder.encode_texts(missing))) if missing else {}
-        return torch.stack([self._cache_vectors[self._cache_rows[t]] if t in self._cache_rows else fresh[t]
+        fresh = dict(zip(missing, np.asarray(self.encoder.encode_texts(missing), dtype=np.float32))) if missing else {}
+        return np.stack([self._cache_vectors[self._cache_rows[t]] if t in self._cache_rows else fresh[t]
                             for t in texts])
 
-    def query_vector(self, expansion: Expansion) -> torch.Tensor:
+    def query_vector(self, expansion: Expansion) -> np.ndarray:
         """All phrasings in one batch, then the weighted mean."""
         return self.pooled([expansion])[0]
 
-    def query_vectors(self, queries: list[str], expand: bool = True) -> torch.Tensor:
+    def query_vectors(self, queries: list[str], expand: bool = True) -> np.ndarray:
         """Pooled vectors for many queries, every phrasing of every query encoded in one pass."""
         return self.pooled([self.expand(clean_query(q)[0], expand) for q in queries])
 
-    def pooled(self, expansions: list[Expansion]) -> torch.Tensor:
+    def pooled(self, expansions: list[Expansion]) -> np.ndarray:
         """One vector per expansion: the weighted mean of the phrasings the model reads (``Expansion.pooled``)."""
         if not expansions:
-            return torch.empty(0, self.store.image_features.shape[1])
+            return np.empty((0, self.store.image_features.shape[1]), dtype=np.float32)
         embeddings = self.phrase_vectors([p.text for e in expansions for p in e.pooled])
         return pool_each(embeddings, [[p.weight for p in e.pooled] for e in expansions])
 
-    def nearest(self, vector: torch.Tensor, k: int, where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, vector: np.ndarray, k: int, where: Where | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(indices, scores) best first, from the index backend serving these features (exact by default)."""
-        ids, scores = self.index.search(vector.numpy().astype(np.float32, copy=False)[None, :], k, where)
+        ids, scores = self.index.search(np.asarray(vector, dtype=np.float32)[None, :], k, where)
         keep = ids[0] >= 0
         return ids[0][keep], scores[0][keep]
 
@@ -237,7 +243,7 @@ class Searcher:
         captions = self.store.captions_of(image)
         return Hit(rank, float(score), self.store.image_path(image), captions[0] if captions else "", image)
 
-    def search_vector(self, vector: torch.Tensor, k: int, where: Where | None = None) -> list[Hit]:
+    def search_vector(self, vector: np.ndarray, k: int, where: Where | None = None) -> list[Hit]:
         idx, scores = self.nearest(vector, k, where)
         return [self._hit(rank, i, sc) for rank, (i, sc) in enumerate(zip(idx.tolist(), scores.tolist()), start=1)]
 
@@ -269,21 +275,21 @@ class Searcher:
                     rows.append((row, *key))
             captions = self.store.manifest.captions
             self._caption_rows = [(text, img, captions[row].get("row", row)) for row, text, img in rows]
-            self._caption_matrix = np.ascontiguousarray(feats[[r for r, _, _ in rows]].numpy(), dtype=np.float32)
+            self._caption_matrix = np.ascontiguousarray(feats[[r for r, _, _ in rows]], dtype=np.float32)
         if not self._caption_rows:
             raise InputError(f"{self.store.folder} has no captions (built from --images); "
                              f"use a captions file for image-to-text search or --fuse")
         return self._caption_rows, self._caption_matrix
 
-    def fused_scores(self, vector: torch.Tensor, depth: int = RRF_DEPTH) -> np.ndarray:
+    def fused_scores(self, vector: np.ndarray, depth: int = RRF_DEPTH) -> np.ndarray:
         """Reciprocal-rank fusion of the image ranking and the caption ranking (best caption per image).
 
         Each ranking is read ``depth`` deep; an image in neither scores 0.
         """
         rows, matrix = self._captions()
         n = self._matrix.shape[0]
-        img_ids, _ = exact_topk(self._matrix, vector.numpy(), min(n, depth), self._scores)
-        cap_ids, _ = exact_topk(matrix, vector.numpy(), len(rows))
+        img_ids, _ = exact_topk(self._matrix, np.asarray(vector, dtype=np.float32), min(n, depth), self._scores)
+        cap_ids, _ = exact_topk(matrix, np.asarray(vector, dtype=np.float32), len(rows))
         fused = np.zeros(n, dtype=np.float64)
         fused[img_ids] += 1.0 / (RRF_K + np.arange(1, len(img_ids) + 1))
         caption_rank: dict[int, int] = {}
@@ -295,17 +301,17 @@ class Searcher:
             fused[i] += 1.0 / (RRF_K + rank)
         return fused
 
-    def fused(self, vector: torch.Tensor, k: int, where: Where | None = None) -> list[Hit]:
+    def fused(self, vector: np.ndarray, k: int, where: Where | None = None) -> list[Hit]:
         scores = self.fused_scores(vector, max(RRF_DEPTH, k))
         if where is not None:
             scores[~self._mask(where)] = 0.0
         best = sorted(np.flatnonzero(scores).tolist(), key=lambda i: (-scores[i], i))[:k]
         return [self._hit(r, i, scores[i]) for r, i in enumerate(best, start=1)]
 
-    def image_vector(self, path: str | os.PathLike) -> tuple[torch.Tensor, str]:
+    def image_vector(self, path: str | os.PathLike) -> tuple[np.ndarray, str]:
         """The encoded query image and its content hash."""
         img, data = open_user_image(path, self.encoder.image_size, what="query image")
-        vector = self.encoder.encode_images(self.encoder.preprocess(img)[None])[0]
+        vector = np.asarray(self.encoder.encode_images(self.encoder.preprocess(img)[None])[0], dtype=np.float32)
         return vector, sha256_bytes(data)
 
     def search_image(self, path: str | os.PathLike, k: int = 5, to: str = "image", text: str | None = None,
@@ -325,11 +331,11 @@ class Searcher:
         if text:
             clean, truncated = clean_query(text)
             expansion = self.expand(clean, expand)
-            vector = pool(torch.stack([vector, self.query_vector(expansion)]), [1.0 - text_weight, text_weight])
+            vector = pool(np.stack([vector, self.query_vector(expansion)]), [1.0 - text_weight, text_weight])
         if to == "text":
             rows, matrix = self._captions()
             keep = self._mask(where)[[row[1] for row in rows]] if where is not None else None
-            ids, scores = exact_topk(matrix, vector.numpy(), k, mask=keep)
+            ids, scores = exact_topk(matrix, np.asarray(vector, dtype=np.float32), k, mask=keep)
             hits = [Hit(r, float(sc), self.store.image_path(rows[c][1]), rows[c][0], rows[c][1], rows[c][2])
                     for r, (c, sc) in enumerate(zip(ids.tolist(), scores.tolist()), start=1)]
         else:

@@ -5,7 +5,9 @@ they cover), resolving an entry's path against the collection root, the format v
 (older formats are migrated one step at a time, newer ones refused with "update
 clip_retrieval"), and the project's one atomic writer, which every module that writes a
 file uses. Nothing else opens these files. Tensors are saved as plain dicts of tensors and
-strings and loaded with ``weights_only=True``; all metadata is JSON.
+strings in torch's own format (``torch.load(..., weights_only=True)`` reads them), written and
+read here without importing torch (``runtime.ptfile``), so indexing and searching never pay
+for it; all metadata is JSON. Vectors in memory are float32 numpy arrays.
 
 Each write gets a fresh ``generation`` id stored in all three files. Files are written
 under temporary names and renamed into place only after everything has been written, so
@@ -27,15 +29,13 @@ import threading
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, TypedDict
+from typing import Callable, Iterable, TypedDict
 
 import numpy as np
 
 from . import __version__
 from .errors import DiskFullError, FeatureStoreError, ModelMismatchError, NewerFormatError
-
-if TYPE_CHECKING:  # torch loads when tensors are read or written: the writer, paths and manifest stay light
-    import torch
+from .runtime import ptfile
 
 FORMAT_VERSION = 1
 IMAGE_FILE = "image_features.pt"
@@ -50,8 +50,9 @@ _NEARLY_FULL = 1 << 20
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-def tensor_fingerprint(tensor: torch.Tensor) -> str:
-    return "sha256:" + hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()[:16]
+def tensor_fingerprint(tensor) -> str:
+    """Hash of a float32 matrix (numpy array or CPU tensor)."""
+    return "sha256:" + hashlib.sha256(np.ascontiguousarray(tensor, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
 def resolve_path(root: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -406,12 +407,12 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
 
 @dataclass
 class FeatureStore:
-    """Loaded features plus the manifest that says what made them."""
+    """Loaded features plus the manifest that says what made them (float32 numpy matrices)."""
 
     folder: Path
     manifest: Manifest
-    image_features: torch.Tensor
-    text_features: torch.Tensor | None     # None until caption_features() is asked for
+    image_features: np.ndarray
+    text_features: np.ndarray | None     # None until caption_features() is asked for
     _by_hash: dict[str, list[int]] | None = field(default=None, init=False, repr=False, compare=False)
     _by_path: dict[str, list[int]] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -443,7 +444,7 @@ class FeatureStore:
     def captions_of(self, i: int) -> list[str]:
         return self.manifest.images[i].get("captions", [])
 
-    def caption_features(self) -> torch.Tensor:
+    def caption_features(self) -> np.ndarray:
         """Caption vectors, read from disk the first time they are needed."""
         if self.text_features is None or self.text_features.shape[0] != len(self.manifest.captions):
             self.text_features = _load_tensor(self.folder / TEXT_FILE, self.manifest, self.folder)
@@ -474,7 +475,7 @@ class FeatureStore:
 
     def image_matrix(self) -> np.ndarray:
         """The image features as a C-contiguous float32 array (for the fast exact scan)."""
-        return np.ascontiguousarray(self.image_features.numpy(), dtype=np.float32)
+        return np.ascontiguousarray(self.image_features, dtype=np.float32)
 
     def check_model(self, model: str | None, fingerprint: str | None = None, checkpoint: str | None = None) -> None:
         """The one model-identity policy: refuse a model other than the one that built these features.
@@ -499,35 +500,34 @@ class FeatureStore:
                 f"{self.manifest.rebuild_command(self.folder, model or self.model, checkpoint)}")
 
 
-def save(folder: str | os.PathLike, image_features: torch.Tensor, text_features: torch.Tensor,
-         manifest: Manifest) -> Manifest:
-    """Write the three files together, atomically; returns the manifest as written."""
-    import torch
-
+def save(folder: str | os.PathLike, image_features, text_features, manifest: Manifest) -> Manifest:
+    """Write the three files together, atomically; returns the manifest as written (arrays or CPU tensors)."""
     folder = Path(folder)
-    image_features = image_features.float().contiguous()
-    text_features = text_features.float().contiguous()
+    image_features = np.ascontiguousarray(image_features, dtype=np.float32)
+    text_features = np.ascontiguousarray(text_features, dtype=np.float32)
     generation = uuid.uuid4().hex
     written = replace(manifest, format_version=FORMAT_VERSION, tool_version=__version__, generation=generation,
                       features_fingerprint=tensor_fingerprint(image_features),
                       text_features_fingerprint=tensor_fingerprint(text_features))
     text = json.dumps(written.to_json(), ensure_ascii=False, indent=1)
     # tensors plus the zip container's headers (a few KB each), plus the manifest itself
-    needed = 4 * (image_features.numel() + text_features.numel()) + 2 * 8192 + len(text.encode("utf-8"))
+    needed = 4 * (image_features.size + text_features.size) + 2 * 8192 + len(text.encode("utf-8"))
     write_atomic_set([
-        (folder / IMAGE_FILE, lambda tmp: torch.save({"features": image_features, "generation": generation}, tmp)),
-        (folder / TEXT_FILE, lambda tmp: torch.save({"features": text_features, "generation": generation}, tmp)),
+        (folder / IMAGE_FILE, lambda tmp: ptfile.write(tmp, {"features": image_features, "generation": generation})),
+        (folder / TEXT_FILE, lambda tmp: ptfile.write(tmp, {"features": text_features, "generation": generation})),
         (folder / MANIFEST_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8")),
     ], needed)
     return written
 
 
-def _load_tensor(path: Path, manifest: Manifest, folder: Path) -> torch.Tensor:
-    import torch
-
+def _load_tensor(path: Path, manifest: Manifest, folder: Path) -> np.ndarray:
+    """A features matrix, memory-mapped from the ``.pt`` without torch."""
     if not path.is_file():
         raise _needs_rebuild(folder, f"{path} is missing", manifest)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = ptfile.read(path)
+    except Exception as exc:  # any damage reads as "rebuild", never as a traceback
+        raise _needs_rebuild(folder, f"{path} is not a readable features file ({exc})", manifest) from exc
     if not isinstance(payload, dict) or payload.get("generation") != manifest.generation:
         raise _needs_rebuild(folder, f"{path} does not belong to {folder / MANIFEST_FILE} (an interrupted write?)",
                              manifest)
@@ -546,32 +546,52 @@ def load(folder: str | os.PathLike, with_text: bool = True) -> FeatureStore:
     return FeatureStore(folder=folder, manifest=manifest, image_features=images, text_features=texts)
 
 
-def save_expansion_cache(folder: str | os.PathLike, texts: list[str], embeddings: torch.Tensor,
-                         model_fingerprint: str, rules_sha256: str) -> Path:
-    """Embeddings of every phrase in a rules file, tagged with the model and rules they came from."""
-    import torch
+def _shared_expansion_cache(model_fingerprint: str, rules_sha256: str) -> Path:
+    from .encoders.weights import user_cache_dir
 
+    return user_cache_dir() / "expansions" / f"{model_fingerprint.replace('sha256:', '')}-{rules_sha256[:16]}.pt"
+
+
+def save_expansion_cache(folder: str | os.PathLike, texts: list[str], embeddings,
+                         model_fingerprint: str, rules_sha256: str) -> Path:
+    """Embeddings of every phrase in a rules file, tagged with the model and rules they came from.
+
+    Written beside the features and once per (weights, rules) in the user cache, which every
+    other features folder of those weights reads instead of encoding the table again.
+    """
     path = Path(folder) / EXPANSION_CACHE_FILE
-    payload = {"texts": list(texts), "embeddings": embeddings.float().contiguous(),
-               "model_fingerprint": model_fingerprint, "rules_sha256": rules_sha256, "format_version": FORMAT_VERSION}
-    needed = 4 * embeddings.numel() + sum(len(t.encode("utf-8")) + 64 for t in texts) + 8192
-    write_atomic(path, lambda tmp: torch.save(payload, tmp), needed)
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    payload = {"texts": json.dumps(list(texts), ensure_ascii=False), "embeddings": embeddings,
+               "model_fingerprint": model_fingerprint, "rules_sha256": rules_sha256,
+               "format_version": str(FORMAT_VERSION)}
+    needed = 4 * embeddings.size + sum(len(t.encode("utf-8")) + 64 for t in texts) + 8192
+    write_atomic(path, lambda tmp: ptfile.write(tmp, payload), needed)
+    shared = _shared_expansion_cache(model_fingerprint, rules_sha256)
+    if not shared.is_file():
+        try:
+            write_atomic(shared, lambda tmp: ptfile.write(tmp, payload), needed)
+        except OSError:   # the copy beside the features is enough for this folder
+            pass
     return path
 
 
-def load_expansion_cache(folder: str | os.PathLike, model_fingerprint: str,
-                         rules_sha256: str) -> tuple[list[str], torch.Tensor] | None:
-    """The cached phrases and embeddings, or None when missing or made for another model or rules file."""
-    import torch
-
-    path = Path(folder) / EXPANSION_CACHE_FILE
+def _read_expansion_cache(path: Path, model_fingerprint: str, rules_sha256: str):
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a damaged cache is rebuilt, never trusted
+        payload = ptfile.read(path)
+        if (payload.get("model_fingerprint") != model_fingerprint or payload.get("rules_sha256") != rules_sha256
+                or payload.get("format_version") != str(FORMAT_VERSION)):
+            return None
+        return json.loads(payload["texts"]), np.asarray(payload["embeddings"])
+    except Exception:  # a damaged cache (or one from an older format) is rebuilt, never trusted
         return None
-    if (payload.get("model_fingerprint") != model_fingerprint or payload.get("rules_sha256") != rules_sha256
-            or payload.get("format_version") != FORMAT_VERSION):
-        return None
-    return payload["texts"], payload["embeddings"]
+
+
+def load_expansion_cache(folder: str | os.PathLike, model_fingerprint: str,
+                         rules_sha256: str) -> tuple[list[str], np.ndarray] | None:
+    """The cached phrases and embeddings (beside the features, else the shared copy for these weights),
+    or None when missing or made for another model or rules file."""
+    return (_read_expansion_cache(Path(folder) / EXPANSION_CACHE_FILE, model_fingerprint, rules_sha256)
+            or _read_expansion_cache(_shared_expansion_cache(model_fingerprint, rules_sha256),
+                                     model_fingerprint, rules_sha256))

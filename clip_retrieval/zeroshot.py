@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import os
 
-import torch
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .dataset import open_user_image
-from .encoders.base import Encoder
 from .errors import InputError, UserError
 from .expansion import Expansion, Phrase, RuleTable
 from .search import pool_each
+
+if TYPE_CHECKING:
+    from .encoders.base import Encoder
 
 
 def parse_labels(labels: str | list[str]) -> list[str]:
@@ -28,7 +32,7 @@ def parse_labels(labels: str | list[str]) -> list[str]:
     return out
 
 
-def label_vectors(encoder: Encoder, labels: list[str], rules: RuleTable | None) -> torch.Tensor:
+def label_vectors(encoder: Encoder, labels: list[str], rules: RuleTable | None) -> np.ndarray:
     """One vector per label: its expansions in the encoder's languages, each in every prompt template, pooled."""
     prompts: list[str] = []
     weights: list[list[float]] = []
@@ -57,7 +61,9 @@ def classify_images(images: list[str | os.PathLike], labels: list[str], encoder:
         except UserError as exc:
             out.append({"image": str(path), "error": str(exc)})
             continue
-        vec = encoder.encode_images(encoder.preprocess(img)[None])[0]
-        probs = torch.softmax(encoder.logit_scale * (classes @ vec), dim=0)
+        vec = np.asarray(encoder.encode_images(encoder.preprocess(img)[None])[0], dtype=np.float32)
+        logits = encoder.logit_scale * (classes @ vec)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
         out.append({"image": str(path), "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probs)}})
     return out

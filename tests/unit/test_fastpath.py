@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from clip_retrieval import api, store
@@ -96,8 +95,8 @@ def test_update_equals_full_rebuild_and_encodes_only_changes(small_collection, t
     assert result.encoded_captions == 2
     _extract(csv, tiny_open_clip, tmp_path / "full", rules=None)
     inc, full = store.load(tmp_path / "inc"), store.load(tmp_path / "full")
-    assert torch.allclose(inc.image_features, full.image_features, atol=1e-6)
-    assert torch.allclose(inc.text_features, full.text_features, atol=1e-6)
+    assert np.allclose(inc.image_features, full.image_features, atol=1e-6)
+    assert np.allclose(inc.text_features, full.text_features, atol=1e-6)
     assert inc.manifest.images == full.manifest.images
     assert inc.manifest.captions == full.manifest.captions
     assert removed.split(",")[0] not in [i["path"] for i in inc.manifest.images]
@@ -131,7 +130,7 @@ def test_search_uses_the_index_and_ignores_a_stale_one(tiny_features, tmp_path):
     assert searcher.index.name == "faiss" and exact.index.name == "exact"
     assert [h.index for h in searcher.search_text("灰猫", k=5).results] == \
         [h.index for h in exact.search_text("灰猫", k=5).results]
-    store.save(out, store.load(out).image_features.flip(0), store.load(out).text_features,
+    store.save(out, store.load(out).image_features[::-1], store.load(out).text_features,
                store.read_manifest(out))
     assert api.open_searcher(out, rules=None, device="cpu").index.name == "exact"
 
@@ -152,14 +151,16 @@ def test_expansion_cache_that_does_not_fit_warns_and_searches_still_work(small_c
 
     from clip_retrieval import cli
 
-    real_save = torch.save
+    from clip_retrieval.runtime import ptfile
 
-    def no_room_for_the_cache(obj, path, *a, **kw):
-        if store.EXPANSION_CACHE_FILE in str(path):
+    real_write = ptfile.write
+
+    def no_room_for_the_cache(path, entries):
+        if "texts" in entries:    # the expansion cache, beside the features or shared
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, path, *a, **kw)
+        return real_write(path, entries)
 
-    monkeypatch.setattr(torch, "save", no_room_for_the_cache)
+    monkeypatch.setattr(ptfile, "write", no_room_for_the_cache)
     out = tmp_path / "f"
     code = cli.main(["extract", "--csv", str(small_collection), "--model", "open_clip:tiny", "--checkpoint",
                      str(tiny_open_clip), "--out", str(out), "--num-workers", "0", "--device", "cpu", "--quiet",
@@ -170,7 +171,9 @@ def test_expansion_cache_that_does_not_fit_warns_and_searches_still_work(small_c
     assert (out / store.MANIFEST_FILE).is_file() and not (out / store.EXPANSION_CACHE_FILE).exists()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     code = cli.main(["search", "--features", str(out), "--query", "金毛", "--rules", str(RULES), "--device", "cpu"])
-    assert code == 0 and "expansion cache not written" in caplog.text and "金毛" in capsys.readouterr().out
+    # searches still work: from the shared copy of this model's cache when an earlier run left one, else
+    # by encoding the phrasings (and warning again that the cache could not be kept)
+    assert code == 0 and "金毛" in capsys.readouterr().out
 
 
 def test_caption_progress_counts_captions_not_distinct_texts(tiny_open_clip, capsys):
@@ -178,6 +181,9 @@ def test_caption_progress_counts_captions_not_distinct_texts(tiny_open_clip, cap
     from clip_retrieval.extract import _caption_features
 
     encoder = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
-    feats, encoded = _caption_features(encoder, ["金毛", "灰猫", "金毛", "金毛", "小猪"], None, quiet=False)
+    from clip_retrieval.extract import _EncoderOnDemand
+
+    feats, encoded = _caption_features(_EncoderOnDemand(encoder, None), ["金毛", "灰猫", "金毛", "金毛", "小猪"], None,
+                                       quiet=False, dim=encoder.dim)
     assert feats.shape[0] == 5 and encoded == 3
     assert "5/5" in capsys.readouterr().err

@@ -13,9 +13,11 @@ import re
 import stat
 
 import pytest
+import numpy as np
 import torch
 
 from clip_retrieval import store
+from clip_retrieval.runtime import ptfile
 from clip_retrieval.errors import DiskFullError, FeatureStoreError, ModelMismatchError, NewerFormatError
 
 
@@ -38,7 +40,7 @@ def test_round_trip(tmp_path):
     img, txt = _feats(3), _feats(5, 1)
     written = store.save(tmp_path, img, txt, _manifest(3))
     loaded = store.load(tmp_path)
-    assert torch.equal(loaded.image_features, img) and torch.equal(loaded.text_features, txt)
+    assert np.array_equal(loaded.image_features, img.numpy()) and np.array_equal(loaded.text_features, txt.numpy())
     assert loaded.manifest == written and isinstance(loaded.manifest, store.Manifest)
     on_disk = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"))
     assert loaded.manifest.to_json() == on_disk and on_disk["counts"] == {"images": 3, "captions": 0, "skipped": 0}
@@ -73,8 +75,8 @@ def _fail_nth(monkeypatch, target, name, n, exc):
 
 
 @pytest.mark.parametrize("target,name,n", [
-    (torch, "save", 1),              # writing the image features
-    (torch, "save", 2),              # writing the caption features
+    (ptfile, "write", 1),            # writing the image features
+    (ptfile, "write", 2),            # writing the caption features
     (store.Path, "write_text", 1),   # writing the manifest
     (store.os, "replace", 1),        # renaming the first file into place
     (store.os, "replace", 2),        # renaming the second (the first is already in place)
@@ -117,7 +119,7 @@ def test_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
 def test_disk_filling_up_during_the_write_is_named(tmp_path, monkeypatch, failure):
     store.save(tmp_path, _feats(3), _feats(3), _manifest(3))
     before = _files(tmp_path)
-    _fail_nth(monkeypatch, torch, "save", 2, failure)
+    _fail_nth(monkeypatch, ptfile, "write", 2, failure)
     free = iter([10**9, 300])  # room at the start, nearly nothing once the write failed
     monkeypatch.setattr(store, "_free_bytes", lambda folder: next(free))
     with pytest.raises(DiskFullError, match=rf"{tmp_path}.*about \d+"):

@@ -1,0 +1,378 @@
+"""The ONNX Runtime path: each tower exported once per weights fingerprint, then run without torch.
+
+Owns the exported files and their card (``$CLIP_RETRIEVAL_CACHE/onnx/<fingerprint>/``:
+``visual.onnx``, ``text.onnx``, the tokenizer vocabulary and ``card.json`` with what the
+model needs at run time), and ``OnnxEncoder``, which speaks the ``Encoder`` interface in
+numpy and opens each tower's session only when it is first used, so indexing loads only
+the image tower and a query only the text tower. Export needs torch and open_clip; using
+the files needs neither.
+
+The files live in the user cache keyed by the weights fingerprint rather than in the
+folder of the weights: hub caches are shared and may be read-only, and a search finds
+them from the fingerprint in its manifest without resolving (or importing) open_clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .tokenizer import ClipTokenizer, trim_padding
+from .transform import FILTERS, ImageTransform
+
+if TYPE_CHECKING:
+    from ..encoders.base import Encoder
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "card.json"
+CARD_VERSION = 1
+OPSET = 18
+TOWERS = ("visual", "text")
+
+
+def cache_root() -> Path:
+    """Where exported towers live: ``onnx/`` in the user cache."""
+    from ..encoders.weights import user_cache_dir
+
+    return user_cache_dir() / "onnx"
+
+
+def card_dir(fingerprint: str) -> Path:
+    return cache_root() / fingerprint.replace("sha256:", "")
+
+
+def read_card(fingerprint: str) -> dict | None:
+    """The card of an exported model, or None when it was never exported (or by another version)."""
+    try:
+        card = json.loads((card_dir(fingerprint) / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if card.get("version") != CARD_VERSION or card.get("fingerprint") != fingerprint:
+        return None
+    return card
+
+
+def unsupported_reason(encoder: "Encoder") -> str | None:
+    """Why this torch encoder cannot run on the ONNX path (None when it can)."""
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer, _clean_lower
+
+    model, tokenizer = encoder.model, encoder._tokenize
+    if not isinstance(model, CLIP):
+        return f"{type(model).__name__} is not an open_clip CLIP model"
+    if not _trimmable(model):
+        return "the text tower is not a causal open_clip transformer pooled at the end token"
+    if not isinstance(tokenizer, SimpleTokenizer) or tokenizer.clean_fn is not _clean_lower or tokenizer.reduction_fn:
+        return "the tokenizer is not open_clip's default CLIP tokenizer"
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    if cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("interpolation", "bicubic") not in FILTERS:
+        return f"image transform {cfg} is not shortest-side resize"
+    return None
+
+
+def _transform_of(encoder: "Encoder") -> ImageTransform:
+    from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    cfg = getattr(encoder.model.visual, "preprocess_cfg", {}) or {}
+    return ImageTransform(encoder.image_size, tuple(cfg.get("mean") or OPENAI_DATASET_MEAN),
+                          tuple(cfg.get("std") or OPENAI_DATASET_STD), cfg.get("interpolation") or "bicubic")
+
+
+def _trimmable(model) -> bool:
+    """A causal text tower pooled at the end token, built from open_clip's standard blocks."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    return (getattr(model, "attn_mask", None) is not None and model.text_pool_type in ("argmax", "eos")
+            and model.transformer.batch_first
+            and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
+                    for b in model.transformer.resblocks))
+
+
+def _text_module(model):
+    """The text tower over tokens of any width (padding trimmed at run time, as the torch path does).
+
+    The TorchScript exporter bakes the sequence length of ``nn.MultiheadAttention`` into its
+    reshapes, so the blocks are written out with shape-free reshapes over the same weights.
+    """
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    class Text(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.clip = model
+
+        @staticmethod
+        def _attention(block, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            attn = block.attn
+            heads = attn.num_heads
+            q, k, v = torch.nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+            split = lambda t: t.reshape(t.shape[0], -1, heads, t.shape[-1] // heads).transpose(1, 2)
+            q, k, v = split(q), split(k), split(v)
+            weights = torch.softmax(q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5) + mask, dim=-1)
+            out = (weights @ v).transpose(1, 2).reshape(x.shape[0], -1, x.shape[-1])
+            return attn.out_proj(out)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            m = self.clip
+            width = tokens.shape[1]
+            mask = m.attn_mask[:width, :width]
+            x = m.token_embedding(tokens) + m.positional_embedding[:width]
+            for block in m.transformer.resblocks:
+                x = x + block.ls_1(self._attention(block, block.ln_1(x), mask))
+                x = x + block.ls_2(block.mlp(block.ln_2(x)))
+            x = m.ln_final(x)
+            x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+            if isinstance(m.text_projection, torch.nn.Linear):
+                return m.text_projection(x)
+            return x @ m.text_projection if m.text_projection is not None else x
+
+    return Text().eval()
+
+
+def export(encoder: "Encoder") -> Path:
+    """Export both towers of a torch open_clip encoder (once per fingerprint); returns the folder.
+
+    """
+    import warnings
+
+    import torch
+    import open_clip
+
+    reason = unsupported_reason(encoder)
+    if reason:
+        raise ValueError(f"{encoder.name}: cannot run on ONNX Runtime: {reason}")
+    final = card_dir(encoder.fingerprint)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    model = encoder.model.float().eval().to("cpu")
+    size = encoder.image_size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model.visual, (torch.zeros(2, 3, size, size),), str(staging / "visual.onnx"),
+                              input_names=["pixels"], output_names=["features"],
+                              dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+            tokens = torch.zeros(2, 8, dtype=torch.long)
+            tokens[:, 0], tokens[:, 3] = 49406, 49407
+            torch.onnx.export(_text_module(model), (tokens,), str(staging / "text.onnx"),
+                              input_names=["tokens"], output_names=["features"],
+                              dynamic_axes={"tokens": {0: "batch", 1: "width"}, "features": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)
+        shutil.copy2(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", staging / "vocab.txt.gz")
+        card = {"version": CARD_VERSION, "name": encoder.name, "fingerprint": encoder.fingerprint,
+                "dim": encoder.dim, "languages": sorted(encoder.languages), "logit_scale": encoder.logit_scale,
+                "context_length": encoder.context_length, "transform": _transform_of(encoder).to_json(),
+                "exported_with": {"torch": torch.__version__, "open_clip": open_clip.__version__, "opset": OPSET}}
+        (staging / CARD_FILE).write_text(json.dumps(card, indent=1), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    model.to(encoder.device)
+    log.info("exported %s to %s", encoder.name, final)
+    return final
+
+
+def _session(path: Path):
+    """An ONNX Runtime session on all cores.
+
+    The first open saves the graph after ORT's portable optimisations beside the export
+    (``*.opt.onnx``); later opens start from it, which halves the session start of a query.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    try:
+        options.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        options.intra_op_num_threads = max(1, os.cpu_count() or 1)
+    options.log_severity_level = 3
+    optimized = path.with_suffix(".opt.onnx")
+    if optimized.is_file():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(optimized), sess_options=options, providers=["CPUExecutionProvider"])
+    fd, tmp = tempfile.mkstemp(prefix=f".{optimized.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = tmp
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        os.replace(tmp, optimized)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return session
+
+
+class CpuDevice:
+    """Stands in for ``torch.device("cpu")`` where callers only read ``.type``."""
+
+    type = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu (onnxruntime)"
+
+
+class OnnxEncoder:
+    """The ``Encoder`` interface over exported towers, in numpy; each session opens on first use."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, card: dict, folder: Path):
+        self.folder = folder
+        self.name: str = card["name"]
+        self.fingerprint: str = card["fingerprint"]
+        self.dim: int = int(card["dim"])
+        self.languages = frozenset(card["languages"])
+        self.logit_scale = float(card["logit_scale"])
+        self.context_length = int(card["context_length"])
+        t = card["transform"]
+        self.preprocess = ImageTransform(int(t["size"]), tuple(t["mean"]), tuple(t["std"]), t["interpolation"])
+        self.image_size = self.preprocess.size
+        self.device = CpuDevice()
+        self._sessions: dict = {}
+        self._tokenizer: ClipTokenizer | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.fingerprint}"
+
+    def loaded_towers(self) -> list[str]:
+        """Which sessions are open (tests check that a command opened only what it needed)."""
+        return sorted(self._sessions)
+
+    def _run(self, tower: str, feed: np.ndarray) -> np.ndarray:
+        if tower not in self._sessions:
+            self._sessions[tower] = _session(self.folder / f"{tower}.onnx")
+        session = self._sessions[tower]
+        (out,) = session.run(None, {session.get_inputs()[0].name: feed})
+        out = np.asarray(out, dtype=np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        if self._tokenizer is None:
+            self._tokenizer = ClipTokenizer(self.folder / "vocab.txt.gz", self.context_length)
+        return self._tokenizer(list(texts))
+
+    def encode_images(self, pixels) -> np.ndarray:
+        """Encode a preprocessed batch ``[N, 3, H, W]`` (numpy or a CPU tensor)."""
+        pixels = np.ascontiguousarray(np.asarray(pixels), dtype=np.float32)
+        if pixels.shape[0] == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self._run("visual", pixels)
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Encode texts in batches of similar length, each trimmed of the padding its rows share."""
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        tokens = self.tokenize(texts)
+        order = np.argsort((tokens != 0).sum(axis=1), kind="stable")
+        out = np.empty((len(order), self.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            out[rows] = self._run("text", trim_padding(tokens[rows]))
+        return out
+
+
+def open_exported(fingerprint: str) -> OnnxEncoder | None:
+    """The exported model with this fingerprint, or None."""
+    card = read_card(fingerprint)
+    return OnnxEncoder(card, card_dir(fingerprint)) if card else None
+
+
+def wants_torch(device: str) -> bool:
+    """True when ``device`` asks for (or ``auto`` would find) an accelerator that only torch drives.
+
+    Decided without importing torch: an NVIDIA driver on Linux/Windows or an Apple machine means
+    ``auto`` goes to torch, as ``select_device`` would choose cuda or mps there.
+    """
+    if device == "cpu":
+        return False
+    if device != "auto":
+        return True
+    if os.environ.get("CLIP_RETRIEVAL_RUNTIME") == "torch":
+        return True
+    return sys.platform == "darwin" or Path("/proc/driver/nvidia/version").exists() or bool(shutil.which("nvidia-smi"))
+
+
+NAMES_FILE = "names.json"
+
+
+def _names_key(name: str, checkpoint: str | None) -> str:
+    return f"{name}|{Path(checkpoint).resolve() if checkpoint else ''}"
+
+
+def weights_fingerprint(name: str, checkpoint: str | None) -> str | None:
+    """The fingerprint the loader would give these weights, found without loading (or importing) the model.
+
+    Local weights hash their file or folder (remembered by size and time); hub names use the
+    fingerprint recorded when they were last exported.
+    """
+    from ..encoders.catalog import BUNDLED
+    from ..encoders.weights import file_fingerprint
+
+    if checkpoint or name in BUNDLED:
+        path = Path(checkpoint or BUNDLED[name])
+        return file_fingerprint(path) if path.exists() else None
+    try:
+        return json.loads((cache_root() / NAMES_FILE).read_text(encoding="utf-8")).get(_names_key(name, checkpoint))
+    except (OSError, ValueError):
+        return None
+
+
+def _remember(name: str, checkpoint: str | None, fingerprint: str) -> None:
+    from ..store import write_atomic
+
+    path = cache_root() / NAMES_FILE
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        names = {}
+    names[_names_key(name, checkpoint)] = fingerprint
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(names, indent=1), encoding="utf-8"))
+
+
+def load_for_cpu(name: str, checkpoint: str | None = None, device: str = "auto",
+                 fingerprint: str | None = None):
+    """The encoder a command should use: on a CPU, the exported ONNX model (exporting it the first time).
+
+    ``fingerprint`` (from a features manifest) finds the export without looking at the weights.
+    Accelerators, ``CLIP_RETRIEVAL_RUNTIME=torch`` and models the ONNX path cannot run get the
+    torch encoder, as before.
+    """
+    from ..encoders import load_encoder
+
+    if wants_torch(device):
+        return load_encoder(name, checkpoint, device)
+    known = fingerprint or weights_fingerprint(name, checkpoint)
+    exported = open_exported(known) if known else None
+    if exported is not None:
+        exported.name = name     # the name the user gave these weights, as the torch loader keeps it
+        return exported
+    encoder = load_encoder(name, checkpoint, "cpu")
+    reason = unsupported_reason(encoder)
+    if reason:
+        log.info("%s runs on torch: %s", name, reason)
+        return encoder
+    if read_card(encoder.fingerprint) is None:
+        log.warning("首次使用，导出 ONNX 模型 / first use: exporting %s to ONNX (once per weights)", name)
+        export(encoder)
+    _remember(name, checkpoint, encoder.fingerprint)
+    exported = open_exported(encoder.fingerprint)
+    exported.name = name
+    return exported

@@ -1,0 +1,41 @@
+"""open_clip's inference image transform in PIL and numpy (no torchvision).
+
+Resize the shortest side with PIL's bicubic filter (what torchvision does to a PIL
+image), centre-crop, scale to [0, 1], normalise: the same pixels as open_clip's
+``Resize -> CenterCrop -> ToTensor -> Normalize`` (a test compares them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        """An RGB picture to ``float32[3, size, size]``."""
+        width, height = img.size
+        short, long = (width, height) if width <= height else (height, width)
+        if short != self.size:
+            new_long = int(self.size * long / short)
+            new = (self.size, new_long) if width <= height else (new_long, self.size)
+            img = img.resize(new, FILTERS[self.interpolation])
+        width, height = img.size
+        top, left = int(round((height - self.size) / 2.0)), int(round((width - self.size) / 2.0))
+        img = img.crop((left, top, left + self.size, top + self.size))
+        pixels = np.asarray(img.convert("RGB"), dtype=np.float32) * np.float32(1 / 255)
+        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}

@@ -1,0 +1,154 @@
+"""The ONNX Runtime path: same vectors as torch, exported once, only the tower a command needs, no torch to search."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_retrieval import api, store
+from clip_retrieval.encoders import load_encoder
+from clip_retrieval.runtime import onnx
+from clip_retrieval.runtime.tokenizer import ClipTokenizer
+from clip_retrieval.runtime.transform import ImageTransform
+
+from tests.conftest import ROOT
+
+RULES = ROOT / "rules" / "expansions.yaml"
+TEXTS = ["金毛", "a golden retriever", "a photo of a dog lying on the grass in the park at noon", "x", ""]
+
+
+def _cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _rule_texts() -> list[str]:
+    from clip_retrieval.expansion import load_rules
+
+    table = load_rules(RULES)
+    return [t for r in table.rules for t in [r.key, *r.aliases, *[p.text for p in r.expansions]]]
+
+
+def test_tokenizer_gives_open_clips_ids():
+    import open_clip
+
+    texts = _rule_texts() + TEXTS + ["word " * 100, "Hello, World! it's 12 &amp; ok"]
+    ours = ClipTokenizer(os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz"))
+    assert np.array_equal(ours(texts), open_clip.get_tokenizer("ViT-B-32")(texts).numpy())
+
+
+def test_transform_gives_open_clips_pixels():
+    import open_clip
+
+    _, _, reference = open_clip.create_model_and_transforms("ViT-B-32")
+    ours = ImageTransform(224, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    rng = np.random.default_rng(0)
+    for width, height in [(640, 480), (480, 640), (224, 224), (100, 50), (301, 999)]:
+        img = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        assert np.abs(ours(img) - reference(img).numpy()).max() < 1e-5
+
+
+def test_onnx_path_equals_torch_and_exports_once(tiny_open_clip):
+    enc = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
+    lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    assert isinstance(lean, onnx.OnnxEncoder) and lean.fingerprint == enc.fingerprint and lean.dim == enc.dim
+    assert _cosines(lean.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4
+    pixels = torch.randn(3, 3, enc.image_size, enc.image_size, generator=torch.Generator().manual_seed(0))
+    assert _cosines(lean.encode_images(pixels.numpy()), enc.encode_images(pixels)).min() > 1 - 1e-4
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    assert np.abs(lean.preprocess(img) - enc.preprocess(img).numpy()).max() < 1e-5
+    card = onnx.card_dir(enc.fingerprint) / onnx.CARD_FILE
+    stamp = card.stat().st_mtime_ns
+    again = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    assert card.stat().st_mtime_ns == stamp and again.loaded_towers() == []    # no second export, nothing opened
+    assert _cosines(again.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4   # from *.opt.onnx
+
+
+def test_accelerators_and_the_switch_keep_torch(tiny_open_clip, monkeypatch):
+    assert onnx.wants_torch("cuda") and not onnx.wants_torch("cpu")
+    monkeypatch.setenv("CLIP_RETRIEVAL_RUNTIME", "torch")
+    assert not isinstance(onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "auto"), onnx.OnnxEncoder)
+
+
+def _tower_spy(monkeypatch) -> list[str]:
+    opened: list[str] = []
+    real = onnx._session
+
+    def spy(path):
+        opened.append(path.name.split(".")[0])
+        return real(path)
+
+    monkeypatch.setattr(onnx, "_session", spy)
+    return opened
+
+
+def test_update_opens_no_tower_when_nothing_changed_and_only_the_image_tower_for_a_new_photo(
+        small_collection, tiny_open_clip, tmp_path, monkeypatch):
+    folder = tmp_path / "photos"
+    shutil.copytree(small_collection.parent / "images", folder)
+    out = tmp_path / "f"
+    kw = dict(images=folder, model="open_clip:tiny", checkpoint=str(tiny_open_clip), out=out, quiet=True,
+              rules=RULES, device="cpu")
+    api.extract_features(**kw)
+    opened = _tower_spy(monkeypatch)
+    result = api.extract_features(update=True, **kw)
+    assert opened == [] and result.encoded_images == 0 and result.reused_images == 32
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(folder / "new.png")
+    result = api.extract_features(update=True, **kw)
+    assert opened == ["visual"] and result.encoded_images == 1
+    assert store.load(out).image_features.shape[0] == 33
+
+
+def test_expansion_cache_is_built_once_per_model_not_per_folder(small_collection, tiny_open_clip, tmp_path,
+                                                               monkeypatch):
+    kw = dict(csv=small_collection, model="open_clip:tiny", checkpoint=str(tiny_open_clip), quiet=True,
+              rules=RULES, device="cpu")
+    api.extract_features(out=tmp_path / "a", **kw)
+    calls = []
+    monkeypatch.setattr(api, "build_expansion_cache", lambda *a: calls.append(1))
+    api.extract_features(out=tmp_path / "b", **kw)
+    api.open_searcher(tmp_path / "b", rules=RULES, device="cpu").search_text("金毛")
+    assert calls == []
+
+
+def test_search_imports_no_torch_and_matches_the_torch_path(tiny_features, tmp_path):
+    """A fresh process searches (cached phrase and encoded phrase) without importing torch or open_clip."""
+    probe = ("import sys, json; from clip_retrieval import cli; "
+             "codes = [cli.main(['search', '--features', sys.argv[1], '-q', q, '--json', '--quiet', "
+             "'--rules', sys.argv[2], '--log-dir', sys.argv[3]]) for q in ('金毛', '窗边的台灯')]; "
+             "print(json.dumps({'codes': codes, 'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules}))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", probe, str(tiny_features), str(RULES), str(tmp_path)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    *results, status = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert status == {"codes": [0, 0], "torch": False, "open_clip": False}
+    searcher = api.open_searcher(tiny_features, rules=RULES, device="cpu")
+    searcher._accept(load_encoder("open_clip:tiny", searcher.store.manifest.model.checkpoint, "cpu"))
+    searcher.use_cache([], np.empty((0, 0), np.float32))     # encode everything with torch
+    for got, query in zip(results, ("金毛", "窗边的台灯")):
+        want = searcher.search_text(query, k=5)
+        assert [r["image_path"] for r in got["results"]] == [h.image_path for h in want.results]
+        assert np.allclose([r["score"] for r in got["results"]], [h.score for h in want.results], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_vit_b32_architecture_exports_equal_to_torch(tmp_path):
+    """The real default architecture (random weights): both towers within 1e-4 cosine of torch."""
+    from clip_retrieval.encoders.openclip import random_encoder
+
+    enc = random_encoder("ViT-B-32", seed=0)
+    onnx.export(enc)
+    lean = onnx.open_exported(enc.fingerprint)
+    texts = _rule_texts()[:64] + TEXTS
+    assert _cosines(lean.encode_texts(texts), enc.encode_texts(texts)).min() > 1 - 1e-4
+    pixels = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    assert _cosines(lean.encode_images(pixels.numpy()), enc.encode_images(pixels)).min() > 1 - 1e-4
