@@ -10,13 +10,15 @@ models or write outputs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -223,19 +225,21 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
     """Decode to RGB, honouring EXIF orientation; with ``target_size``, JPEGs decode at reduced size via draft mode.
 
     Without ``target_size`` every pixel is decoded (what ``extract --exact-decode`` asks for).
+    ``max_pixels`` is the one size limit: PIL's own decompression-bomb limit neither skips
+    smaller files nor keeps bigger ones out when the user raised the limit.
 
-    Raises ``ValueError`` with a short reason for files that must be skipped.
+    Raises ``ValueError`` with a short reason and its fix for files that must be skipped.
     """
     if (len(data) if isinstance(data, bytes) else os.path.getsize(data)) == 0:
-        raise ValueError("empty file (0 bytes)")
+        raise ValueError("empty file (0 bytes); copy it again or delete it")
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # the check below decides
             img = Image.open(source)
             width, height = img.size
             if width * height > max_pixels:
-                raise ValueError(f"too many pixels ({width}x{height} > {max_pixels}); raise --max-pixels to include it")
+                raise ValueError(_too_many_pixels(f"{width}x{height}", max_pixels))
             if target_size and img.format == "JPEG":
                 # draft keeps each side >= the request, so later resizing sees enough detail
                 img.draft("RGB", (target_size, target_size))
@@ -244,13 +248,37 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
             return _to_rgb(img)
     except ValueError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"too many pixels ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise ValueError(_too_many_pixels(found.group(1) if found else "more", max_pixels)) from exc
     except Image.UnidentifiedImageError as exc:
-        raise ValueError("not a readable image: unknown or unsupported format") from exc
+        raise ValueError("not a readable image: unknown or unsupported format; convert it to JPEG or PNG") from exc
     except (OSError, SyntaxError) as exc:
         reason = "truncated or corrupt" if "truncated" in str(exc) or "broken" in str(exc) else "not a readable image"
-        raise ValueError(f"{reason}: {exc}") from exc
+        raise ValueError(f"{reason}: {exc}; copy it again from its source") from exc
+
+
+def _too_many_pixels(size: str, max_pixels: int) -> str:
+    return (f"too many pixels ({size} > {max_pixels}); extract --max-pixels N includes it "
+            f"(or use a smaller copy)")
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """PIL refuses outright above twice its limit; lift that limit while a user-raised ``max_pixels`` is in force.
+
+    Only a limit above PIL's own changes PIL's (process-wide) setting, so the web server,
+    which never raises it, never touches it.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    if saved is None or max_pixels <= saved:
+        yield
+        return
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def open_user_image(path: str | os.PathLike, target_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -132,8 +132,30 @@ def test_truncated_and_garbage_files_are_reasons_not_crashes():
 
 def test_decompression_bomb_is_skipped_without_decoding():
     data = _encode(Image.new("L", (3000, 3000)), "PNG")
-    with pytest.raises(ValueError, match="too many pixels"):
+    with pytest.raises(ValueError, match=r"too many pixels \(3000x3000 > 1000000\); extract --max-pixels"):
         open_image(data, max_pixels=1_000_000)
+
+
+def test_max_pixels_is_the_one_limit_even_past_pils_own(monkeypatch):
+    """A user who raises --max-pixels gets the file in; below it, PIL's refusal reads as ours, with the fix."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)   # PIL refuses outright above 2,000,000
+    data = _encode(Image.new("L", (1500, 1500)), "PNG")
+    assert open_image(data, max_pixels=3_000_000).size == (1500, 1500)
+    assert Image.MAX_IMAGE_PIXELS == 1_000_000
+    with pytest.raises(ValueError, match=r"^too many pixels \(2250000 > 500000\); extract --max-pixels N includes it"):
+        open_image(data, max_pixels=500_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)     # PIL only warns between its limit and twice it
+    small = _encode(Image.new("L", (400, 400)), "PNG")
+    assert open_image(small, max_pixels=200_000).size == (400, 400)
+
+
+def test_every_skip_reason_names_a_fix():
+    for data, fix in [(b"", "copy it again or delete it"), (b"plain text", "convert it to JPEG or PNG")]:
+        with pytest.raises(ValueError, match=fix):
+            open_image(data)
+    jpeg = _encode(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
+    with pytest.raises(ValueError, match="copy it again from its source"):
+        open_image(jpeg[: len(jpeg) // 2])
 
 
 def test_jpeg_draft_mode_decodes_smaller_but_enough():
