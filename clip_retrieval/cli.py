@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from . import api
-    from .dataset import DEFAULT_MAX_PIXELS
+    from .dataset import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
     result = api.extract_features(csv=args.csv, images=args.images, model=args.model, checkpoint=args.checkpoint,
                                   out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -272,6 +272,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     source = result.manifest.source
     for bad in source.get("bad_rows", []):
         print(f"  bad row skipped / 跳过坏行: {source['csv']} line {bad['line']}: {bad['reason']}", file=sys.stderr)
+    ignored = source.get("ignored_types", {})
+    if ignored:
+        kinds = ", ".join(f"{suffix} {n}" for suffix, n in ignored.items())
+        print(f"  未读取的文件类型 / files of other types not read: {sum(ignored.values())} ({kinds}); "
+              f"convert the photos among them to JPEG or PNG (we read {', '.join(sorted(IMAGE_EXTENSIONS))})",
+              file=sys.stderr)
     duplicates = source.get("duplicate_rows", {})
     if duplicates.get("count"):
         lines = ", ".join(map(str, duplicates["lines"][:10])) + (" …" if duplicates["count"] > 10 else "")

@@ -176,6 +176,7 @@ def scan_images(folder: str | os.PathLike) -> Collection:
     root = root.resolve()
     seen_dirs: set[tuple[int, int]] = set()
     found: list[str] = []
+    ignored: dict[str, int] = {}   # files of other types, by extension: a HEIC library must not vanish silently
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen_dirs:
@@ -184,14 +185,22 @@ def scan_images(folder: str | os.PathLike) -> Collection:
         seen_dirs.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            if name.startswith("."):
+                continue
+            suffix = Path(name).suffix.lower()
+            if suffix not in IMAGE_EXTENSIONS:
+                ignored[suffix or "(none)"] = ignored.get(suffix or "(none)", 0) + 1
                 continue
             full = Path(dirpath) / name
             if full.is_file():
                 found.append(str(full.relative_to(root)))
     if not found:
-        raise InputError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return Collection(root=root, images=found, image_rows=[0] * len(found), source={"images": str(root)})
+        others = f"; found only {', '.join(ignored)}: convert those photos to JPEG or PNG" if ignored else ""
+        raise InputError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){others}")
+    source: dict = {"images": str(root)}
+    if ignored:
+        source["ignored_types"] = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
+    return Collection(root=root, images=found, image_rows=[0] * len(found), source=source)
 
 
 def read_query_lines(path: str | os.PathLike) -> list[str]:

@@ -108,6 +108,7 @@ def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path, cli):
     folder = tmp_path / "images"
     shutil.copytree(small_collection.parent / "images", folder)
     (folder / "empty.png").write_bytes(b"")
+    (folder / "IMG_0001.HEIC").write_bytes(b"an iPhone photo")
     (folder / "broken.png").write_bytes((folder / "piglet_grass_00.png").read_bytes()[:200])
     proc = cli("extract", "--images", str(folder), "--model",
                "open_clip:tiny", "--checkpoint", str(tiny_open_clip), "--out", str(out), "--quiet")
@@ -117,6 +118,8 @@ def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path, cli):
     assert {s["path"]: s["reason"] for s in manifest["skipped"]}["empty.png"].startswith("empty file (0 bytes)")
     assert "skipped / 跳过: empty.png: empty file (0 bytes); copy it again or delete it" in proc.stderr and "row 0" not in proc.stderr
     assert "encoded 32 images" in proc.stdout
+    assert "files of other types not read: 1 (.heic 1); convert the photos among them to JPEG or PNG" in proc.stderr
+    assert manifest["source"]["ignored_types"] == {".heic": 1}
     proc = cli("search", "--features", str(out), "--query", "金毛", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"][0]["caption"] == ""

@@ -84,6 +84,19 @@ def test_folder_scan_skips_hidden_and_survives_link_loops(tmp_path):
     coll = scan_images(root)
     assert coll.images == ["a.jpg", "sub/b.PNG"]
     assert coll.captions == []
+    assert coll.source["ignored_types"] == {".txt": 1}   # hidden files are neither read nor counted
+
+
+def test_folder_scan_counts_the_files_it_cannot_read_by_type(tmp_path):
+    """An iPhone library of HEIC photos must not vanish silently: the types left out are counted and named."""
+    _img(tmp_path / "a.jpg")
+    for name in ("IMG_1.HEIC", "sub/IMG_2.heic", "clip.mov", "README"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert scan_images(tmp_path).source["ignored_types"] == {".heic": 2, "(none)": 1, ".mov": 1}
+    (tmp_path / "a.jpg").unlink()
+    with pytest.raises(InputError, match=r"no images found .*; found only \.heic, \(none\), \.mov: convert"):
+        scan_images(tmp_path)
 
 
 def test_folder_without_images(tmp_path):
