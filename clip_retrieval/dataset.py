@@ -99,7 +99,8 @@ def read_captions(csv_path: str | os.PathLike, check_images: bool = True, skip_b
     """
     path = Path(csv_path)
     if not path.is_file():
-        raise InputError(f"captions file not found: {path}")
+        raise InputError(f"captions file not found: {path}; pass --csv FILE (image_path,caption rows) "
+                         f"or --images DIR (a folder, no captions)")
     text, encoding = _decode_csv(path)
     if not text.strip():
         raise InputError(f"{path}: empty file; expected a header row 'image_path,caption'")

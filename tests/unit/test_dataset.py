@@ -99,6 +99,15 @@ def test_folder_scan_counts_the_files_it_cannot_read_by_type(tmp_path):
         scan_images(tmp_path)
 
 
+def test_missing_captions_file_says_how_to_name_one(tmp_path, cli):
+    """Outside a checkout (a wheel install) the default data/captions.csv is not there: say what to pass."""
+    missing = tmp_path / "data" / "captions.csv"
+    ran = cli("extract", "--csv", missing, "--model", "demo", "--out", tmp_path / "out", "--quiet")
+    assert ran.returncode == 2 and not (tmp_path / "out").exists()
+    assert ran.stderr.strip() == (f"clip-retrieval: captions file not found: {missing}; pass --csv FILE "
+                                  f"(image_path,caption rows) or --images DIR (a folder, no captions)")
+
+
 def test_folder_without_images(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(InputError, match="no images found"):
