@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import UserError
+from .errors import InputError, UserError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
 EXIT_PARTIAL = EXIT_DIFFERENT   # some inputs failed (listed), the others were done
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("search", help="search the features with a text query, an image, or both")
+    p.add_argument("query_text", nargs="?", metavar="QUERY",
+                   help="text query, as `clip-retrieval search 金毛`; the same as --query")
     _search_options(p)
     p.add_argument("--exact", action="store_true",
                    help="scan every vector even when index.json names another backend (default: off)")
@@ -326,6 +328,11 @@ def _stdin_lines(prompt: str):
 def cmd_search(args: argparse.Namespace) -> int:
     from . import api
 
+    if args.query_text is not None:
+        if args.query is not None:
+            raise InputError(f"查询只能给一次 / give the query once: {args.query_text!r} or --query {args.query!r}, "
+                            f"not both")
+        args.query = args.query_text
     batch = bool(args.queries or args.image_dir)
     single = not batch and (args.query is not None or args.image is not None)
     items = api.batch_queries(args.queries, args.image_dir) if batch else None

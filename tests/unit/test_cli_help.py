@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from clip_retrieval.cli import build_parser, main
 
@@ -33,3 +34,16 @@ def test_bare_command_prints_usage_and_the_subcommands(capsys):
     assert err.startswith("usage: clip-retrieval")
     for name, sub in _subcommands(build_parser()).items():
         assert name in err
+
+
+def test_search_takes_the_query_as_its_argument_as_people_type_it(tiny_features, tmp_path, cli):
+    """`clip-retrieval search 金毛` (rclip's habit) is the same search as `--query 金毛`; both at once is refused."""
+    common = ["search", "--features", tiny_features, "--log-dir", tmp_path, "--json", "--device", "cpu"]
+    typed = cli(*common, "金毛")
+    flagged = cli(*common, "--query", "金毛")
+    assert typed.returncode == flagged.returncode == 0, typed.stderr
+    assert json.loads(typed.stdout)["results"] == json.loads(flagged.stdout)["results"]
+    assert json.loads(typed.stdout)["query"] == "金毛"
+    both = cli(*common, "金毛", "--query", "灰猫")
+    assert both.returncode == 2 and both.stdout == ""
+    assert both.stderr.strip() == "clip-retrieval: 查询只能给一次 / give the query once: '金毛' or --query '灰猫', not both"
