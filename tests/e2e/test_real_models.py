@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -194,7 +195,7 @@ def test_documented_name_downloads_searches_equals_upstream_and_reloads_offline(
     paths, captions = _rows(photos)
     want_img, want_txt = _upstream(published, paths, captions, clip_cache)
     feats = store.load(out)
-    assert torch.allclose(feats.image_features.float(), want_img, atol=1e-5)
+    assert torch.allclose(torch.from_numpy(np.array(feats.image_features, dtype=np.float32)), want_img, atol=1e-5)
     assert torch.allclose(encoder.encode_texts(captions), want_txt, atol=1e-5)
     fingerprint = encoder.fingerprint
     del encoder, searcher
