@@ -21,6 +21,20 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
 EXIT_PARTIAL = EXIT_DIFFERENT   # some inputs failed (listed), the others were done
 
 
+# What a person who just typed `clip-retrieval` needs next: the two commands, where to pick a model, the exit codes.
+FIRST_STEPS = """\
+入门 / first steps:
+  clip-retrieval extract --images ~/Pictures --model demo   index a folder (demo: bundled, offline, drawings only;
+                                                            for photos: --model cn_clip:ViT-B-16, see `models`)
+  clip-retrieval search 金毛                                top 5, the query expanded through the rules table
+  clip-retrieval search --image photo.jpg                   similar images
+  clip-retrieval SUBCOMMAND --help                          every option, with its default
+
+退出码 / exit codes: 0 done; 2 bad input or usage (one line on stderr naming the file or value and the fix);
+  3 partial (batch search or classify: the bad inputs are listed; replay: some differ or cannot run); 1 a bug, please report it
+"""
+
+
 class _HelpWithDefaults(argparse.HelpFormatter):
     """Every option's help ends with its default, unless the text already names it."""
 
@@ -79,7 +93,8 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .encoders.catalog import DEFAULT_MODEL, model_name_help, trainable_families
 
-    parser = _Parser(prog="clip-retrieval", description="以中文短查询检索图片 / Search images with short Chinese queries.")
+    parser = _Parser(prog="clip-retrieval", description="以中文短查询检索图片 / Search images with short Chinese queries.",
+                     epilog=FIRST_STEPS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"clip-retrieval {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -137,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("classify", help="zero-shot classification of images among labels")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files to label (a whole folder: extract --images, then search)")
     p.add_argument("--labels", required=True, help="comma-separated labels, e.g. 猫,狗,鸟")
     p.add_argument("--model", help="model string (default: the model of --features, else the default model)")
     p.add_argument("--checkpoint", help="local weights file or folder")
@@ -225,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", default="outputs/search_log.jsonl",
                    help="search_log.jsonl or its folder (default: outputs/search_log.jsonl)")
     p.add_argument("--since", help="only searches on or after this date, YYYY-MM-DD[THH:MM] (default: all)")
-    p.add_argument("--until", help="only searches on or before this date (a date includes its whole day)")
+    p.add_argument("--until", help="only searches on or before this date (a date includes its whole day) "
+                                   "(default: all)")
     p.add_argument("--query", help="only queries containing this text (default: all)")
     p.add_argument("--model", help="only searches made with this model string (default: all)")
     p.add_argument("--mode", choices=["text", "image", "image+text"], help="only this search mode (default: all)")
