@@ -298,6 +298,9 @@ def open_user_image(path: str | os.PathLike, target_size: int | None = None, max
     Anything wrong with it is an ``InputError`` naming it (``shown_as``, else its path) and why.
     """
     name = str(path) if shown_as is None else shown_as
+    if Path(path).is_dir():
+        raise InputError(f"{what} {name} is a folder; name one image file in it "
+                         f"(a folder's images: extract --images, or search --image-dir)")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

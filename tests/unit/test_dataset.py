@@ -192,6 +192,8 @@ def test_a_users_image_file_gets_one_clear_error(tmp_path):
 
     with pytest.raises(InputError, match=r"query image not readable: .*gone.png \("):
         open_user_image(tmp_path / "gone.png", what="query image")
+    with pytest.raises(InputError, match=r"^image .* is a folder; name one image file in it \(a folder's images: extract"):
+        open_user_image(tmp_path)
     fake = tmp_path / "fake.jpg"
     fake.write_bytes(b"not an image")
     with pytest.raises(InputError, match=r"^upload fake.jpg: not a readable image"):
