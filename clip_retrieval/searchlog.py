@@ -19,6 +19,7 @@ from filelock import FileLock
 
 from . import __version__
 from .errors import InputError, UserError
+from .store import make_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,7 @@ def format_block(record: dict) -> str:
 
 def append(log_dir: str | os.PathLike, record: dict) -> None:
     """Append one record to both logs, atomically with respect to other processes."""
-    folder = Path(log_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_output_folder(log_dir)
     line = json.dumps(record, ensure_ascii=False) + "\n"
     block = format_block(record)
     with FileLock(str(folder / ".search_log.lock"), timeout=LOCK_TIMEOUT_S):

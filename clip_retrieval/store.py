@@ -34,7 +34,7 @@ from typing import Callable, Iterable, TypedDict
 import numpy as np
 
 from . import __version__
-from .errors import DiskFullError, FeatureStoreError, ModelMismatchError, NewerFormatError
+from .errors import DiskFullError, FeatureStoreError, InputError, ModelMismatchError, NewerFormatError
 from .runtime import ptfile
 
 FORMAT_VERSION = 1
@@ -156,6 +156,26 @@ def _commit(staged: list[tuple[Path, Path]]) -> None:
                 os.unlink(backup)
 
 
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """Create a folder we write into (with its parents); a file in the way or no permission is the user's to fix."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise InputError(f"无法创建文件夹 {folder}：{blocker} 是一个文件；请换一个文件夹 / "
+                         f"cannot create folder {folder}: {blocker} is a file; "
+                         f"choose another folder or move the file") from exc
+    except PermissionError as exc:
+        raise _no_permission(folder) from exc
+    return folder
+
+
+def _no_permission(folder: Path) -> InputError:
+    return InputError(f"没有写入 {folder} 的权限；请换一个文件夹 / no permission to write in {folder}; "
+                      f"choose a folder you can write to")
+
+
 def write_atomic_set(files: Iterable[tuple[str | os.PathLike, Callable[[Path], None]]], needed_bytes: int = 0) -> None:
     """Write files through ``write(tmp_path)`` each, then rename them all into place together.
 
@@ -169,7 +189,7 @@ def write_atomic_set(files: Iterable[tuple[str | os.PathLike, Callable[[Path], N
     staged: list[tuple[Path, Path]] = []
     try:
         for final, _ in files:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            make_output_folder(final.parent)
         free = _free_bytes(folder)
         if needed_bytes and free is not None and free < needed_bytes:
             raise _disk_full(folder, needed_bytes, free)
@@ -190,6 +210,8 @@ def write_atomic_set(files: Iterable[tuple[str | os.PathLike, Callable[[Path], N
                 os.unlink(tmp)
         if not isinstance(exc, DiskFullError) and isinstance(exc, Exception) and _is_disk_full(exc, free):
             raise _disk_full(folder, needed_bytes, free, written) from exc
+        if isinstance(exc, PermissionError):
+            raise _no_permission(folder) from exc
         raise
 
 
@@ -205,7 +227,7 @@ def write_dir_atomic(path: str | os.PathLike, fill: Callable[[Path], None]) -> N
     so a failure while filling leaves it untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_folder(path.parent)
     tmp = _temp_name(path)
     try:
         os.mkdir(tmp)

@@ -18,7 +18,7 @@ import torch
 
 from clip_retrieval import store
 from clip_retrieval.runtime import ptfile
-from clip_retrieval.errors import DiskFullError, FeatureStoreError, ModelMismatchError, NewerFormatError
+from clip_retrieval.errors import DiskFullError, FeatureStoreError, InputError, ModelMismatchError, NewerFormatError
 
 
 def _manifest(n: int, source: dict | None = None) -> store.Manifest:
@@ -257,3 +257,32 @@ def test_paths_manifest_and_writer_load_without_torch():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_a_file_where_the_output_folder_goes_is_named_as_the_users_to_fix(tmp_path, under):
+    """extract --out FILE or search --log-dir FILE: exit 2 naming the file in the way, not a FileExistsError."""
+    in_the_way = tmp_path / "outputs"
+    in_the_way.write_text("a file")
+    target = in_the_way / under if under else in_the_way
+    with pytest.raises(InputError, match=rf"cannot create folder {re.escape(str(target))}: "
+                                         rf"{re.escape(str(in_the_way))} is a file; choose another folder"):
+        store.write_atomic(target / "manifest.json", lambda p: p.write_text("{}"))
+    assert in_the_way.read_text() == "a file"
+
+
+def test_no_permission_to_write_is_named(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(args[0]))
+
+    monkeypatch.setattr(store.os, "open", refuse)
+    with pytest.raises(InputError, match=rf"no permission to write in {re.escape(str(tmp_path))}; choose a folder"):
+        store.write_atomic(tmp_path / "manifest.json", lambda p: p.write_text("{}"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_search_log_dir_that_is_a_file_exits_2_in_one_line(tiny_features, tmp_path, cli):
+    (tmp_path / "logs").write_text("a file")
+    ran = cli("search", "--features", tiny_features, "--log-dir", tmp_path / "logs", "-q", "狗", "--device", "cpu")
+    assert ran.returncode == 2 and ran.stderr.count("\n") == 1
+    assert f"{tmp_path / 'logs'} is a file; choose another folder" in ran.stderr
