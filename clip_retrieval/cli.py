@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="encode a collection's images and captions")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--csv", help="captions file with image_path,caption columns (default: data/captions.csv)")
-    src.add_argument("--images", help="index a folder of images instead (no captions)")
+    src.add_argument("--images", help="index a folder of images instead, subfolders included, no captions "
+                                      "(JPEG, PNG, WebP, GIF, BMP, TIFF; hidden files and folders left out)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model string: {model_name_help()}; `clip-retrieval models` lists them "
                         f"(default: {DEFAULT_MODEL})")

@@ -50,3 +50,12 @@ def test_search_takes_the_query_as_its_argument_as_people_type_it(tiny_features,
     both = cli(*common, "金毛", "--query", "灰猫")
     assert both.returncode == 2 and both.stdout == ""
     assert both.stderr.strip() == "clip-retrieval: 查询只能给一次 / give the query once: '金毛' or --query '灰猫', not both"
+
+
+def test_extract_images_help_names_every_type_the_scan_reads():
+    from clip_retrieval.dataset import IMAGE_EXTENSIONS
+
+    images = next(a for a in _subcommands(build_parser())["extract"]._actions if a.dest == "images")
+    for suffix in IMAGE_EXTENSIONS:
+        name = {"JPG": "JPEG", "TIF": "TIFF"}.get(suffix[1:].upper(), suffix[1:].upper())
+        assert name in images.help.upper(), suffix
