@@ -98,6 +98,8 @@ def read_captions(csv_path: str | os.PathLike, check_images: bool = True, skip_b
     ``source["duplicate_rows"]``.
     """
     path = Path(csv_path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a captions file; for a folder of images use --images {path}")
     if not path.is_file():
         raise InputError(f"captions file not found: {path}; pass --csv FILE (image_path,caption rows) "
                          f"or --images DIR (a folder, no captions)")
@@ -172,6 +174,8 @@ def _row_problem(row: list[str], columns: list[str], ip: int, cp: int) -> str:
 def scan_images(folder: str | os.PathLike) -> Collection:
     """Index a folder tree with no captions: common image types, hidden entries skipped, link loops survived."""
     root = Path(folder)
+    if root.is_file():
+        raise InputError(f"{root} is a file; --images takes a folder (its parent: --images {root.parent})")
     if not root.is_dir():
         raise InputError(f"image folder not found: {root}")
     root = root.resolve()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,16 @@ def test_missing_captions_file_says_how_to_name_one(tmp_path, cli):
     assert ran.returncode == 2 and not (tmp_path / "out").exists()
     assert ran.stderr.strip() == (f"clip-retrieval: captions file not found: {missing}; pass --csv FILE "
                                   f"(image_path,caption rows) or --images DIR (a folder, no captions)")
+
+
+def test_a_file_for_a_folder_and_a_folder_for_a_file_say_which_option_fits(tmp_path):
+    photo = _img(tmp_path / "photos" / "a.jpg")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(photo))} is a file; --images takes a folder "
+                                         rf"\(its parent: --images {re.escape(str(photo.parent))}\)$"):
+        scan_images(photo)
+    with pytest.raises(InputError, match=rf"^{re.escape(str(photo.parent))} is a folder, not a captions file; "
+                                         rf"for a folder of images use --images {re.escape(str(photo.parent))}$"):
+        read_captions(photo.parent)
 
 
 def test_folder_without_images(tmp_path):
