@@ -82,7 +82,7 @@ def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_p
 
 def test_bad_input_exit_2_one_line_and_outputs_untouched(tiny_features, tiny_open_clip, tmp_path, cli):
     out = tmp_path / "out"
-    shutil.copytree(tiny_features, out)
+    shutil.copytree(tiny_features, out, ignore=shutil.ignore_patterns("search_log*"))   # others search the shared one
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     bad = tmp_path / "bad.csv"
     bad.write_text("image_path,caption\nnope.png,狗\n", encoding="utf-8")
