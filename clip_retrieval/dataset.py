@@ -101,8 +101,8 @@ def read_captions(csv_path: str | os.PathLike, check_images: bool = True, skip_b
     if path.is_dir():
         raise InputError(f"{path} is a folder, not a captions file; for a folder of images use --images {path}")
     if not path.is_file():
-        raise InputError(f"captions file not found: {path}; pass --csv FILE (image_path,caption rows) "
-                         f"or --images DIR (a folder, no captions)")
+        raise InputError(f"captions file not found: {path}; pass --csv FILE with image_path,caption rows "
+                         f"(extract also takes --images DIR, a folder without captions)")
     text, encoding = _decode_csv(path)
     if not text.strip():
         raise InputError(f"{path}: empty file; expected a header row 'image_path,caption'")

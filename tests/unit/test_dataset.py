@@ -105,8 +105,9 @@ def test_missing_captions_file_says_how_to_name_one(tmp_path, cli):
     missing = tmp_path / "data" / "captions.csv"
     ran = cli("extract", "--csv", missing, "--model", "demo", "--out", tmp_path / "out", "--quiet")
     assert ran.returncode == 2 and not (tmp_path / "out").exists()
-    assert ran.stderr.strip() == (f"clip-retrieval: captions file not found: {missing}; pass --csv FILE "
-                                  f"(image_path,caption rows) or --images DIR (a folder, no captions)")
+    assert ran.stderr.strip() == (f"clip-retrieval: captions file not found: {missing}; pass --csv FILE with "
+                                  f"image_path,caption rows (extract also takes --images DIR, a folder without "
+                                  f"captions)")
 
 
 def test_a_file_for_a_folder_and_a_folder_for_a_file_say_which_option_fits(tmp_path):
