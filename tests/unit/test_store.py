@@ -286,3 +286,29 @@ def test_search_log_dir_that_is_a_file_exits_2_in_one_line(tiny_features, tmp_pa
     ran = cli("search", "--features", tiny_features, "--log-dir", tmp_path / "logs", "-q", "狗", "--device", "cpu")
     assert ran.returncode == 2 and ran.stderr.count("\n") == 1
     assert f"{tmp_path / 'logs'} is a file; choose another folder" in ran.stderr
+
+
+def test_pt_files_written_without_torch_are_torch_files(tmp_path):
+    """What users get stays a plain torch file: torch reads ours, and we read torch's (memory-mapped)."""
+    img = _feats(5).numpy()
+    ptfile.write(tmp_path / "ours.pt", {"features": img, "generation": "g"})
+    theirs = torch.load(tmp_path / "ours.pt", weights_only=True, mmap=True)
+    assert theirs["generation"] == "g" and torch.equal(theirs["features"], torch.from_numpy(img))
+    torch.save({"features": torch.from_numpy(img).T, "generation": "h"}, tmp_path / "torch.pt")
+    back = ptfile.read(tmp_path / "torch.pt")
+    assert back["generation"] == "h" and np.array_equal(back["features"], img.T)
+    torch.save({"features": torch.zeros(2, 2, dtype=torch.float16), "generation": "h"}, tmp_path / "half.pt")
+    with pytest.raises(Exception, match="unsupported storage|not allowed"):
+        ptfile.read(tmp_path / "half.pt")
+
+
+def test_expansion_cache_is_shared_by_every_folder_of_the_same_weights_and_rules(tmp_path):
+    vectors = _feats(2).numpy()
+    store.save_expansion_cache(tmp_path / "a", ["a", "b"], vectors, "sha256:m1", "r1")
+    texts, got = store.load_expansion_cache(tmp_path / "b", "sha256:m1", "r1")    # another folder
+    assert texts == ["a", "b"] and np.array_equal(got, vectors)
+    assert store.load_expansion_cache(tmp_path / "b", "sha256:m2", "r1") is None
+    assert store.load_expansion_cache(tmp_path / "b", "sha256:m1", "r2") is None
+    store._shared_expansion_cache("sha256:m1", "r1").write_bytes(b"damaged")
+    assert store.load_expansion_cache(tmp_path / "b", "sha256:m1", "r1") is None
+    assert store.load_expansion_cache(tmp_path / "a", "sha256:m1", "r1") is not None
