@@ -253,7 +253,7 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
             img = Image.open(source)
             width, height = img.size
             if width * height > max_pixels:
-                raise ValueError(_too_many_pixels(f"{width}x{height}", max_pixels))
+                raise TooManyPixels(f"{width}x{height}", max_pixels)
             if target_size and img.format == "JPEG":
                 # draft keeps each side >= the request, so later resizing sees enough detail
                 img.draft("RGB", (target_size, target_size))
@@ -264,7 +264,7 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
         raise
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        raise ValueError(_too_many_pixels(found.group(1) if found else "more", max_pixels)) from exc
+        raise TooManyPixels(found.group(1) if found else "more", max_pixels) from exc
     except Image.UnidentifiedImageError as exc:
         raise ValueError("not a readable image: unknown or unsupported format; convert it to JPEG or PNG") from exc
     except (OSError, SyntaxError) as exc:
@@ -272,9 +272,12 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
         raise ValueError(f"{reason}: {exc}; copy it again from its source") from exc
 
 
-def _too_many_pixels(size: str, max_pixels: int) -> str:
-    return (f"too many pixels ({size} > {max_pixels}); extract --max-pixels N includes it "
-            f"(or use a smaller copy)")
+class TooManyPixels(ValueError):
+    """A file over the pixel limit; its fix depends on who gave it (extract's option, or a smaller copy)."""
+
+    def __init__(self, size: str, max_pixels: int, fix: str = "extract --max-pixels N includes it"):
+        self.size, self.max_pixels = size, max_pixels
+        super().__init__(f"too many pixels ({size} > {max_pixels}); {fix}")
 
 
 @contextlib.contextmanager
@@ -311,6 +314,8 @@ def open_user_image(path: str | os.PathLike, target_size: int | None = None, max
         raise InputError(f"{what} not readable: {name} ({exc.strerror or exc})") from exc
     try:
         return open_image(data, target_size, max_pixels), data
+    except TooManyPixels as exc:   # no option raises the limit for a query image or an upload
+        raise InputError(f"{what} {name}: {TooManyPixels(exc.size, exc.max_pixels, 'use a smaller copy')}") from exc
     except ValueError as exc:
         raise InputError(f"{what} {name}: {exc}") from exc
 

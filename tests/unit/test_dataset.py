@@ -176,7 +176,7 @@ def test_max_pixels_is_the_one_limit_even_past_pils_own(monkeypatch):
     data = _encode(Image.new("L", (1500, 1500)), "PNG")
     assert open_image(data, max_pixels=3_000_000).size == (1500, 1500)
     assert Image.MAX_IMAGE_PIXELS == 1_000_000
-    with pytest.raises(ValueError, match=r"^too many pixels \(2250000 > 500000\); extract --max-pixels N includes it"):
+    with pytest.raises(ValueError, match=r"^too many pixels \(2250000 > 500000\); extract --max-pixels N includes it$"):
         open_image(data, max_pixels=500_000)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)     # PIL only warns between its limit and twice it
     small = _encode(Image.new("L", (400, 400)), "PNG")
@@ -210,6 +210,9 @@ def test_a_users_image_file_gets_one_clear_error(tmp_path):
     fake.write_bytes(b"not an image")
     with pytest.raises(InputError, match=r"^upload fake.jpg: not a readable image"):
         open_user_image(fake, what="upload", shown_as="fake.jpg")
+    Image.new("L", (40, 30)).save(tmp_path / "big.png")   # a query image has no --max-pixels to raise
+    with pytest.raises(InputError, match=r"^query image .*big.png: too many pixels \(40x30 > 1000\); use a smaller copy$"):
+        open_user_image(tmp_path / "big.png", max_pixels=1000, what="query image")
     Image.new("RGB", (8, 6), "red").save(tmp_path / "ok.png")
     img, data = open_user_image(tmp_path / "ok.png")
     assert img.size == (8, 6) and data == (tmp_path / "ok.png").read_bytes()
