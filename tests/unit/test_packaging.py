@@ -70,3 +70,24 @@ def test_every_subpackage_and_data_folder_is_packaged():
         base = ROOT / setuptools_cfg.get("package-dir", {}).get(package, package.replace(".", "/"))
         for pattern in patterns:
             assert list(base.glob(pattern)), f"package-data {package}: {pattern} matches no file under {base}"
+
+
+def test_floor_check_skips_only_the_extras_meant_for_another_environment(tmp_path):
+    """rclip (the bench extra) lives in its own environment, so its absence here must not fail check_wheel;
+    any other missing requirement still does."""
+    import zipfile
+
+    from scripts.check_wheel import WheelCheckError, check_floors
+
+    def wheel(name: str, requires: list[str]) -> Path:
+        path = tmp_path / f"{name}-1-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(f"{name}-1.dist-info/METADATA",
+                       "\n".join(["Metadata-Version: 2.1", f"Name: {name}"] + [f"Requires-Dist: {r}" for r in requires]))
+        return path
+
+    requires = ["numpy>=1.0", 'rclip>=3.3; extra == "bench"', 'numpy>=1.0; python_version >= "3.8"']
+    assert [c.split()[0] for c in check_floors(wheel("x", requires))] == ["numpy"]
+    with pytest.raises(WheelCheckError, match="no-such-pkg-xyz is not installed here") as caught:
+        check_floors(wheel("y", requires + ['no-such-pkg-xyz>=1; extra == "dev"']))
+    assert "rclip" not in str(caught.value)
