@@ -247,6 +247,18 @@ class Searcher:
         idx, scores = self.nearest(vector, k, where)
         return [self._hit(rank, i, sc) for rank, (i, sc) in enumerate(zip(idx.tolist(), scores.tolist()), start=1)]
 
+    def _prefetch_text_tower(self) -> None:
+        """Open the ONNX text tower in the background while the query is expanded (segmentation and
+        the dictionary take as long as the session does); torch encoders are left to load on need."""
+        if self._encoder is None:
+            from .runtime.onnx import read_card
+
+            if self._load_encoder is None or read_card(self.store.model_fingerprint) is None:
+                return
+        encoder = self.encoder     # the exported model: cheap to open, its sessions open on first use
+        if hasattr(encoder, "prefetch"):
+            encoder.prefetch("text")
+
     def search_text(self, query: str, k: int = 5, expand: bool = True, fuse: bool = False,
                     where: Where | None = None) -> SearchResult:
         """Expand, encode, pool, renormalise, scan: the whole text-to-image path.
@@ -256,6 +268,8 @@ class Searcher:
         """
         _check_k(k)
         text, truncated = clean_query(query)
+        if text not in self._cache_rows:
+            self._prefetch_text_tower()
         expansion = self.expand(text, expand)
         vector = self.query_vector(expansion)
         hits = self.fused(vector, k, where) if fuse else self.search_vector(vector, k, where)

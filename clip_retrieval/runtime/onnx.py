@@ -246,6 +246,7 @@ class OnnxEncoder:
         self.image_size = self.preprocess.size
         self.device = CpuDevice()
         self._sessions: dict = {}
+        self._pending: dict = {}
         self._tokenizer: ClipTokenizer | None = None
 
     @property
@@ -254,9 +255,21 @@ class OnnxEncoder:
 
     def loaded_towers(self) -> list[str]:
         """Which sessions are open (tests check that a command opened only what it needed)."""
-        return sorted(self._sessions)
+        return sorted({*self._sessions, *self._pending})
+
+    def prefetch(self, tower: str) -> None:
+        """Start opening a tower's session in a thread (ONNX Runtime builds it without holding the GIL)."""
+        if tower in self._sessions or tower in self._pending:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1)
+        self._pending[tower] = pool.submit(_session, self.folder / f"{tower}.onnx")
+        pool.shutdown(wait=False)
 
     def _run(self, tower: str, feed: np.ndarray) -> np.ndarray:
+        if tower in self._pending:
+            self._sessions[tower] = self._pending.pop(tower).result()
         if tower not in self._sessions:
             self._sessions[tower] = _session(self.folder / f"{tower}.onnx")
         session = self._sessions[tower]
