@@ -111,7 +111,7 @@ def text_latency(sizes: dict, work: str) -> dict:
     def ours():
         return pool(enc.encode_texts(FIVE_WAY), [1.0] * len(FIVE_WAY))
 
-    diff = float((naive() - ours()).abs().max())
+    diff = float(np.abs(naive() - ours()).max())
     naive_ms = _p50(naive, sizes["repeats"]) * 1000
     ours_ms = _p50(ours, sizes["repeats"]) * 1000
     return {"naive_expanded_query_ms": naive_ms, "expanded_query_ms": ours_ms,
