@@ -14,13 +14,11 @@ them from the fingerprint in its manifest without resolving (or importing) open_
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -141,23 +139,22 @@ def _text_module(model):
 
 
 def export(encoder: "Encoder") -> Path:
-    """Export both towers of a torch open_clip encoder (once per fingerprint); returns the folder.
-
-    """
+    """Export both towers of a torch open_clip encoder (once per fingerprint); returns the folder."""
     import warnings
 
     import torch
     import open_clip
 
+    from ..store import write_dir_atomic
+
     reason = unsupported_reason(encoder)
     if reason:
         raise ValueError(f"{encoder.name}: cannot run on ONNX Runtime: {reason}")
     final = card_dir(encoder.fingerprint)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     model = encoder.model.float().eval().to("cpu")
     size = encoder.image_size
-    try:
+
+    def fill(staging: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model.visual, (torch.zeros(2, 3, size, size),), str(staging / "visual.onnx"),
@@ -176,12 +173,8 @@ def export(encoder: "Encoder") -> Path:
                 "context_length": encoder.context_length, "transform": _transform_of(encoder).to_json(),
                 "exported_with": {"torch": torch.__version__, "open_clip": open_clip.__version__, "opset": OPSET}}
         (staging / CARD_FILE).write_text(json.dumps(card, indent=1), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    write_dir_atomic(final, fill)
     model.to(encoder.device)
     log.info("exported %s to %s", encoder.name, final)
     return final
@@ -195,6 +188,8 @@ def _session(path: Path):
     """
     import onnxruntime as ort
 
+    from ..store import write_atomic
+
     options = ort.SessionOptions()
     try:
         options.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)))
@@ -205,18 +200,15 @@ def _session(path: Path):
     if optimized.is_file():
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(optimized), sess_options=options, providers=["CPUExecutionProvider"])
-    fd, tmp = tempfile.mkstemp(prefix=f".{optimized.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = tmp
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        os.replace(tmp, optimized)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return session
+    sessions = []
+
+    def save_optimized(tmp: Path) -> None:
+        options.optimized_model_filepath = str(tmp)
+        sessions.append(ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"]))
+
+    write_atomic(optimized, save_optimized)
+    return sessions[0]
 
 
 class CpuDevice:
