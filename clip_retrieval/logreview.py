@@ -162,11 +162,7 @@ def stats(path: str | os.PathLike, chunksize: int = 50_000, top: int = 10, low_q
     import pandas as pd
     from tqdm import tqdm
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / searchlog.JSON_LOG
-    if not path.is_file():
-        raise InputError(f"search log not found: {path}; run a search first / 日志不存在，请先检索")
+    path = searchlog.json_log_file(path)  # checked before the progress bar starts
     per_day = pd.Series(dtype="int64")
     per_query = pd.Series(dtype="int64")
     score_sum: pd.Series | None = None     # indexed by (model, query)

@@ -122,13 +122,19 @@ def append(log_dir: str | os.PathLike, record: dict) -> None:
                 os.fsync(fh.fileno())
 
 
-def read_records(path: str | os.PathLike) -> Iterator[dict]:
-    """Records from a JSONL log; a damaged line is reported with its number."""
+def json_log_file(path: str | os.PathLike) -> Path:
+    """The JSONL log a user named, as the file itself or the folder holding it (InputError when absent)."""
     path = Path(path)
     if path.is_dir():
         path = path / JSON_LOG
     if not path.is_file():
-        raise InputError(f"search log not found: {path}; run a search first")
+        raise InputError(f"search log not found: {path}; run a search first / 日志不存在，请先检索")
+    return path
+
+
+def read_records(path: str | os.PathLike) -> Iterator[dict]:
+    """Records from a JSONL log; a damaged line is reported with its number."""
+    path = json_log_file(path)
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
