@@ -228,7 +228,7 @@ class RuleTable:
             for term in [rule.key, *rule.aliases]:
                 self._lookup[_norm(term)] = rule
         self._connector: dict[str, Connector] = {w: c for c in self.connectors for w in c.words}
-        self._tokenizer = None
+        self._segmenter = None
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -246,17 +246,14 @@ class RuleTable:
         return any(term in norm for term in self._lookup)
 
     def segment(self, text: str) -> list[str]:
-        """jieba words, with every key, alias and connecting word registered so it is never split."""
-        if self._tokenizer is None:
-            import jieba
+        """jieba's words, with every key, alias and connecting word registered so it is never split."""
+        if self._segmenter is None:
+            from .dictionary import load_dictionary
+            from .segmentation import Segmenter
 
-            jieba.setLogLevel(logging.WARNING)
-            tokenizer = jieba.Tokenizer()
-            for term in [*self.terms(), *self._connector]:
-                if " " not in term:
-                    tokenizer.add_word(term, freq=1_000_000)
-            self._tokenizer = tokenizer
-        return self._tokenizer.lcut(text)
+            self._segmenter = Segmenter(load_dictionary(),
+                                        [t for t in [*self.terms(), *self._connector] if " " not in t])
+        return self._segmenter.cut(text)
 
     def substitute(self, query: str, languages: frozenset[str] | set[str] = frozenset(LANGUAGES)) -> Expansion:
         """The first release's expansion, kept as the benchmark's ``substitution`` stage.
@@ -274,7 +271,7 @@ class RuleTable:
             phrases += whole.expansions
         else:
             canonical = query
-            # jieba's dictionary takes about a second to load; a query naming no term needs none
+            # a query naming no term has nothing to segment for
             words = self.segment(query) if self.mentions_a_term(query) else []
             for word in words:
                 rule = self.lookup(word)
