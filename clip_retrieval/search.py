@@ -323,8 +323,9 @@ class Searcher:
         return [self._hit(r, i, scores[i]) for r, i in enumerate(best, start=1)]
 
     def image_vector(self, path: str | os.PathLike) -> tuple[np.ndarray, str]:
-        """The encoded query image and its content hash."""
-        img, data = open_user_image(path, self.encoder.image_size, what="query image")
+        """The encoded query image and its content hash, decoded the way the collection's images were."""
+        draft = None if self.store.manifest.image_decode == "exact" else self.encoder.image_size
+        img, data = open_user_image(path, draft, what="query image")
         vector = np.asarray(self.encoder.encode_images(self.encoder.preprocess(img)[None])[0], dtype=np.float32)
         return vector, sha256_bytes(data)
 

@@ -74,3 +74,14 @@ def test_update_in_the_other_decode_mode_reencodes_every_image(photos, tiny_open
     manifest = json.loads((out / store.MANIFEST_FILE).read_text(encoding="utf-8"))
     assert manifest["image_decode"] == "exact"
     assert np.allclose(store.load(out).image_features, encoder.encode_images(_plain(encoder, photos)).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["exact", "draft"])
+def test_an_image_query_is_decoded_the_way_its_features_were(photos, tiny_open_clip, tmp_path, mode):
+    out = tmp_path / mode
+    assert _extract(photos, tiny_open_clip, out, *(["--exact-decode"] if mode == "exact" else [])) == 0
+    encoder = load_encoder("open_clip:tiny", str(tiny_open_clip), device="cpu")
+    searcher = api.open_searcher(out, encoder=encoder, rules=None, exact=True)
+    vector, _ = searcher.image_vector(photos / "p1.jpg")
+    # the collection's own photo as the query gives its stored vector back, not a draft/exact neighbour of it
+    assert np.allclose(vector, searcher.store.image_features[1], atol=1e-6)
