@@ -72,17 +72,6 @@ class Encoder:
         return torch.cat(out)
 
 
-def trim_padding(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
-    """Drop the trailing columns that are padding in every row.
-
-    A 5-way expanded query padded to 77 tokens costs several times its trimmed length;
-    with causal or masked attention the trimmed result is the same to float precision.
-    """
-    used = (tokens != pad_id).any(dim=0).nonzero()
-    width = int(used.max()) + 1 if used.numel() else 1
-    return tokens[:, :width]
-
-
 def state_dict_fingerprint(model: torch.nn.Module) -> str:
     """Hash of every parameter and buffer, for weights that exist only in memory."""
     digest = hashlib.sha256()

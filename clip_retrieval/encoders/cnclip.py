@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .base import Encoder, trim_padding
+from ..runtime.tokenizer import trim_padding
+from .base import Encoder
 from .weights import (MODELSCOPE_URL, PROBE_TIMEOUT_S, download_failed, file_fingerprint, hf_endpoint, reachable,
                       unavailable)
 

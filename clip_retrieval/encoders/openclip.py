@@ -19,7 +19,8 @@ from typing import Callable, TypeVar
 import torch
 
 from ..errors import InputError
-from .base import Encoder, trim_padding
+from ..runtime.tokenizer import trim_padding
+from .base import Encoder
 from .weights import download_failed, file_fingerprint, hf_endpoint, hf_file_url, hub_offline, reachable, unavailable
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,11 @@ import gzip
 import html
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+ArrayLike = TypeVar("ArrayLike")    # a numpy array or a torch tensor: returned as given
 
 SPECIAL = ("<start_of_text>", "<end_of_text>")
 
@@ -97,8 +100,12 @@ class ClipTokenizer:
 
 
 
-def trim_padding(tokens: np.ndarray) -> np.ndarray:
-    """Drop trailing columns that are padding in every row: a causal tower pooled at the end
-    token gives the same vectors, and a 5-way query costs a fraction of 5 x 77 tokens."""
-    used = np.flatnonzero((tokens != 0).any(axis=0))
+def trim_padding(tokens: ArrayLike, pad_id: int = 0) -> ArrayLike:
+    """Drop trailing columns that are padding in every row (numpy or torch, on any device).
+
+    A causal tower pooled at the end token gives the same vectors, and a 5-way expanded query
+    costs a fraction of 5 x 77 tokens. The one trimming both the ONNX and the torch towers use.
+    """
+    used = (tokens != pad_id).any(0)
+    used = np.flatnonzero(np.asarray(used.cpu() if hasattr(used, "cpu") else used))
     return tokens[:, :int(used.max()) + 1 if used.size else 1]
