@@ -25,6 +25,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -220,11 +221,29 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], needed_
     write_atomic_set([(path, write)], needed_bytes)
 
 
+def _give_umask_modes(folder: Path) -> None:
+    """Set every file under ``folder`` to the mode the umask gives a new file.
+
+    Libraries that ``fill`` calls may create files 0600 (onnx does for external weights);
+    the mode is read from a probe file, since asking ``os.umask`` means changing it.
+    """
+    probe = folder / f".{uuid.uuid4().hex[:12]}.mode"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    probe.unlink()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            file = Path(root) / name
+            if stat.S_IMODE(file.lstat().st_mode) != mode and not file.is_symlink():
+                os.chmod(file, mode)
+
+
 def write_dir_atomic(path: str | os.PathLike, fill: Callable[[Path], None]) -> None:
     """Build a folder through ``fill(tmp_dir)``, then swap it in for ``path``.
 
     The previous folder is renamed aside and removed only once the new one is in place,
-    so a failure while filling leaves it untouched.
+    so a failure while filling leaves it untouched. Its files get the umask's mode
+    whatever library wrote them.
     """
     path = Path(path)
     make_output_folder(path.parent)
@@ -232,6 +251,7 @@ def write_dir_atomic(path: str | os.PathLike, fill: Callable[[Path], None]) -> N
     try:
         os.mkdir(tmp)
         fill(tmp)
+        _give_umask_modes(tmp)
         with _signals_deferred():
             old = _temp_name(path, "old")
             if path.exists():

@@ -72,6 +72,73 @@ def test_onnx_path_equals_torch_and_exports_once(tiny_open_clip):
     assert _cosines(again.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4   # from *.opt.onnx
 
 
+def _weights_layout(graph_path) -> tuple[dict[str, tuple[str, int]], int]:
+    """Initializers kept outside the graph (name: file, offset) and the byte size of the largest kept inside."""
+    import onnx as onnx_lib
+    from onnx import numpy_helper
+
+    graph = onnx_lib.load(str(graph_path), load_external_data=False)
+    outside, inside = {}, [0]
+    for tensor in graph.graph.initializer:
+        if tensor.data_location == onnx_lib.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in tensor.external_data}
+            outside[tensor.name] = (info["location"], int(info.get("offset", 0)))
+        else:
+            inside.append(numpy_helper.to_array(tensor).nbytes)
+    return outside, max(inside)
+
+
+def test_each_graph_keeps_its_weights_in_one_mappable_file_beside_it(tiny_open_clip, tmp_path, monkeypatch):
+    """Small graphs, weights in ``<tower>.data`` / ``<tower>.opt.data`` (page-aligned, so ORT maps them), umask modes."""
+    import stat
+
+    monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    old = os.umask(0o027)
+    try:
+        lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    finally:
+        os.umask(old)
+    folder = lean.folder
+    files = {p.name: p for p in folder.iterdir()}
+    want = {f"{t}{kind}" for t in onnx.TOWERS for kind in (".onnx", ".data", ".opt.onnx", ".opt.data")}
+    assert want | {"card.json", "vocab.txt.gz"} == set(files)
+    assert {n: oct(stat.S_IMODE(p.stat().st_mode)) for n, p in files.items()} == {n: oct(0o640) for n in files}
+    for tower in onnx.TOWERS:
+        for graph, data in ((f"{tower}.onnx", f"{tower}.data"), (f"{tower}.opt.onnx", f"{tower}.opt.data")):
+            outside, largest_inside = _weights_layout(files[graph])
+            assert {where for where, _ in outside.values()} == {data} and largest_inside < onnx.EXTERNAL_MIN_BYTES
+    embedding = _weights_layout(files["text.opt.onnx"])[0]["clip.token_embedding.weight"]
+    assert embedding[1] % 4096 == 0      # ORT copies a tensor it cannot map at a page boundary
+
+    enc = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
+    for name in ("text.opt.onnx", "visual.opt.onnx"):      # the exported graphs still open on their own
+        files[name].unlink()
+    fresh = onnx.open_exported(enc.fingerprint)
+    assert _cosines(fresh.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4
+
+
+def test_an_export_of_the_single_file_layout_is_rebuilt(tiny_open_clip, tmp_path, monkeypatch):
+    """Version 1 kept each graph and its weights in one file, which ORT copies onto the heap."""
+    import onnx as onnx_lib
+
+    monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    folder = lean.folder
+    for tower in onnx.TOWERS:
+        graph = onnx_lib.load(str(folder / f"{tower}.onnx"))
+        for name in (f"{tower}.onnx", f"{tower}.data", f"{tower}.opt.onnx", f"{tower}.opt.data"):
+            (folder / name).unlink()
+        onnx_lib.save_model(graph, str(folder / f"{tower}.onnx"))
+    card = json.loads((folder / onnx.CARD_FILE).read_text(encoding="utf-8"))
+    (folder / onnx.CARD_FILE).write_text(json.dumps({**card, "version": 1}), encoding="utf-8")
+
+    again = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    assert json.loads((folder / onnx.CARD_FILE).read_text(encoding="utf-8"))["version"] == onnx.CARD_VERSION
+    assert all((folder / f"{t}.opt.data").is_file() and (folder / f"{t}.data").is_file() for t in onnx.TOWERS)
+    enc = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
+    assert _cosines(again.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4
+
+
 def test_accelerators_and_the_switch_keep_torch(tiny_open_clip, monkeypatch):
     assert onnx.wants_torch("cuda") and not onnx.wants_torch("cpu")
     monkeypatch.setenv("CLIP_RETRIEVAL_RUNTIME", "torch")

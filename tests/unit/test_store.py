@@ -156,12 +156,15 @@ def test_files_respect_the_umask(tmp_path, mask):
     try:
         store.save(tmp_path / "f", _feats(2), _feats(2), _manifest(2))
         store.save_expansion_cache(tmp_path / "f", ["a"], _feats(1), "sha256:abc", "r")
-        store.write_dir_atomic(tmp_path / "best", lambda tmp: (tmp / "w.bin").write_bytes(b"w"))
+        # a library that creates its files 0600 (onnx does for external weights) still gets the umask's mode
+        store.write_dir_atomic(tmp_path / "best", lambda tmp: (
+            (tmp / "w.bin").write_bytes(b"w"), os.close(os.open(tmp / "private.data", os.O_CREAT | os.O_WRONLY, 0o600))))
     finally:
         os.umask(old)
-    for path in (tmp_path / "f").iterdir():
+    for path in [*(tmp_path / "f").iterdir(), *(tmp_path / "best").iterdir()]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
     assert stat.S_IMODE((tmp_path / "best").stat().st_mode) == 0o777 & ~mask
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["private.data", "w.bin"]
 
 
 def test_write_dir_atomic_keeps_the_previous_folder_when_filling_fails(tmp_path):
