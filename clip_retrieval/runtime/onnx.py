@@ -212,7 +212,13 @@ def export(encoder: "Encoder") -> Path:
 
 
 def _options():
-    """Session options on all cores, ORT's own log quiet."""
+    """Session options on all cores, ORT's own log quiet, pool threads that sleep instead of spinning.
+
+    Indexing decodes JPEGs in threads beside the model; ORT's threads spinning between
+    operators took that CPU. Measured on 2 cores with ViT-B-32 (under load): 98 ms of CPU per
+    640x480 photo instead of 106-123, 124-139 instead of 136-152 per 12-megapixel photo,
+    best throughput +6% and +9%; text encoding unchanged.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -220,6 +226,7 @@ def _options():
         options.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         options.intra_op_num_threads = max(1, os.cpu_count() or 1)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
 
