@@ -20,6 +20,7 @@ them from the fingerprint in its manifest without resolving (or importing) open_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CARD_FILE = "card.json"
-CARD_VERSION = 2          # 2: weights beside each graph, optimised copy made at export (1 was single-file)
+CARD_VERSION = 3   # 2: weights beside each graph (1 was single-file); 3: image tower without MHA transposes
 OPSET = 18
 TOWERS = ("visual", "text")
 EXTERNAL_MIN_BYTES = 1024  # tensors from this size go to the weights file (ORT maps it when offsets are page-aligned)
@@ -93,22 +94,67 @@ def _transform_of(encoder: "Encoder") -> ImageTransform:
                           tuple(cfg.get("std") or OPENAI_DATASET_STD), cfg.get("interpolation") or "bicubic")
 
 
-def _trimmable(model) -> bool:
-    """A causal text tower pooled at the end token, built from open_clip's standard blocks."""
+def _plain_blocks(transformer) -> bool:
+    """A batch-first transformer of open_clip's standard self-attention blocks."""
     from open_clip.transformer import ResidualAttentionBlock
 
+    return transformer.batch_first and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
+                                           for b in transformer.resblocks)
+
+
+def _trimmable(model) -> bool:
+    """A causal text tower pooled at the end token, built from open_clip's standard blocks."""
     return (getattr(model, "attn_mask", None) is not None and model.text_pool_type in ("argmax", "eos")
-            and model.transformer.batch_first
-            and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
-                    for b in model.transformer.resblocks))
+            and _plain_blocks(model.transformer))
+
+
+def _attention(attn, x, mask=None):
+    """``nn.MultiheadAttention`` self-attention over batch-first ``x``, written with shape-free reshapes.
+
+    The TorchScript exporter bakes the sequence length of ``nn.MultiheadAttention`` into its
+    reshapes (the text tower needs any width) and surrounds it with 8 transposes and a few
+    gathers per block; without them ViT-B-32's image tower runs about 2% faster on ORT.
+    """
+    import torch
+
+    heads = attn.num_heads
+    q, k, v = torch.nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    split = lambda t: t.reshape(t.shape[0], -1, heads, t.shape[-1] // heads).transpose(1, 2)
+    q, k, v = split(q), split(k), split(v)
+    scores = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5)
+    weights = torch.softmax(scores + mask if mask is not None else scores, dim=-1)
+    out = (weights @ v).transpose(1, 2).reshape(x.shape[0], -1, x.shape[-1])
+    return attn.out_proj(out)
+
+
+@contextlib.contextmanager
+def _plain_attention(transformer):
+    """Run a transformer's blocks through ``_attention`` while the image tower is exported (others as they are)."""
+    import torch
+
+    class Plain(torch.nn.Module):
+        def __init__(self, attn):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, q, k, v, need_weights=False, attn_mask=None):
+            return _attention(self.attn, q, attn_mask), None
+
+    if transformer is None or not _plain_blocks(transformer):
+        yield
+        return
+    originals = [block.attn for block in transformer.resblocks]
+    try:
+        for block in transformer.resblocks:
+            block.attn = Plain(block.attn)
+        yield
+    finally:
+        for block, attn in zip(transformer.resblocks, originals):
+            block.attn = attn
 
 
 def _text_module(model):
-    """The text tower over tokens of any width (padding trimmed at run time, as the torch path does).
-
-    The TorchScript exporter bakes the sequence length of ``nn.MultiheadAttention`` into its
-    reshapes, so the blocks are written out with shape-free reshapes over the same weights.
-    """
+    """The text tower over tokens of any width (padding trimmed at run time, as the torch path does)."""
     import torch
     from open_clip.transformer import text_global_pool
 
@@ -117,24 +163,13 @@ def _text_module(model):
             super().__init__()
             self.clip = model
 
-        @staticmethod
-        def _attention(block, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            attn = block.attn
-            heads = attn.num_heads
-            q, k, v = torch.nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-            split = lambda t: t.reshape(t.shape[0], -1, heads, t.shape[-1] // heads).transpose(1, 2)
-            q, k, v = split(q), split(k), split(v)
-            weights = torch.softmax(q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5) + mask, dim=-1)
-            out = (weights @ v).transpose(1, 2).reshape(x.shape[0], -1, x.shape[-1])
-            return attn.out_proj(out)
-
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
             m = self.clip
             width = tokens.shape[1]
             mask = m.attn_mask[:width, :width]
             x = m.token_embedding(tokens) + m.positional_embedding[:width]
             for block in m.transformer.resblocks:
-                x = x + block.ls_1(self._attention(block, block.ln_1(x), mask))
+                x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
                 x = x + block.ls_2(block.mlp(block.ln_2(x)))
             x = m.ln_final(x)
             x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
@@ -194,7 +229,8 @@ def export(encoder: "Encoder") -> Path:
     def fill(staging: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _save_tower(model.visual, torch.zeros(2, 3, size, size), staging, "visual", "pixels", {0: "batch"})
+            with _plain_attention(getattr(model.visual, "transformer", None)):
+                _save_tower(model.visual, torch.zeros(2, 3, size, size), staging, "visual", "pixels", {0: "batch"})
             tokens = torch.zeros(2, 8, dtype=torch.long)
             tokens[:, 0], tokens[:, 3] = 49406, 49407
             _save_tower(_text_module(model), tokens, staging, "text", "tokens", {0: "batch", 1: "width"})

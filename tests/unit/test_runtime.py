@@ -139,6 +139,25 @@ def test_an_export_of_the_single_file_layout_is_rebuilt(tiny_open_clip, tmp_path
     assert _cosines(again.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4
 
 
+def test_the_image_tower_is_exported_with_plain_attention_and_the_model_is_given_back(tiny_open_clip, tmp_path,
+                                                                                     monkeypatch):
+    """nn.MultiheadAttention exports with 8 transposes a block, ours with 5; the torch model keeps its own modules."""
+    import onnx as onnx_lib
+
+    monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    enc = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
+    pixels = torch.randn(2, 3, enc.image_size, enc.image_size, generator=torch.Generator().manual_seed(0))
+    before = enc.encode_images(pixels)
+    folder = onnx.export(enc)
+    blocks = enc.model.visual.transformer.resblocks
+    assert all(type(b.attn) is torch.nn.MultiheadAttention for b in blocks)
+    assert np.array_equal(np.asarray(enc.encode_images(pixels)), np.asarray(before))
+    graph = onnx_lib.load(str(folder / "visual.onnx"), load_external_data=False)
+    assert sum(n.op_type == "Transpose" for n in graph.graph.node) <= 5 * len(blocks) + 1
+    lean = onnx.open_exported(enc.fingerprint)
+    assert _cosines(lean.encode_images(pixels.numpy()), before).min() > 1 - 1e-4
+
+
 def test_accelerators_and_the_switch_keep_torch(tiny_open_clip, monkeypatch):
     assert onnx.wants_torch("cuda") and not onnx.wants_torch("cpu")
     monkeypatch.setenv("CLIP_RETRIEVAL_RUNTIME", "torch")
