@@ -42,8 +42,10 @@ QUERY_IN_TABLE = "金毛"
 QUERY_OTHER = "窗边的台灯"          # no word of the rules table in it
 QUERY_SEGMENTED = "桌上的咖啡杯"    # holds a table word (咖啡), so it is segmented
 FULL = {"big": 96, "big_size": (4032, 3024), "small": 500, "small_size": (640, 480), "repeats": 3,
+        "index_repeats": 3,
         "bound_photos": 16, "naive_photos": 8}
 QUICK = {"big": 8, "big_size": (2016, 1512), "small": 40, "small_size": (640, 480), "repeats": 1,
+         "index_repeats": 1,
          "bound_photos": 4, "naive_photos": 2}
 
 
@@ -250,14 +252,16 @@ class Rclip:
 # ---------------------------------------------------------------- item 4: the decode-plus-model bound
 
 def extraction_bound(sizes: dict, photos: list[Path], weights: Path, cache: Path) -> dict:
-    """Our pipeline against the model alone plus decoding, both measured here, and a naive loop.
+    """Our pipeline against the model alone plus decoding, both measured here, and naive loops.
+
+    The naive loop of the target is the seed's (issue 3): the torch encoder, every pixel
+    decoded, one photo per call. The same loop over our ONNX Runtime sessions is printed
+    beside it: it shows what batching, draft decoding and overlap alone are worth.
 
     On C cores the best any pipeline can do is keep every core busy: per image, the model's
     batched wall time plus the decode CPU time shared over C cores.
     """
     os.environ["CLIP_RETRIEVAL_CACHE"] = str(cache)
-    from PIL import Image
-
     from clip_retrieval.dataset import open_image
     from clip_retrieval.extract import encode_images
     from clip_retrieval.runtime.onnx import load_for_cpu
@@ -280,15 +284,30 @@ def extraction_bound(sizes: dict, photos: list[Path], weights: Path, cache: Path
     start = time.perf_counter()
     encode_images(enc, photos, batch_size=32, quiet=True)
     extract_s = (time.perf_counter() - start) / len(photos)
-    start = time.perf_counter()
-    for p in photos[:sizes["naive_photos"]]:
-        with Image.open(p) as img:
-            enc.encode_images(enc.preprocess(img.convert("RGB"))[None])
-    naive_s = (time.perf_counter() - start) / sizes["naive_photos"]
+    same_runtime_s = _one_at_a_time(enc, photos[:sizes["naive_photos"]])
+    from clip_retrieval.encoders import load_encoder
+
+    seed_s = _one_at_a_time(load_encoder(f"open_clip:{ARCH}", str(weights), device="cpu"),
+                            photos[:sizes["naive_photos"]])
     return {"model_images_per_s": 1 / model_s, "decode_cpu_ms_per_image": decode_cpu * 1000,
             "bound_images_per_s": 1 / bound_s, "extract_images_per_s": 1 / extract_s,
-            "naive_images_per_s": 1 / naive_s, "extract_vs_bound_ratio": bound_s / extract_s,
-            "extract_vs_naive_speedup": naive_s / extract_s, "bound_cores": cores}
+            "naive_images_per_s": 1 / seed_s, "extract_vs_bound_ratio": bound_s / extract_s,
+            "extract_vs_naive_speedup": seed_s / extract_s,
+            "naive_same_runtime_images_per_s": 1 / same_runtime_s,
+            "extract_vs_naive_same_runtime_speedup": same_runtime_s / extract_s, "bound_cores": cores}
+
+
+def _one_at_a_time(encoder, photos: list[Path]) -> float:
+    """Seconds per photo of the seed's loop: PIL decodes every pixel, one photo per model call."""
+    from PIL import Image
+
+    with Image.open(photos[0]) as img:       # first call outside the timing: lazy setup
+        encoder.encode_images(encoder.preprocess(img.convert("RGB"))[None])
+    start = time.perf_counter()
+    for p in photos:
+        with Image.open(p) as img:
+            encoder.encode_images(encoder.preprocess(img.convert("RGB"))[None])
+    return (time.perf_counter() - start) / len(photos)
 
 
 # ---------------------------------------------------------------- the run
@@ -328,23 +347,27 @@ def run(sizes: dict, work: Path, rclip_python: str | None, progress) -> dict:
 
     for name, folder, count in (("big", big, sizes["big"]), ("small", small, sizes["small"])):
         progress(f"indexing {count} {name} photos")
-        o = ours.index(folder, work / f"out_{name}")
-        res.update({f"ours_index_{name}_s": o["wall_s"], f"ours_index_{name}_peak_mb": o["peak_mb"],
-                    f"ours_index_{name}_cpu_s_per_image": o["cpu_s"] / count,
-                    f"ours_index_{name}_images_per_s_excl_load": count / max(o["wall_s"] - res["ours_fixed_s"], 1e-9)})
-        if rclip:
-            r = rclip.index(folder, work / f"rclip_{name}")
-            res.update({f"rclip_index_{name}_s": r["wall_s"], f"rclip_index_{name}_peak_mb": r["peak_mb"],
-                        f"rclip_index_{name}_cpu_s_per_image": r["cpu_s"] / count,
-                        f"rclip_index_{name}_images_per_s_excl_load":
-                            count / max(r["wall_s"] - res["rclip_fixed_s"], 1e-9)})
+        # the tools take turns, each run into a fresh folder; the median run of each counts
+        runs: dict[str, list[dict]] = {"ours": [], "rclip": []}
+        for i in range(sizes["index_repeats"]):
+            runs["ours"].append(ours.index(folder, work / f"out_{name}" if i == 0 else work / f"out_{name}_{i}"))
+            if rclip:
+                runs["rclip"].append(rclip.index(folder, work / f"rclip_{name}_{i}"))
+        for tool, measured in runs.items():
+            if not measured:
+                continue
+            m = best_of(len(measured), iter(measured).__next__)
+            res.update({f"{tool}_index_{name}_s": m["wall_s"], f"{tool}_index_{name}_peak_mb": m["peak_mb"],
+                        f"{tool}_index_{name}_cpu_s_per_image": m["cpu_s"] / count,
+                        f"{tool}_index_{name}_images_per_s_excl_load":
+                            count / max(m["wall_s"] - res[f"{tool}_fixed_s"], 1e-9)})
 
     progress("one-shot queries in fresh processes")
     for key, text in (("table", QUERY_IN_TABLE), ("other", QUERY_OTHER)):
         o = best_of(sizes["repeats"], lambda: ours.query(work / "out_small", text))
         res.update({f"ours_query_{key}_s": o["wall_s"], f"ours_query_{key}_peak_mb": o["peak_mb"]})
         if rclip:
-            r = best_of(sizes["repeats"], lambda: rclip.query(small, work / "rclip_small", text))
+            r = best_of(sizes["repeats"], lambda: rclip.query(small, work / "rclip_small_0", text))
             res.update({f"rclip_query_{key}_s": r["wall_s"], f"rclip_query_{key}_peak_mb": r["peak_mb"]})
     o = best_of(sizes["repeats"], lambda: ours.query(work / "out_small", QUERY_SEGMENTED))
     res.update({"ours_query_segmented_s": o["wall_s"], "ours_query_segmented_peak_mb": o["peak_mb"]})
@@ -360,7 +383,7 @@ def run(sizes: dict, work: Path, rclip_python: str | None, progress) -> dict:
     o = ours.index(small, work / "out_small", update=True)
     res.update({"ours_update_s": o["wall_s"], "ours_update_peak_mb": o["peak_mb"]})
     if rclip:
-        r = rclip.index(small, work / "rclip_small")
+        r = rclip.index(small, work / "rclip_small_0")
         res.update({"rclip_update_s": r["wall_s"], "rclip_update_peak_mb": r["peak_mb"]})
 
     progress("decode-plus-model bound")
@@ -432,10 +455,12 @@ def print_table(res: dict, sizes: dict) -> None:
           + (f", rclip {res['rclip_fixed_s']:.2f} s" if "rclip_fixed_s" in res else ""))
     print(f"extraction: pipeline {res['extract_images_per_s']:.2f} img/s, model alone {res['model_images_per_s']:.2f} img/s, "
           f"decode {res['decode_cpu_ms_per_image']:.1f} ms CPU/img, decode-plus-model bound "
-          f"{res['bound_images_per_s']:.2f} img/s on {res['bound_cores']} cores, naive loop "
-          f"{res['naive_images_per_s']:.2f} img/s")
+          f"{res['bound_images_per_s']:.2f} img/s on {res['bound_cores']} cores, seed's one-at-a-time torch loop "
+          f"{res['naive_images_per_s']:.2f} img/s, the same loop on our ONNX sessions "
+          f"{res['naive_same_runtime_images_per_s']:.2f} img/s")
     print(f"extract_vs_bound_ratio {res['extract_vs_bound_ratio']:.3f} (target >= 0.9), "
-          f"extract_vs_naive_speedup {res['extract_vs_naive_speedup']:.2f} (target >= 3, full run)")
+          f"extract_vs_naive_speedup {res['extract_vs_naive_speedup']:.2f} (target >= 3, full run), "
+          f"extract_vs_naive_same_runtime_speedup {res['extract_vs_naive_same_runtime_speedup']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
