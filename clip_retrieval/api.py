@@ -24,7 +24,7 @@ from . import index as backends
 from . import searchlog, store
 from .dataset import DEFAULT_MAX_PIXELS, read_captions, read_query_lines, scan_images
 from .dedup import near_duplicate_groups
-from .dictionary import load_dictionary
+from .dictionary import load_dictionary, words_file
 from .encoders import DEFAULT_MODEL
 from .errors import InputError, UserError
 from .expansion import DEFAULT_RULES, Expansion, RuleTable, find_rules, load_rules
@@ -85,8 +85,12 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
         table = load_rules(rules)
         fingerprint = result.manifest.model.fingerprint
         cache = store.load_expansion_cache(out, fingerprint, table.sha256)   # this folder's, else the shared one
-        if cache is None or not (Path(out) / store.EXPANSION_CACHE_FILE).is_file():
-            _keep_expansion_cache(out, cache or build_expansion_cache(get_encoder(), table), fingerprint, table.sha256)
+        if cache is None:
+            cache = build_expansion_cache(get_encoder(), table)
+            words_file()    # a first use: the word data a query outside the table reads is made now, not then
+            _keep_expansion_cache(out, cache, fingerprint, table.sha256)
+        elif not (Path(out) / store.EXPANSION_CACHE_FILE).is_file():
+            _keep_expansion_cache(out, cache, fingerprint, table.sha256)
     return result
 
 

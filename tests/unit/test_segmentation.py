@@ -146,3 +146,14 @@ def test_a_cache_that_cannot_be_written_still_answers_and_says_how_to_fix_it(tmp
     exp = load_rules(ROOT / "rules" / "expansions.yaml").expand("窗边的台灯", languages={"en"},
                                                                  dictionary=load_dictionary())
     assert any(p.source == "dictionary" and "lamp" in p.text for p in exp.phrases)
+
+
+def test_the_first_extraction_with_rules_prepares_the_word_file(tmp_path, monkeypatch, tiny_open_clip,
+                                                               small_collection):
+    from clip_retrieval import api
+
+    monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    api.extract_features(csv=small_collection, model="open_clip:tiny", checkpoint=str(tiny_open_clip),
+                         out=tmp_path / "out", num_workers=0, device="cpu", quiet=True)
+    made = list((tmp_path / "cache").glob("words-*.sqlite"))
+    assert made and made[0] == words_file()      # the first query outside the table finds it ready
