@@ -33,9 +33,14 @@ class ImageTransform:
         width, height = img.size
         top, left = int(round((height - self.size) / 2.0)), int(round((width - self.size) / 2.0))
         img = img.crop((left, top, left + self.size, top + self.size))
-        pixels = np.asarray(img.convert("RGB"), dtype=np.float32) * np.float32(1 / 255)
-        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        rgb = np.asarray(img.convert("RGB"))
+        std = np.asarray(self.std, np.float32)
+        scale, shift = np.float32(1 / 255) / std, np.asarray(self.mean, np.float32) / std
+        out = np.empty((3, self.size, self.size), np.float32)
+        for c in range(3):          # one channel at a time, straight into CHW: a quarter of the work
+            np.multiply(rgb[..., c], scale[c], out=out[c], casting="unsafe")
+            out[c] -= shift[c]
+        return out
 
     def to_json(self) -> dict:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
