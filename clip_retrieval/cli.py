@@ -286,7 +286,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
           f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "
           f"reused {result.reused_images})")
     for entry in result.skipped:
-        where = f" (line {entry['row']})" if entry["row"] else ""   # folder mode has no CSV line
+        where = f" (line {entry['row']})" if entry.get("row") else ""   # folder mode has no CSV line
         print(f"  skipped / 跳过: {entry['path']}{where}: {entry['reason']}", file=sys.stderr)
     source = result.manifest.source
     for bad in source.get("bad_rows", []):

@@ -31,6 +31,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 # About 89 megapixels: PIL's own default warns there; bigger files are skipped, not decoded.
 DEFAULT_MAX_PIXELS = 89_478_485
 CSV_ENCODINGS = ("utf-8-sig", "gb18030")
+BROKEN_LINK = "符号链接失效或循环 / broken or looping symbolic link; point it at the photo again or delete it"
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Collection:
     caption_rows: list[int] = field(default_factory=list)    # CSV line number of caption i
     image_rows: list[int] = field(default_factory=list)      # first CSV line of each image (0: folder)
     source: dict = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason) found unreadable while listing
 
     def resolve(self, path: str) -> Path:
         return resolve_path(self.root, path)
@@ -181,6 +183,7 @@ def scan_images(folder: str | os.PathLike) -> Collection:
     root = root.resolve()
     seen_dirs: set[tuple[int, int]] = set()
     found: list[str] = []
+    skipped: list[tuple[str, str]] = []
     ignored: dict[str, int] = {}   # files of other types, by extension: a HEIC library must not vanish silently
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
@@ -193,10 +196,14 @@ def scan_images(folder: str | os.PathLike) -> Collection:
             if name.startswith("."):
                 continue
             suffix = Path(name).suffix.lower()
+            full = Path(dirpath) / name
+            if full.is_symlink() and not full.exists():   # dead or looping: no file, so no type to count
+                if suffix in IMAGE_EXTENSIONS:
+                    skipped.append((str(full.relative_to(root)), BROKEN_LINK))
+                continue
             if suffix not in IMAGE_EXTENSIONS:
                 ignored[suffix or "(none)"] = ignored.get(suffix or "(none)", 0) + 1
                 continue
-            full = Path(dirpath) / name
             if full.is_file():
                 found.append(str(full.relative_to(root)))
     if not found:
@@ -205,7 +212,7 @@ def scan_images(folder: str | os.PathLike) -> Collection:
     source: dict = {"images": str(root)}
     if ignored:
         source["ignored_types"] = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
-    return Collection(root=root, images=found, image_rows=[0] * len(found), source=source)
+    return Collection(root=root, images=found, image_rows=[0] * len(found), source=source, skipped=skipped)
 
 
 def read_query_lines(path: str | os.PathLike) -> list[str]:

@@ -230,10 +230,10 @@ def extract(encoder: Encoder | Callable[[], Encoder], coll: Collection, out: str
         img = new_index[coll.caption_image[c]]
         images[img]["captions"].append(coll.captions[c])
         caption_entries.append({"image": img, "text": coll.captions[c], "row": coll.caption_rows[c]})
-    skipped_entries: list[store.SkippedEntry] = [
-        {"path": coll.images[i], "row": coll.image_rows[i], "sha256": h, "reason": reason} for i, h, reason in skipped]
+    skipped_entries = [_skipped_entry(coll.images[i], coll.image_rows[i], reason, h) for i, h, reason in skipped]
+    skipped_entries += [_skipped_entry(path, 0, reason) for path, reason in coll.skipped]
     for entry in skipped_entries:
-        log.info("skipped %s (row %s): %s", entry["path"], entry["row"], entry["reason"])  # callers report it
+        log.info("skipped %s: %s", entry["path"], entry["reason"])  # callers report it
     source = dict(coll.source)
     if "csv" in source:
         source["csv_sha256"] = sha256_file(source["csv"])
@@ -246,6 +246,17 @@ def extract(encoder: Encoder | Callable[[], Encoder], coll: Collection, out: str
     written = store.save(out, image_feats, text_feats, manifest)
     return ExtractResult(manifest=written, skipped=skipped_entries, encoded_images=int(new_kept.sum()),
                          reused_images=len(reuse), encoded_captions=encoded_captions)
+
+
+def _skipped_entry(path: str, row: int, reason: str, sha256: str | None = None) -> store.SkippedEntry:
+    """A manifest entry for an image left out; folder mode has no CSV line and a dead link no content, so no key."""
+    entry: store.SkippedEntry = {"path": path}
+    if row:
+        entry["row"] = row
+    if sha256 is not None:
+        entry["sha256"] = sha256
+    entry["reason"] = reason
+    return entry
 
 
 def _caption_features(model: _EncoderOnDemand, captions: list[str], previous: store.FeatureStore | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -110,6 +111,9 @@ def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path, cli):
     (folder / "empty.png").write_bytes(b"")
     (folder / "IMG_0001.HEIC").write_bytes(b"an iPhone photo")
     (folder / "broken.png").write_bytes((folder / "piglet_grass_00.png").read_bytes()[:200])
+    os.symlink("/nonexistent", folder / "broken_link.jpg")
+    os.symlink(folder / "loopb", folder / "loopa")
+    os.symlink(folder / "loopa", folder / "loopb")
     proc = cli("extract", "--images", str(folder), "--model",
                "open_clip:tiny", "--checkpoint", str(tiny_open_clip), "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -117,6 +121,9 @@ def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path, cli):
     assert manifest["counts"]["images"] == 32 and manifest["counts"]["captions"] == 0
     assert {s["path"]: s["reason"] for s in manifest["skipped"]}["empty.png"].startswith("empty file (0 bytes)")
     assert "skipped / 跳过: empty.png: empty file (0 bytes); copy it again or delete it" in proc.stderr and "row 0" not in proc.stderr
+    assert "skipped / 跳过: broken_link.jpg: 符号链接失效或循环 / broken or looping symbolic link" in proc.stderr
+    assert manifest["skipped"][-1]["path"] == "broken_link.jpg" and manifest["counts"]["skipped"] == 3
+    assert all("row" not in entry for entry in manifest["skipped"])   # folder mode has no CSV line
     assert "encoded 32 images" in proc.stdout
     assert "files of other types not read: 1 (.heic 1); convert the photos among them to JPEG or PNG" in proc.stderr
     assert manifest["source"]["ignored_types"] == {".heic": 1}

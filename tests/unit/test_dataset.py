@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_retrieval.dataset import open_image, read_captions, scan_images
+from clip_retrieval.dataset import BROKEN_LINK, open_image, read_captions, scan_images
 from clip_retrieval.errors import InputError
 
 
@@ -86,6 +86,20 @@ def test_folder_scan_skips_hidden_and_survives_link_loops(tmp_path):
     assert coll.images == ["a.jpg", "sub/b.PNG"]
     assert coll.captions == []
     assert coll.source["ignored_types"] == {".txt": 1}   # hidden files are neither read nor counted
+
+
+def test_folder_scan_lists_dead_and_looping_links_as_skipped_never_as_types(tmp_path):
+    """A dead link named like a photo is a photo the user lost: say so; links to nowhere have no file type."""
+    _img(tmp_path / "a.jpg")
+    os.symlink("/nonexistent", tmp_path / "broken_link.jpg")
+    os.symlink(tmp_path / "loopb", tmp_path / "loopa")
+    os.symlink(tmp_path / "loopa", tmp_path / "loopb")
+    os.symlink(tmp_path / "loopc.png", tmp_path / "loopc.png")
+    coll = scan_images(tmp_path)
+    assert coll.images == ["a.jpg"]
+    assert coll.skipped == [("broken_link.jpg", BROKEN_LINK), ("loopc.png", BROKEN_LINK)]
+    assert "符号链接失效或循环 / broken or looping symbolic link" in BROKEN_LINK
+    assert "ignored_types" not in coll.source
 
 
 def test_folder_scan_counts_the_files_it_cannot_read_by_type(tmp_path):
