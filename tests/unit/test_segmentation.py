@@ -7,6 +7,7 @@ code our segmenter replaces on the query path.
 import logging
 import os
 import random
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -149,11 +150,57 @@ def test_a_cache_that_cannot_be_written_still_answers_and_says_how_to_fix_it(tmp
 
 
 def test_the_first_extraction_with_rules_prepares_the_word_file(tmp_path, monkeypatch, tiny_open_clip,
-                                                               small_collection):
+                                                               small_collection, caplog):
     from clip_retrieval import api
 
+    built: list[Path] = []
+    monkeypatch.setattr(dictionary, "_build", lambda target, jieba_dict: built.append(target))
     monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache"))
     api.extract_features(csv=small_collection, model="open_clip:tiny", checkpoint=str(tiny_open_clip),
                          out=tmp_path / "out", num_workers=0, device="cpu", quiet=True)
-    made = list((tmp_path / "cache").glob("words-*.sqlite"))
-    assert made and made[0] == words_file()      # the first query outside the table finds it ready
+    assert [p.parent for p in built] == [tmp_path / "cache"]     # made at extraction, not at the first query
+
+    def full_disk(target, jieba_dict):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dictionary, "_build", full_disk)
+    monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache2"))      # a first use again
+    with caplog.at_level(logging.WARNING):
+        api.extract_features(csv=small_collection, model="open_clip:tiny", checkpoint=str(tiny_open_clip),
+                             out=tmp_path / "out2", num_workers=0, device="cpu", quiet=True,
+                             rules=ROOT / "rules" / "expansions.yaml")
+    # only a preparation: the features are saved and the command succeeds, with a warning, no temporary copy
+    assert (tmp_path / "out2" / "manifest.json").is_file() and "word file" in caplog.text
+    assert "temporary copy" not in caplog.text
+
+
+@pytest.fixture(scope="module")
+def session_words() -> Path:
+    """The word file in the test session's cache (built once), for tests about finding and opening it."""
+    return words_file()
+
+
+def _copy_of(good: Path):
+    """A stand-in for ``_build`` that copies a built word file (the building is tested above)."""
+    def build(target: Path, jieba_dict: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(good, target)
+    return build
+
+
+def test_a_relative_cache_folder_works(tmp_path, monkeypatch, session_words):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", "relcache")
+    monkeypatch.setattr(dictionary, "_build", _copy_of(session_words))
+    assert load_dictionary().senses("雪")[:1] == ["snow"]
+    assert list((tmp_path / "relcache").glob("words-*.sqlite"))
+
+
+def test_a_damaged_word_file_is_built_again(tmp_path, monkeypatch, session_words):
+    monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path))
+    good = session_words
+    monkeypatch.setattr(dictionary, "_build", _copy_of(good))
+    target = words_file()
+    target.write_bytes(b"not a database" * 100)
+    assert load_dictionary().senses("雪")[:1] == ["snow"]
+    assert target.read_bytes() == good.read_bytes()
