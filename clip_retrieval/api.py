@@ -55,7 +55,7 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     ``skip_bad_rows`` leaves malformed CSV rows out (listed in the manifest's source) instead of refusing the file.
     """
     if csv is not None and images is not None:
-        raise InputError("give either --csv or --images, not both")
+        raise InputError("--csv 和 --images 只能选一个 / give either --csv or --images, not both")
     if images is not None:
         coll = scan_images(images)
     else:
@@ -220,9 +220,9 @@ def batch_queries(queries: str | os.PathLike | None = None,
                   image_dir: str | os.PathLike | None = None) -> list[tuple[str | None, str | None]]:
     """(text, image) pairs for a batch: one text query per line of ``queries``, or every image in ``image_dir``."""
     if queries is not None and image_dir is not None:
-        raise InputError("give --queries or --image-dir, not both")
+        raise InputError("--queries 和 --image-dir 只能选一个 / give --queries or --image-dir, not both")
     if queries is None and image_dir is None:
-        raise InputError("a batch needs --queries FILE or --image-dir DIR")
+        raise InputError("批量检索需要 --queries 或 --image-dir / a batch needs --queries FILE or --image-dir DIR")
     if queries is not None:
         return [(line, None) for line in read_query_lines(queries)]
     coll = scan_images(image_dir)
@@ -255,7 +255,7 @@ def run_query(searcher: Searcher, query: str | None = None, k: int = 5, expand: 
         return searcher.search_image(image, k=k, to=to, text=query, text_weight=text_weight, expand=expand,
                                      where=where)
     if to != "image":
-        raise InputError("--to text needs --image PATH (image-to-text search)")
+        raise InputError("--to text 需要 --image / --to text needs --image PATH (image-to-text search)")
     return searcher.search_text(query or "", k=k, expand=expand, fuse=fuse, where=where)
 
 
@@ -336,7 +336,8 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
                                           feats.image_matrix(), qs.relevant)
     if per_query:
         if rules is None:
-            raise InputError("--per-query compares each query with and without expansion; drop --no-expand")
+            raise InputError("--per-query 不能与 --no-expand 同用 / --per-query compares each query with and without expansion; "
+                             "drop --no-expand")
         plain, expanded = (searcher.query_vectors(qs.queries, m) @ feats.image_matrix().T for m in (False, True))
         result["per_query"] = ev.per_query(qs.queries, qs.relevant, plain, expanded)
     if feats.manifest.captions:

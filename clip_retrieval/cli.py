@@ -470,12 +470,12 @@ def cmd_log(args: argparse.Namespace) -> int:
 
     if args.what == "stats":
         if args.chunk_size < 1:
-            raise UserError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+            raise UserError(f"--chunk-size 至少为 1 / --chunk-size must be at least 1, got {args.chunk_size}")
         report = logreview.stats(args.log, chunksize=args.chunk_size, quiet=args.quiet or args.json)
         print(json.dumps(report, ensure_ascii=False) if args.json else logreview.format_stats(report))
         return EXIT_OK
     if args.last is not None and args.last < 1:
-        raise UserError(f"--last must be at least 1, got {args.last}")
+        raise UserError(f"--last 至少为 1 / --last must be at least 1, got {args.last}")
     last = args.last or (100 if args.html else None)
     records = logreview.select(searchlog.read_records(args.log), since=args.since, until=args.until,
                                query=args.query, model=args.model, mode=args.mode, last=last)
@@ -531,7 +531,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     rules = None if args.no_expand else args.rules
     if args.benchmark and args.per_query:
-        raise UserError("--per-query works on --features (its captions or --queries), not with --benchmark")
+        raise UserError("--per-query 不能与 --benchmark 同用 / --per-query works on --features (its captions or --queries), "
+                        "not with --benchmark")
     if args.benchmark:
         with tempfile.TemporaryDirectory(prefix="clip_retrieval_bench_") as work:
             if args.benchmark == "demo-en":
@@ -661,7 +662,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:
-        raise UserError("the web page needs gradio: pip install 'clip_retrieval[web]'")
+        raise UserError("网页需要 gradio / the web page needs gradio: pip install 'clip_retrieval[web]'")
     from .web import serve
 
     serve(args.features, args.host, args.port, args.rules, args.device, dictionary=not args.no_dict)

@@ -58,7 +58,7 @@ def _decode_csv(path: Path) -> tuple[str, str]:
             return raw.decode(encoding), encoding
         except UnicodeDecodeError:
             continue
-    raise InputError(f"{path}: not UTF-8 or GBK/GB18030 text; save it as UTF-8 CSV")
+    raise InputError(f"{path}: 不是 UTF-8 或 GBK 文本，请另存为 UTF-8 CSV / not UTF-8 or GBK/GB18030 text; save it as UTF-8 CSV")
 
 
 def _csv_lines(text: str):
@@ -101,24 +101,26 @@ def read_captions(csv_path: str | os.PathLike, check_images: bool = True, skip_b
     """
     path = Path(csv_path)
     if path.is_dir():
-        raise InputError(f"{path} is a folder, not a captions file; for a folder of images use --images {path}")
+        raise InputError(f"{path}: 是文件夹，不是描述文件 / is a folder, not a captions file; "
+                         f"for a folder of images use --images {path}")
     if not path.is_file():
-        raise InputError(f"captions file not found: {path}; pass --csv FILE with image_path,caption rows "
+        raise InputError(f"找不到描述文件 / captions file not found: {path}; pass --csv FILE with image_path,caption rows "
                          f"(extract also takes --images DIR, a folder without captions)")
     text, encoding = _decode_csv(path)
     if not text.strip():
-        raise InputError(f"{path}: empty file; expected a header row 'image_path,caption'")
+        raise InputError(f"{path}: 文件为空 / empty file; expected a header row 'image_path,caption'")
     rows = _csv_lines(text)
     for line, header, problem in rows:
         if problem:
-            raise InputError(f"{path} line {line}: header: {problem}")
+            raise InputError(f"{path} line {line}: 表头有误 / header: {problem}")
         if any(cell.strip() for cell in header):
             break
     columns = [cell.strip().lower() for cell in header]
     missing = [c for c in ("image_path", "caption") if c not in columns]
     if missing:
         raise InputError(f"{path} line {line}: missing column {', '.join(missing)} "
-                         f"(found {', '.join(repr(c) for c in columns)}); the header must be 'image_path,caption'")
+                         f"(found {', '.join(repr(c) for c in columns)}); "
+                         f"表头应为 image_path,caption / the header must be 'image_path,caption'")
     ip, cp = columns.index("image_path"), columns.index("caption")
     root = path.resolve().parent
     coll = Collection(root=root, images=[], source={"csv": str(path), "encoding": encoding})
@@ -152,11 +154,11 @@ def read_captions(csv_path: str | os.PathLike, check_images: bool = True, skip_b
     if problems and not skip_bad_rows:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise InputError(f"{path} line {problems[0][0]}: {problems[0][1]}{more}; "
-                         f"fix the row, or extract --skip-bad-rows leaves bad rows out")
+                         f"请修改该行 / fix the row, or extract --skip-bad-rows leaves bad rows out")
     coll.source["bad_rows"] = [{"line": line, "reason": reason} for line, reason in problems]
     coll.source["duplicate_rows"] = {"count": len(duplicates), "lines": duplicates[:100]}
     if not coll.images:
-        raise InputError(f"{path}: no usable rows; add lines 'image_path,caption'")
+        raise InputError(f"{path}: 没有可用的行 / no usable rows; add lines 'image_path,caption'")
     return coll
 
 
@@ -177,9 +179,10 @@ def scan_images(folder: str | os.PathLike) -> Collection:
     """Index a folder tree with no captions: common image types, hidden entries skipped, link loops survived."""
     root = Path(folder)
     if root.is_file():
-        raise InputError(f"{root} is a file; --images takes a folder (its parent: --images {root.parent})")
+        raise InputError(f"{root}: 是文件，--images 需要文件夹 / is a file; --images takes a folder "
+                         f"(its parent: --images {root.parent})")
     if not root.is_dir():
-        raise InputError(f"image folder not found: {root}")
+        raise InputError(f"找不到图片文件夹 / image folder not found: {root}")
     root = root.resolve()
     seen_dirs: set[tuple[int, int]] = set()
     found: list[str] = []
@@ -208,7 +211,7 @@ def scan_images(folder: str | os.PathLike) -> Collection:
                 found.append(str(full.relative_to(root)))
     if not found:
         others = f"; found only {', '.join(ignored)}: convert those photos to JPEG or PNG" if ignored else ""
-        raise InputError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){others}")
+        raise InputError(f"{root}: 没有找到图片 / no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){others}")
     source: dict = {"images": str(root)}
     if ignored:
         source["ignored_types"] = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -220,9 +223,9 @@ def read_query_lines(path: str | os.PathLike) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except OSError as exc:
-        raise InputError(f"queries file not readable: {path} ({exc.strerror or exc})") from exc
+        raise InputError(f"无法读取查询文件 / queries file not readable: {path} ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+        raise InputError(f"{path}: 不是 UTF-8 文本 / not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
     return [line.strip() for line in lines if line.strip()]
 
 
@@ -313,18 +316,19 @@ def open_user_image(path: str | os.PathLike, target_size: int | None = None, max
     """
     name = str(path) if shown_as is None else shown_as
     if Path(path).is_dir():
-        raise InputError(f"{what} {name} is a folder; name one image file in it "
+        raise InputError(f"{what} {name}: 是文件夹，请指定一张图片 / is a folder; name one image file in it "
                          f"(a folder's images: extract --images, or search --image-dir)")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise InputError(f"{what} not readable: {name} ({exc.strerror or exc})") from exc
+        raise InputError(f"无法读取图片 / {what} not readable: {name} ({exc.strerror or exc})") from exc
     try:
         return open_image(data, target_size, max_pixels), data
     except TooManyPixels as exc:   # no option raises the limit for a query image or an upload
-        raise InputError(f"{what} {name}: {TooManyPixels(exc.size, exc.max_pixels, 'use a smaller copy')}") from exc
+        raise InputError(f"{what} {name}: 图片像素过多 / "
+                         f"{TooManyPixels(exc.size, exc.max_pixels, 'use a smaller copy')}") from exc
     except ValueError as exc:
-        raise InputError(f"{what} {name}: {exc}") from exc
+        raise InputError(f"{what} {name}: 无法读取图片 / {exc}") from exc
 
 
 def thumbnail(path: str | os.PathLike, size: int) -> Image.Image:

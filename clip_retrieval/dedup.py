@@ -67,7 +67,7 @@ def near_duplicate_groups(x: np.ndarray, threshold: float = 0.95, block: int = 4
     ``IVF_FROM`` images when faiss is installed).
     """
     if not 0.0 < threshold <= 1.0:
-        raise InputError(f"--threshold must be in (0, 1], got {threshold}")
+        raise InputError(f"--threshold 须在 (0, 1] 之间 / --threshold must be in (0, 1], got {threshold}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]
     if method == "auto":

@@ -83,7 +83,8 @@ def caption_queries(manifest: Manifest) -> QuerySet:
     for entry in manifest.captions:
         by_text.setdefault(entry["text"], set()).add(entry["image"])
     if not by_text:
-        raise InputError("these features have no captions; evaluate with --queries FILE (query,image_path rows)")
+        raise InputError("这些特征没有文本描述 / these features have no captions; "
+                         "evaluate with --queries FILE (query,image_path rows)")
     texts = list(by_text)
     return QuerySet(texts, [by_text[t] for t in texts])
 
@@ -92,7 +93,7 @@ def file_queries(path: str | os.PathLike, manifest: Manifest) -> QuerySet:
     """``query,image_path`` rows; several rows per query give its relevant set."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"query file not found: {path}")
+        raise InputError(f"找不到查询文件 / query file not found: {path}")
     index = {str(manifest.image_file(i).resolve()): i for i in range(len(manifest.images))}
     grouped: dict[str, set[int]] = {}
     missing = 0
@@ -100,18 +101,18 @@ def file_queries(path: str | os.PathLike, manifest: Manifest) -> QuerySet:
         reader = csv.reader(fh, skipinitialspace=True)
         header = [c.strip().lower() for c in next(reader, [])]
         if header[:2] != ["query", "image_path"]:
-            raise InputError(f"{path} line 1: the header must be 'query,image_path', got {','.join(header)!r}")
+            raise InputError(f"{path} line 1: 表头应为 query,image_path / the header must be 'query,image_path', got {','.join(header)!r}")
         for row in reader:
             if not any(c.strip() for c in row):
                 continue
             if len(row) < 2 or not row[0].strip():
-                raise InputError(f"{path} line {reader.line_num}: expected 'query,image_path'")
+                raise InputError(f"{path} line {reader.line_num}: 应为两列 / expected 'query,image_path'")
             full = str(resolve_path(path.resolve().parent, row[1].strip()).resolve())
             if full not in index:
                 missing += 1
             grouped.setdefault(row[0].strip(), set()).add(index.get(full, -missing))
     if not grouped:
-        raise InputError(f"{path}: no queries")
+        raise InputError(f"{path}: 没有查询 / no queries")
     queries = list(grouped)
     return QuerySet(queries, [grouped[q] for q in queries])
 

@@ -187,7 +187,7 @@ def extract(encoder: Encoder | Callable[[], Encoder], coll: Collection, out: str
     other mode are not reused.
     """
     if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"--batch-size 至少为 1 / --batch-size must be at least 1, got {batch_size}")
     paths = [coll.resolve(p) for p in coll.images]
     stats = [p.stat() for p in paths]
     decode = "exact" if exact_decode else "draft"
@@ -216,7 +216,7 @@ def extract(encoder: Encoder | Callable[[], Encoder], coll: Collection, out: str
     skipped = [(todo[j], h, reason) for j, h, reason in new_skipped]
     keep = [i for i in range(len(paths)) if kept_mask[i]]
     if not keep:
-        raise InputError(f"no image in {coll.source} could be read; see the reasons logged above")
+        raise InputError(f"没有一张图片能读取 / no image in {coll.source} could be read; see the reasons logged above")
     image_feats = all_feats[keep]
     new_index = {old: new for new, old in enumerate(keep)}
     caption_ids = [c for c, img in enumerate(coll.caption_image) if img in new_index]

@@ -60,7 +60,7 @@ def select(records: Iterable[dict], since: str | None = None, until: str | None 
     """The records a reviewer asked for, oldest first; ``last`` keeps only the most recent ones (streaming)."""
     start, stop = parse_when(since), parse_when(until, end=True)
     if mode is not None and mode not in MODES:
-        raise InputError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InputError(f"--mode 取值无效 / --mode must be one of {', '.join(MODES)}, got {mode!r}")
 
     def wanted(r: dict) -> bool:
         when = record_time(r)

@@ -291,7 +291,7 @@ class Searcher:
             self._caption_rows = [(text, img, captions[row].get("row", row)) for row, text, img in rows]
             self._caption_matrix = np.ascontiguousarray(feats[[r for r, _, _ in rows]], dtype=np.float32)
         if not self._caption_rows:
-            raise InputError(f"{self.store.folder} has no captions (built from --images); "
+            raise InputError(f"{self.store.folder}: 没有文本描述 / has no captions (built from --images); "
                              f"use a captions file for image-to-text search or --fuse")
         return self._caption_rows, self._caption_matrix
 
@@ -338,9 +338,9 @@ class Searcher:
         """
         _check_k(k)
         if to not in ("image", "text"):
-            raise InputError(f"--to must be image or text, got {to!r}")
+            raise InputError(f"--to 只能是 image 或 text / --to must be image or text, got {to!r}")
         if not 0.0 <= text_weight <= 1.0:
-            raise InputError(f"--text-weight must be between 0 and 1, got {text_weight}")
+            raise InputError(f"--text-weight 须在 0 到 1 之间 / --text-weight must be between 0 and 1, got {text_weight}")
         vector, digest = self.image_vector(path)
         expansion, truncated, clean = None, False, None
         if text:
@@ -368,4 +368,4 @@ class Searcher:
 
 def _check_k(k: int) -> None:
     if k < 1:
-        raise InputError(f"--top-k must be at least 1, got {k}")
+        raise InputError(f"--top-k 至少为 1 / --top-k must be at least 1, got {k}")

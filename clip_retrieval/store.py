@@ -405,7 +405,7 @@ def _check_version(data: dict, path: Path, folder: Path) -> dict:
     """Migrate an older manifest one version at a time; refuse a newer one (update, do not rebuild)."""
     version = data.get("format_version")
     if not isinstance(version, int):
-        raise _needs_rebuild(folder, f"{path}: no format version (not a clip_retrieval manifest?)",
+        raise _needs_rebuild(folder, f"{path}: 没有格式版本 / no format version (not a clip_retrieval manifest?)",
                              _as_far_as_readable(data))
     if version > FORMAT_VERSION:
         raise NewerFormatError(
@@ -414,7 +414,7 @@ def _check_version(data: dict, path: Path, folder: Path) -> dict:
             f"update clip_retrieval: pip install -U clip_retrieval")
     while version < FORMAT_VERSION:
         if version not in MIGRATIONS:
-            raise _needs_rebuild(folder, f"{path}: format version {version} is too old to migrate "
+            raise _needs_rebuild(folder, f"{path}: 格式太旧 / format version {version} is too old to migrate "
                                          f"(this clip_retrieval {__version__} reads version {FORMAT_VERSION})",
                                  _as_far_as_readable(data))
         data = MIGRATIONS[version](data)
@@ -428,18 +428,18 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        raise FeatureStoreError(f"{folder}: no {MANIFEST_FILE}; build features first: "
+        raise FeatureStoreError(f"{folder}: 没有 {MANIFEST_FILE}，请先提取特征 / no {MANIFEST_FILE}; build features first: "
                                 f"clip-retrieval extract --csv FILE|--images DIR --out {shlex.quote(str(folder))}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise _needs_rebuild(folder, f"{path}: not valid JSON ({exc})") from exc
+        raise _needs_rebuild(folder, f"{path}: 不是有效的 JSON / not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise _needs_rebuild(folder, f"{path}: not a clip_retrieval manifest")
+        raise _needs_rebuild(folder, f"{path}: 不是 clip_retrieval 清单 / not a clip_retrieval manifest")
     data = _check_version(data, path, folder)
     manifest = _as_far_as_readable(data)
     if manifest is None:
-        raise _needs_rebuild(folder, f"{path}: incomplete manifest (a required field is missing)")
+        raise _needs_rebuild(folder, f"{path}: 清单不完整 / incomplete manifest (a required field is missing)")
     return manifest
 
 
@@ -565,13 +565,14 @@ def save(folder: str | os.PathLike, image_features, text_features, manifest: Man
 def _load_tensor(path: Path, manifest: Manifest, folder: Path) -> np.ndarray:
     """A features matrix, memory-mapped from the ``.pt`` without torch."""
     if not path.is_file():
-        raise _needs_rebuild(folder, f"{path} is missing", manifest)
+        raise _needs_rebuild(folder, f"{path}: 文件缺失 / is missing", manifest)
     try:
         payload = ptfile.read(path)
     except Exception as exc:  # any damage reads as "rebuild", never as a traceback
-        raise _needs_rebuild(folder, f"{path} is not a readable features file ({exc})", manifest) from exc
+        raise _needs_rebuild(folder, f"{path}: 特征文件无法读取 / is not a readable features file ({exc})", manifest) from exc
     if not isinstance(payload, dict) or payload.get("generation") != manifest.generation:
-        raise _needs_rebuild(folder, f"{path} does not belong to {folder / MANIFEST_FILE} (an interrupted write?)",
+        raise _needs_rebuild(folder, f"{path}: 与清单不匹配 / does not belong to {folder / MANIFEST_FILE} "
+                                      f"(an interrupted write?)",
                              manifest)
     return payload["features"]
 
@@ -583,7 +584,7 @@ def load(folder: str | os.PathLike, with_text: bool = True) -> FeatureStore:
     images = _load_tensor(folder / IMAGE_FILE, manifest, folder)
     texts = _load_tensor(folder / TEXT_FILE, manifest, folder) if with_text else None
     if images.shape[0] != len(manifest.images):
-        raise _needs_rebuild(folder, f"{folder}: {images.shape[0]} image vectors but {len(manifest.images)} "
+        raise _needs_rebuild(folder, f"{folder}: 向量数与清单不符 / {images.shape[0]} image vectors but {len(manifest.images)} "
                                      f"images in the manifest", manifest)
     return FeatureStore(folder=folder, manifest=manifest, image_features=images, text_features=texts)
 

@@ -58,7 +58,7 @@ def _load_pixels(paths: list[Path], preprocess, size: int, quiet: bool) -> torch
         try:
             out[i] = preprocess(open_image(p, size)).half()
         except ValueError as exc:
-            raise InputError(f"{p}: {exc}; remove it from the captions file to train") from exc
+            raise InputError(f"{p}: 无法读取图片 / {exc}; remove it from the captions file to train") from exc
     return out
 
 
@@ -124,9 +124,9 @@ def train(csv: str | os.PathLike, out: str | os.PathLike, model: str | None = No
     from .encoders.openclip import save_checkpoint_dir, text_encoder_fn
 
     if bool(model) == bool(arch):
-        raise InputError("give exactly one of --model (fine-tune) or --arch (train from scratch)")
+        raise InputError("--model 和 --arch 只能选一个 / give exactly one of --model (fine-tune) or --arch (train from scratch)")
     if epochs < 1 or batch_size < 2:
-        raise InputError("--epochs must be >= 1 and --batch-size >= 2")
+        raise InputError("--epochs 至少为 1，--batch-size 至少为 2 / --epochs must be >= 1 and --batch-size >= 2")
     torch.manual_seed(seed)
     coll = read_captions(csv)
     net, cfg, preprocess, tokenizer, languages = _model_for(model, checkpoint, arch, seed, languages)
@@ -138,7 +138,8 @@ def train(csv: str | os.PathLike, out: str | os.PathLike, model: str | None = No
     train_ids = [c for c, img in enumerate(coll.caption_image) if img not in val_images]
     val_caps = [c for c, img in enumerate(coll.caption_image) if img in val_images]
     if not train_ids:
-        raise InputError(f"{csv}: nothing left to train on after the validation split; add rows or lower --val-fraction")
+        raise InputError(f"{csv}: 划分验证集后没有训练数据 / nothing left to train on after the validation split; "
+                         f"add rows or lower --val-fraction")
     val_img_list = sorted(val_images)
     val_pos = {img: i for i, img in enumerate(val_img_list)}
     by_text: dict[str, set[int]] = {}
@@ -167,7 +168,7 @@ def train(csv: str | os.PathLike, out: str | os.PathLike, model: str | None = No
     if resume:
         state_path = out / STATE_FILE
         if not state_path.is_file():
-            raise InputError(f"--resume: no {STATE_FILE} in {out}; start without --resume")
+            raise InputError(f"--resume: {out} 中没有 {STATE_FILE} / no {STATE_FILE} in {out}; start without --resume")
         state = torch.load(state_path, weights_only=True)
         start_epoch = int(state["epoch"])
         from safetensors.torch import load_file

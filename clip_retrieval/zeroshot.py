@@ -28,7 +28,7 @@ def parse_labels(labels: str | list[str]) -> list[str]:
     items = labels.replace("，", ",").split(",") if isinstance(labels, str) else labels
     out = list(dict.fromkeys(x.strip() for x in items if x.strip()))
     if len(out) < 2:
-        raise InputError(f"--labels needs at least two labels separated by commas, got {labels!r}")
+        raise InputError(f"--labels 至少需要两个标签 / --labels needs at least two labels separated by commas, got {labels!r}")
     return out
 
 

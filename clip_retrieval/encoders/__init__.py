@@ -66,11 +66,11 @@ def select_device(requested: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but no CUDA device is available; use --device cpu")
+        raise InputError("没有可用的 CUDA 设备 / --device cuda asked for, but no CUDA device is available; use --device cpu")
     if requested == "mps" and not torch.backends.mps.is_available():
-        raise InputError("--device mps asked for, but MPS is not available; use --device cpu")
+        raise InputError("MPS 不可用 / --device mps asked for, but MPS is not available; use --device cpu")
     if requested not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unknown device {requested!r}: use auto, cpu, cuda or mps")
+        raise InputError(f"未知设备 / unknown device {requested!r}: use auto, cpu, cuda or mps")
     return torch.device(requested)
 
 
@@ -78,7 +78,7 @@ def load_encoder(name: str = DEFAULT_MODEL, checkpoint: str | None = None, devic
     """Load the encoder a model string names, from cache, download, or a local checkpoint."""
     family, spec = parse_model_name(name)
     if checkpoint is not None and not Path(checkpoint).exists():
-        raise InputError(f"checkpoint not found: {checkpoint}")
+        raise InputError(f"找不到权重文件 / checkpoint not found: {checkpoint}")
     dev = select_device(device)
     log.info("loading %s on %s", name, dev)
     return FAMILIES[family].load(spec, checkpoint, dev)

@@ -70,7 +70,7 @@ def _resolve(arch: str, cache_dir: str | None) -> str:
     from cn_clip.clip import utils as cn_utils
 
     if arch not in cn_utils._MODELS:
-        raise InputError(f"cn_clip has no model {arch!r}; known: {', '.join(cn_utils.available_models())}")
+        raise InputError(f"cn_clip 没有该模型 / cn_clip has no model {arch!r}; known: {', '.join(cn_utils.available_models())}")
     root = cache_dir or os.path.expanduser("~/.cache/clip")
     local = Path(root) / cn_utils._MODELS[arch][1]
     if local.is_file():
@@ -107,9 +107,10 @@ def _model_from_checkpoint(arch: str, path: str) -> torch.nn.Module:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign or pickled files
-        raise InputError(f"{path}: not a Chinese-CLIP checkpoint loadable with weights_only=True ({exc})") from exc
+        raise InputError(f"{path}: 无法加载的 Chinese-CLIP 权重 / "
+                         f"not a Chinese-CLIP checkpoint loadable with weights_only=True ({exc})") from exc
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise InputError(f"{path}: a Chinese-CLIP checkpoint is a dict with a 'state_dict' entry")
+        raise InputError(f"{path}: 不是 Chinese-CLIP 权重 / a Chinese-CLIP checkpoint is a dict with a 'state_dict' entry")
     state = checkpoint["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items() if "bert.pooler" not in k}
     if "model_info" in checkpoint:
@@ -117,7 +118,7 @@ def _model_from_checkpoint(arch: str, path: str) -> torch.nn.Module:
         model.load_state_dict(state)
         return model
     if arch not in cn_utils._MODEL_INFO:
-        raise InputError(f"cn_clip has no model {arch!r}; known: {', '.join(cn_utils.available_models())}")
+        raise InputError(f"cn_clip 没有该模型 / cn_clip has no model {arch!r}; known: {', '.join(cn_utils.available_models())}")
     # cn_clip prints its config to stdout; keep stdout for results.
     with contextlib.redirect_stdout(io.StringIO()) as noise:
         model = cn_utils.create_model(cn_utils._MODEL_INFO[arch]["struct"], {"state_dict": state})
@@ -132,7 +133,7 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
 
     arch = spec
     if checkpoint and not Path(checkpoint).is_file():
-        raise InputError(f"checkpoint not found: {checkpoint}")
+        raise InputError(f"找不到权重文件 / checkpoint not found: {checkpoint}")
     path = checkpoint or _resolve(arch, cache_dir)
     model = _model_from_checkpoint(arch, path).float().to(device).eval()
     size = int(model.visual.input_resolution)

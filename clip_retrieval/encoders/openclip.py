@@ -84,8 +84,8 @@ def _find_tag(arch: str, tag: str, cache_dir: str | None) -> tuple[dict, str | N
     if not cfg:
         tags = oc_pretrained.list_pretrained_tags_by_model(arch)
         if arch not in open_clip.list_models():
-            raise InputError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
-        raise InputError(f"open_clip:{arch} has no pretrained tag {tag!r}; known tags: {', '.join(tags)}")
+            raise InputError(f"open_clip 没有该结构 / open_clip has no architecture {arch!r}; see open_clip.list_models().")
+        raise InputError(f"open_clip:{arch} 没有该预训练标签 / has no pretrained tag {tag!r}; known tags: {', '.join(tags)}")
     looked: list[str] = []
     fetch: list[str] = []
     hf_hub = cfg.get("hf_hub", "")
@@ -268,13 +268,14 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
     if checkpoint and Path(checkpoint).is_dir():
         config_path = Path(checkpoint) / "open_clip_config.json"
         if not config_path.is_file():
-            raise InputError(f"{checkpoint}: a checkpoint folder needs open_clip_config.json beside its weights.")
+            raise InputError(f"{checkpoint}: 缺少 open_clip_config.json / a checkpoint folder needs open_clip_config.json "
+                             f"beside its weights.")
         folder_cfg = json.loads(config_path.read_text(encoding="utf-8"))
         declared, model_cfg = folder_cfg.get("languages"), folder_cfg["model_cfg"]
         model_name, weights = f"local-dir:{checkpoint}", checkpoint
     elif checkpoint:
         if not Path(checkpoint).is_file():
-            raise InputError(f"checkpoint not found: {checkpoint}")
+            raise InputError(f"找不到权重文件 / checkpoint not found: {checkpoint}")
         model_name, weights = arch, checkpoint
         tag_cfg = tag_config(arch, tag)
     elif tag:
@@ -286,10 +287,10 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
             weights = _download_tag(name, tag_cfg, fetch, cache_dir)
         model_name = arch
     else:
-        raise InputError(f"open_clip:{arch} names no weights: use open_clip:{arch}/TAG or pass --checkpoint PATH.")
+        raise InputError(f"open_clip:{arch} 未指明权重 / names no weights: use open_clip:{arch}/TAG or pass --checkpoint PATH.")
     if not model_name.startswith("local-dir:"):
         if arch not in open_clip.list_models():
-            raise InputError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
+            raise InputError(f"open_clip 没有该结构 / open_clip has no architecture {arch!r}; see open_clip.list_models().")
         model_cfg = open_clip.get_model_config(arch) or {}
 
     def build():
@@ -389,5 +390,5 @@ def arch_config(name: str) -> dict:
         path = ARCH_DIR / f"{name}.json"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in ARCH_DIR.glob("*.json")))
-        raise InputError(f"unknown architecture {name!r}: use one of {known} or a path to an open_clip model_cfg JSON")
+        raise InputError(f"未知的模型结构 / unknown architecture {name!r}: use one of {known} or a path to an open_clip model_cfg JSON")
     return json.loads(path.read_text(encoding="utf-8"))

@@ -33,7 +33,7 @@ BACKENDS = {
 def backend(name: str) -> ModuleType:
     """The module implementing a backend, imported on first use."""
     if name not in BACKENDS:
-        raise InputError(f"unknown index backend {name!r}: use one of {', '.join(BACKENDS)}")
+        raise InputError(f"未知的索引后端 / unknown index backend {name!r}: use one of {', '.join(BACKENDS)}")
     return importlib.import_module(BACKENDS[name])
 
 

@@ -140,10 +140,11 @@ def read_config(folder: str | os.PathLike) -> dict | None:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise FeatureStoreError(f"{path}: not valid JSON ({exc}); rebuild it with clip-retrieval index "
+        raise FeatureStoreError(f"{path}: 不是有效的 JSON / not valid JSON ({exc}); rebuild it with clip-retrieval index "
                                 f"--features {folder}") from exc
     if not isinstance(config, dict) or "backend" not in config:
-        raise FeatureStoreError(f"{path} names no backend; rebuild it with clip-retrieval index --features {folder}")
+        raise FeatureStoreError(f"{path}: 未指明后端 / names no backend; "
+                                f"rebuild it with clip-retrieval index --features {folder}")
     return config
 
 
@@ -158,4 +159,4 @@ def write_config(folder: str | os.PathLike, config: dict) -> None:
 def check_positive(name: str, value: int | None) -> None:
     """Refuse a count option below 1, naming the flag."""
     if value is not None and value < 1:
-        raise InputError(f"{name} must be at least 1, got {value}")
+        raise InputError(f"{name} 至少为 1 / {name} must be at least 1, got {value}")

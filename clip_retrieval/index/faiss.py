@@ -33,7 +33,7 @@ def _faiss():
     try:
         import faiss
     except ImportError as exc:
-        raise InputError("the faiss backend needs faiss-cpu: pip install 'clip_retrieval[ann]'") from exc
+        raise InputError("faiss 后端需要 faiss-cpu / the faiss backend needs faiss-cpu: pip install 'clip_retrieval[ann]'") from exc
     return faiss
 
 
@@ -78,7 +78,7 @@ def build(vectors: np.ndarray, kind: str = "auto", fp16: bool = False, seed: int
     n, d = vectors.shape
     kind = choose_kind(n) if kind == "auto" else kind
     if kind not in KINDS:
-        raise InputError(f"unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
+        raise InputError(f"未知的索引类型 / unknown index kind {kind!r}: use one of {', '.join(KINDS)}")
     rss_before = _peak_rss_kb()
     start = time.perf_counter()
     metric = faiss.METRIC_INNER_PRODUCT
@@ -127,7 +127,8 @@ def load(folder: str | os.PathLike, meta: dict) -> AnnIndex:
     """The index file beside the features, with the search settings it was built with."""
     path = Path(folder) / INDEX_FILE
     if not path.is_file():
-        raise InputError(f"{path} is missing; rebuild it with clip-retrieval index --backend faiss --features {folder}")
+        raise InputError(f"{path}: 文件缺失 / is missing; "
+                         f"rebuild it with clip-retrieval index --backend faiss --features {folder}")
     faiss = _faiss()
     index = faiss.read_index(str(path))
     if meta["kind"] == "hnsw":

@@ -56,7 +56,8 @@ def _client_module():
     try:
         import qdrant_client
     except ImportError as exc:
-        raise InputError("the qdrant backend needs qdrant-client: pip install 'clip_retrieval[qdrant]'") from exc
+        raise InputError("qdrant 后端需要 qdrant-client / the qdrant backend needs qdrant-client: "
+                         "pip install 'clip_retrieval[qdrant]'") from exc
     return qdrant_client
 
 
@@ -198,7 +199,7 @@ def _location(store: FeatureStore, options: dict) -> tuple[str | None, str | Non
     """(local folder, server URL): the URL when given, else the folder (default: qdrant/ in the features)."""
     url = options.get("url")
     if url and options.get("path"):
-        raise InputError("give --qdrant-path or --qdrant-url, not both")
+        raise InputError("--qdrant-path 和 --qdrant-url 只能选一个 / give --qdrant-path or --qdrant-url, not both")
     if url:
         return None, url
     return str(Path(options.get("path") or Path(store.folder) / LOCAL_FOLDER).resolve()), None

@@ -110,7 +110,7 @@ def test_folder_scan_counts_the_files_it_cannot_read_by_type(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert scan_images(tmp_path).source["ignored_types"] == {".heic": 2, "(none)": 1, ".mov": 1}
     (tmp_path / "a.jpg").unlink()
-    with pytest.raises(InputError, match=r"no images found .*; found only \.heic, \(none\), \.mov: convert"):
+    with pytest.raises(InputError, match=r": 没有找到图片 / no images found .*; found only \.heic, \(none\), \.mov: convert"):
         scan_images(tmp_path)
 
 
@@ -119,17 +119,17 @@ def test_missing_captions_file_says_how_to_name_one(tmp_path, cli):
     missing = tmp_path / "data" / "captions.csv"
     ran = cli("extract", "--csv", missing, "--model", "demo", "--out", tmp_path / "out", "--quiet")
     assert ran.returncode == 2 and not (tmp_path / "out").exists()
-    assert ran.stderr.strip() == (f"clip-retrieval: captions file not found: {missing}; pass --csv FILE with "
+    assert ran.stderr.strip() == (f"clip-retrieval: 找不到描述文件 / captions file not found: {missing}; pass --csv FILE with "
                                   f"image_path,caption rows (extract also takes --images DIR, a folder without "
                                   f"captions)")
 
 
 def test_a_file_for_a_folder_and_a_folder_for_a_file_say_which_option_fits(tmp_path):
     photo = _img(tmp_path / "photos" / "a.jpg")
-    with pytest.raises(InputError, match=rf"^{re.escape(str(photo))} is a file; --images takes a folder "
+    with pytest.raises(InputError, match=rf"^{re.escape(str(photo))}: 是文件，--images 需要文件夹 / is a file; --images takes a folder "
                                          rf"\(its parent: --images {re.escape(str(photo.parent))}\)$"):
         scan_images(photo)
-    with pytest.raises(InputError, match=rf"^{re.escape(str(photo.parent))} is a folder, not a captions file; "
+    with pytest.raises(InputError, match=rf"^{re.escape(str(photo.parent))}: 是文件夹，不是描述文件 / is a folder, not a captions file; "
                                          rf"for a folder of images use --images {re.escape(str(photo.parent))}$"):
         read_captions(photo.parent)
 
@@ -216,16 +216,16 @@ def test_a_users_image_file_gets_one_clear_error(tmp_path):
     from clip_retrieval.dataset import open_user_image
     from clip_retrieval.errors import InputError
 
-    with pytest.raises(InputError, match=r"query image not readable: .*gone.png \("):
+    with pytest.raises(InputError, match=r"^无法读取图片 / query image not readable: .*gone.png \("):
         open_user_image(tmp_path / "gone.png", what="query image")
-    with pytest.raises(InputError, match=r"^image .* is a folder; name one image file in it \(a folder's images: extract"):
+    with pytest.raises(InputError, match=r"^image .*: 是文件夹，请指定一张图片 / is a folder; name one image file in it \(a folder's images: extract"):
         open_user_image(tmp_path)
     fake = tmp_path / "fake.jpg"
     fake.write_bytes(b"not an image")
-    with pytest.raises(InputError, match=r"^upload fake.jpg: not a readable image"):
+    with pytest.raises(InputError, match=r"^upload fake.jpg: 无法读取图片 / not a readable image"):
         open_user_image(fake, what="upload", shown_as="fake.jpg")
     Image.new("L", (40, 30)).save(tmp_path / "big.png")   # a query image has no --max-pixels to raise
-    with pytest.raises(InputError, match=r"^query image .*big.png: too many pixels \(40x30 > 1000\); use a smaller copy$"):
+    with pytest.raises(InputError, match=r"^query image .*big.png: 图片像素过多 / too many pixels \(40x30 > 1000\); use a smaller copy$"):
         open_user_image(tmp_path / "big.png", max_pixels=1000, what="query image")
     Image.new("RGB", (8, 6), "red").save(tmp_path / "ok.png")
     img, data = open_user_image(tmp_path / "ok.png")

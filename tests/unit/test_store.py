@@ -197,7 +197,8 @@ def _set_version(folder, version):
 
 
 def test_missing_folder_names_the_extract_command(tmp_path):
-    with pytest.raises(FeatureStoreError, match="clip-retrieval extract"):
+    with pytest.raises(FeatureStoreError, match="^[^ ]*none: 没有 manifest.json，请先提取特征 / no manifest.json; "
+                                                "build features first: clip-retrieval extract"):
         store.load(tmp_path / "none")
 
 
