@@ -91,6 +91,8 @@ def format_block(record: dict) -> str:
         lines[0] += "  (-> captions / 图搜文)"
     if record.get("fuse"):
         lines[0] += "  (fused with captions / 融合描述)"
+    if mode == "image+text" and record.get("image"):
+        lines.append(f"  image / 图片: {record['image']}")
     if record.get("normalized_query") not in (None, record["query"]):
         lines.append(f"  normalised / 规范化: {record['normalized_query']}")
     if record["expansions"]:
@@ -104,8 +106,11 @@ def format_block(record: dict) -> str:
         lines.append("  untranslated / 未翻译: " + "、".join(record["untranslated"]))
     lines.append(f"  model: {record['model']} ({record['model_fingerprint']})  k={record['k']}  "
                  f"features: {record['features_fingerprint']}")
+    if record.get("collection_root"):
+        # paths inside the collection read the same whichever folder the search ran from
+        lines.append(f"  collection / 图库: {record['collection_root']}")
     for hit in record["results"]:
-        lines.append(f"  {hit['rank']:>3}. {hit['score']:.4f}  {hit['image_path']}  {hit['caption']}")
+        lines.append(f"  {hit['rank']:>3}. {hit['score']:.4f}  {hit.get('path') or hit['image_path']}  {hit['caption']}")
     return "\n".join(lines) + "\n\n"
 
 

@@ -71,7 +71,10 @@ def test_modes_are_logged_and_replay_identical(demo, tmp_path):
     assert [r["mode"] for r in records] == ["image", "image+text", "image", "text"]
     assert records[2]["to"] == "text" and records[3]["fuse"] is True and len(records[0]["image_sha256"]) == 64
     assert [o.identical for o in api.replay_log(tmp_path / "search_log.jsonl")] == [True] * 4
-    assert "image query / 以图搜" in (tmp_path / "search_log.txt").read_text(encoding="utf-8")
+    text = (tmp_path / "search_log.txt").read_text(encoding="utf-8")
+    assert "image query / 以图搜" in text
+    # the picture of "this picture, but at night" is in the block too, not only in the .jsonl
+    assert f"image / 图片: {(demo / 'images' / 'rabbit_grass_00.png').resolve()}" in text
 
 
 def test_dedup_groups_the_copy(demo, cli):

@@ -80,7 +80,7 @@ def test_other_model_refused(tiny_features):
         api.open_searcher(tiny_features, model="cn_clip:ViT-B-16", rules=None, device="cpu")
 
 
-def test_search_appends_a_reproducible_record(tiny_features, tmp_path):
+def test_search_appends_a_reproducible_record(tiny_features, tmp_path, monkeypatch):
     searcher = api.open_searcher(tiny_features, rules=ROOT / "rules" / "expansions.yaml", device="cpu")
     result, record = api.search(searcher, "灰猫", k=3, log_dir=tmp_path)
     lines = (tmp_path / "search_log.jsonl").read_text(encoding="utf-8").splitlines()
@@ -91,7 +91,16 @@ def test_search_appends_a_reproducible_record(tiny_features, tmp_path):
     assert record["time"][-6] in "+-" and "T" in record["time"]
     assert record["model_fingerprint"] == searcher.encoder.fingerprint
     text = (tmp_path / "search_log.txt").read_text(encoding="utf-8")
-    assert "灰猫" in text and result.results[0].image_path in text and "灰色的猫" in text
+    assert "灰猫" in text and "灰色的猫" in text
+    # collection-relative paths under the collection's root: the same lines from whichever folder it ran
+    assert f"collection / 图库: {record['collection_root']}" in text
+    assert f"  1. {record['results'][0]['score']:.4f}  {record['results'][0]['path']}  " in text
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    api.search(searcher, "灰猫", k=3, log_dir=tmp_path)
+    blocks = (tmp_path / "search_log.txt").read_text(encoding="utf-8").split("\n\n")
+    assert blocks[-2].split("\n")[1:] == blocks[-3].split("\n")[1:]
 
 
 def test_phrase_weights_from_the_rules_file_shape_the_pooled_vector(tiny_features, tmp_path):
