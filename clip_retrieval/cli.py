@@ -324,6 +324,8 @@ def _print_result(result, as_json: bool) -> None:
         print(f"{'rank':>4}  {'score':>6}  image / 图片  caption / 描述")
         for hit in result.results:
             print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.image_path}  {hit.caption}")
+    if result.excluded:     # a copy of the query in the collection answers "is it in my library already?"
+        print(f"已排除（与查询图片是同一文件）/ excluded, the query's own file: {', '.join(result.excluded)}")
     print(flush=True)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -71,6 +71,7 @@ class SearchResult:
         """The expansions grouped by language and source, as the CLI and the page show them."""
         return format_grouped(self.expansion.grouped()) if self.expansion is not None else []
     where: Where | None = None               # the filters results had to pass
+    excluded: list[str] = field(default_factory=list)   # image->image: indexed files that are the query itself
 
     def to_json(self) -> dict:
         """The ``--json`` object: query, expansions (flat, and grouped by language with sources), model, results."""
@@ -86,6 +87,8 @@ class SearchResult:
             out["expansions_by_language"] = self.expansion.grouped()
             out["untranslated"] = self.expansion.untranslated
             out["notice"] = self.expansion.notice
+        if self.excluded:
+            out["excluded"] = self.excluded
         return out
 
 
@@ -347,6 +350,7 @@ class Searcher:
             clean, truncated = clean_query(text)
             expansion = self.expand(clean, expand)
             vector = pool(np.stack([vector, self.query_vector(expansion)]), [1.0 - text_weight, text_weight])
+        same: set[int] = set()
         if to == "text":
             rows, matrix = self._captions()
             keep = self._mask(where)[[row[1] for row in rows]] if where is not None else None
@@ -363,7 +367,7 @@ class Searcher:
                             mode="image+text" if text else "image",
                             to=to, image=str(path), image_sha256=digest, text_weight=text_weight if text else None,
                             expansion=expansion, raw_query=text,
-                            where=where)
+                            where=where, excluded=[self.store.image_path(i) for i in sorted(same)])
 
 
 def _check_k(k: int) -> None:

@@ -31,8 +31,21 @@ def test_image_to_image_excludes_the_query_and_its_copies(demo):
     assert all(p.startswith("husky_") for p in paths)
     outside = demo / "query.png"
     shutil.copy(demo / "images" / "piglet_beach_00.png", outside)   # same content, not indexed under this path
-    names = [Path(h.image_path).name for h in searcher.search_image(outside, k=3).results]
+    found = searcher.search_image(outside, k=3)
+    names = [Path(h.image_path).name for h in found.results]
     assert "piglet_beach_00.png" not in names and all(n.startswith("piglet_") for n in names)
+    # hidden from the ranking, but said: the copy already in the collection is named
+    assert [Path(p).name for p in found.excluded] == ["piglet_beach_00.png"]
+    assert [Path(p).name for p in found.to_json()["excluded"]] == ["piglet_beach_00.png"]
+    assert sorted(Path(p).name for p in result.excluded) == ["husky_snow_00.png", "husky_snow_copy.png"]
+
+
+def test_the_cli_names_the_excluded_copy(demo, cli, tmp_path):
+    ran = cli("search", "--features", str(demo / "out"), "--image", str(demo / "images" / "husky_snow_00.png"),
+              "-k", "2", "--log-dir", str(tmp_path))
+    assert ran.returncode == 0, ran.stderr
+    line = next(x for x in ran.stdout.splitlines() if x.startswith("已排除"))
+    assert "husky_snow_00.png" in line and "husky_snow_copy.png" in line
 
 
 def test_image_to_text_returns_captions(demo):
