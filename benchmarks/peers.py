@@ -107,9 +107,13 @@ def run_measured(cmd: list[str], cwd: Path, env: dict) -> dict:
 
 
 def best_of(repeats: int, fn) -> dict:
+    """``fn`` run ``repeats`` times: the median run (see ``median_run``)."""
+    return median_run([fn() for _ in range(repeats)])
+
+
+def median_run(runs: list[dict]) -> dict:
     """The run with the median wall time (the peak memory is the largest seen)."""
-    runs = [fn() for _ in range(repeats)]
-    runs.sort(key=lambda r: r["wall_s"])
+    runs = sorted(runs, key=lambda r: r["wall_s"])
     chosen = dict(runs[len(runs) // 2])
     chosen["peak_mb"] = max(r["peak_mb"] for r in runs)
     return chosen
@@ -356,7 +360,7 @@ def run(sizes: dict, work: Path, rclip_python: str | None, progress) -> dict:
         for tool, measured in runs.items():
             if not measured:
                 continue
-            m = best_of(len(measured), iter(measured).__next__)
+            m = median_run(measured)
             res.update({f"{tool}_index_{name}_s": m["wall_s"], f"{tool}_index_{name}_peak_mb": m["peak_mb"],
                         f"{tool}_index_{name}_cpu_s_per_image": m["cpu_s"] / count,
                         f"{tool}_index_{name}_images_per_s_excl_load":
