@@ -186,18 +186,24 @@ def _save_tower(module, example, staging: Path, tower: str, input_name: str, dyn
     The copy is saved at the portable ``EXTENDED`` level (``ALL`` adds layout changes that
     are applied again at every load) with its weights in ``<tower>.opt.data``; ORT aligns
     the large tensors there to pages, so a session maps them.
-    """
-    import io
 
+    torch writes into a scratch folder, not into memory: a protobuf message holds at most
+    2 GiB, so for bigger towers (open_clip ViT-H-14's image tower is ~2.5 GB in fp32) torch
+    puts each weight in a file of its own beside the graph, which needs a path. The graph is
+    then loaded with those files and saved again in the layout above.
+    """
     import onnx
     import onnxruntime as ort
     import torch
 
-    buffer = io.BytesIO()
-    torch.onnx.export(module, (example,), buffer, input_names=[input_name], output_names=["features"],
+    scratch = staging / "torch-export"
+    scratch.mkdir()
+    exported = scratch / f"{tower}.onnx"
+    # a str: the TorchScript exporter gives external data a location only when ``f`` is a str
+    torch.onnx.export(module, (example,), str(exported), input_names=[input_name], output_names=["features"],
                       dynamic_axes={input_name: dynamic, "features": {0: "batch"}}, opset_version=OPSET, dynamo=False)
-    graph = onnx.load_model_from_string(buffer.getvalue())
-    del buffer
+    graph = onnx.load(str(exported))
+    shutil.rmtree(scratch)
     onnx.save_model(graph, str(staging / f"{tower}.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=f"{tower}.data", size_threshold=EXTERNAL_MIN_BYTES)
     del graph

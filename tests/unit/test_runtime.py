@@ -158,6 +158,35 @@ def test_the_image_tower_is_exported_with_plain_attention_and_the_model_is_given
     assert _cosines(lean.encode_images(pixels.numpy()), before).min() > 1 - 1e-4
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.disk_usage(ROOT).free < 12 * 2**30 or  # tmp_path lives beside it on CI runners
+                    os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") < 12 * 2**30,
+                    reason="needs ~7 GB of disk and ~8 GB of memory for a 2.2 GB tower")
+def test_a_tower_over_two_gib_exports_into_the_same_layout(tmp_path):
+    """Past protobuf's 2 GiB limit torch writes each weight to a file of its own; the tower still ends up as
+    ``<tower>.onnx`` + ``<tower>.data`` (+ the optimised pair) and gives torch's vectors (ViT-H-14 is ~2.5 GB)."""
+    rows, width = 540_000, 1024                  # 2.2 GB of fp32
+    table = torch.arange(rows, dtype=torch.float32).unsqueeze(1).expand(rows, width).contiguous()
+
+    class Wide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding.from_pretrained(table)
+
+        def forward(self, tokens):
+            return self.table(tokens).sum(1)
+
+    tokens = torch.tensor([[1, 7, rows - 1], [0, 2, 3]])
+    onnx._save_tower(Wide().eval(), tokens, tmp_path, "text", "tokens", {0: "batch", 1: "width"})
+    want = Wide()(tokens).numpy()
+    del table
+    assert {p.name for p in tmp_path.iterdir()} == {"text.onnx", "text.data", "text.opt.onnx", "text.opt.data"}
+    for graph, data in (("text.onnx", "text.data"), ("text.opt.onnx", "text.opt.data")):
+        assert {where for where, _ in _weights_layout(tmp_path / graph)[0].values()} == {data}
+    session = onnx._session(tmp_path / "text.onnx")
+    assert np.array_equal(session.run(None, {"tokens": tokens.numpy()})[0], want)
+
+
 def test_accelerators_and_the_switch_keep_torch(tiny_open_clip, monkeypatch):
     assert onnx.wants_torch("cuda") and not onnx.wants_torch("cpu")
     monkeypatch.setenv("CLIP_RETRIEVAL_RUNTIME", "torch")
