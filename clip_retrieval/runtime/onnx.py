@@ -220,6 +220,7 @@ def export(encoder: "Encoder") -> Path:
     """Export both towers of a torch open_clip encoder (once per fingerprint); returns the folder."""
     import warnings
 
+    import onnxruntime as ort
     import torch
     import open_clip
 
@@ -244,7 +245,8 @@ def export(encoder: "Encoder") -> Path:
         card = {"version": CARD_VERSION, "name": encoder.name, "fingerprint": encoder.fingerprint,
                 "dim": encoder.dim, "languages": sorted(encoder.languages), "logit_scale": encoder.logit_scale,
                 "context_length": encoder.context_length, "transform": _transform_of(encoder).to_json(),
-                "exported_with": {"torch": torch.__version__, "open_clip": open_clip.__version__, "opset": OPSET}}
+                "exported_with": {"torch": torch.__version__, "open_clip": open_clip.__version__, "opset": OPSET,
+                                  "onnxruntime": ort.__version__}}   # the one that wrote *.opt.onnx
         (staging / CARD_FILE).write_text(json.dumps(card, indent=1), encoding="utf-8")
 
     write_dir_atomic(final, fill)
@@ -276,16 +278,25 @@ def _options():
 def _session(path: Path):
     """An ONNX Runtime session on the tower at ``path`` (``<tower>.onnx``).
 
-    It opens the optimised copy made at export, which starts about a third faster; the
-    exported graph is the portable source it was derived from, opened only if the copy is gone.
+    It opens the optimised copy made at export, which starts about a third faster. That copy
+    is written by the ONNX Runtime that exported it (its version is on the card) and may not
+    open in an older one, or its weights file may be gone; then the exported graph, the
+    portable source it was derived from, is opened instead.
     """
     import onnxruntime as ort
 
     options = _options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    optimized = path.with_suffix(".opt.onnx")
-    source = optimized if optimized.is_file() else path
-    return ort.InferenceSession(str(source), sess_options=options, providers=["CPUExecutionProvider"])
+    optimized, weights = path.with_suffix(".opt.onnx"), path.with_suffix(".opt.data")
+    if optimized.is_file() and weights.is_file():
+        try:
+            return ort.InferenceSession(str(optimized), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:   # ORT's errors (Fail, InvalidGraph, ...) derive from Exception only
+            problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("优化图无法打开，改用导出图 / %s did not open (%s); using %s", optimized, problem, path.name)
+    elif optimized.is_file():
+        log.warning("优化图缺少权重文件，改用导出图 / %s is missing; using %s", weights, path.name)
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 class CpuDevice:

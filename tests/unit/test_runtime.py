@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -115,6 +116,39 @@ def test_each_graph_keeps_its_weights_in_one_mappable_file_beside_it(tiny_open_c
         files[name].unlink()
     fresh = onnx.open_exported(enc.fingerprint)
     assert _cosines(fresh.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4
+
+
+def test_an_optimised_copy_that_does_not_open_gives_way_to_the_exported_graph(tiny_open_clip, tmp_path, monkeypatch,
+                                                                              caplog):
+    """``*.opt.onnx`` is written by the exporting ONNX Runtime (on the card): one that an older ORT rejects, or
+    whose weights file is cut short or gone, logs one line and the plain exported graph gives the same vectors."""
+    import onnx as onnx_lib
+    import onnxruntime
+
+    monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    folder = lean.folder
+    assert json.loads((folder / onnx.CARD_FILE).read_text(encoding="utf-8"))["exported_with"]["onnxruntime"] \
+        == onnxruntime.__version__
+    pixels = np.random.default_rng(0).standard_normal((2, 3, lean.image_size, lean.image_size)).astype(np.float32)
+    want_texts, want_pixels = lean.encode_texts(TEXTS), lean.encode_images(pixels)
+    fallbacks = lambda: sorted(os.path.basename(r.args[0]) for r in caplog.records if r.msg.startswith("优化图"))
+
+    newer = onnx_lib.load(str(folder / "visual.opt.onnx"), load_external_data=False)
+    newer.ir_version = 99                               # what an ORT older than the exporting one sees
+    onnx_lib.save_model(newer, str(folder / "visual.opt.onnx"))
+    (folder / "text.opt.data").write_bytes(b"")          # offsets now past its end
+    with caplog.at_level(logging.WARNING, logger=onnx.__name__):
+        fresh = onnx.open_exported(lean.fingerprint)
+        assert np.allclose(fresh.encode_texts(TEXTS), want_texts, atol=1e-5)
+        assert np.allclose(fresh.encode_images(pixels), want_pixels, atol=1e-5)
+    assert fallbacks() == ["text.opt.onnx", "visual.opt.onnx"]
+
+    caplog.clear()
+    (folder / "text.opt.data").unlink()
+    with caplog.at_level(logging.WARNING, logger=onnx.__name__):
+        assert np.allclose(onnx.open_exported(lean.fingerprint).encode_texts(TEXTS), want_texts, atol=1e-5)
+    assert fallbacks() == ["text.opt.data"]
 
 
 def test_an_export_of_the_single_file_layout_is_rebuilt(tiny_open_clip, tmp_path, monkeypatch):
