@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -327,6 +328,7 @@ class OnnxEncoder:
         self.device = CpuDevice()
         self._sessions: dict = {}
         self._pending: dict = {}
+        self._opening = {tower: threading.Lock() for tower in TOWERS}   # the web page's threads share one encoder
         self._tokenizer: ClipTokenizer | None = None
 
     @property
@@ -339,20 +341,29 @@ class OnnxEncoder:
 
     def prefetch(self, tower: str) -> None:
         """Start opening a tower's session in a thread (ONNX Runtime builds it without holding the GIL)."""
-        if tower in self._sessions or tower in self._pending:
-            return
         from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(max_workers=1)
-        self._pending[tower] = pool.submit(_session, self.folder / f"{tower}.onnx")
-        pool.shutdown(wait=False)
+        with self._opening[tower]:
+            if tower in self._sessions or tower in self._pending:
+                return
+            pool = ThreadPoolExecutor(max_workers=1)
+            self._pending[tower] = pool.submit(_session, self.folder / f"{tower}.onnx")
+            pool.shutdown(wait=False)
+
+    def _session_of(self, tower: str):
+        """The tower's session, opened (or taken from ``prefetch``) once however many threads ask at once."""
+        session = self._sessions.get(tower)
+        if session is not None:
+            return session
+        with self._opening[tower]:
+            if tower in self._pending:
+                self._sessions[tower] = self._pending.pop(tower).result()
+            elif tower not in self._sessions:
+                self._sessions[tower] = _session(self.folder / f"{tower}.onnx")
+            return self._sessions[tower]
 
     def _run(self, tower: str, feed: np.ndarray) -> np.ndarray:
-        if tower in self._pending:
-            self._sessions[tower] = self._pending.pop(tower).result()
-        if tower not in self._sessions:
-            self._sessions[tower] = _session(self.folder / f"{tower}.onnx")
-        session = self._sessions[tower]
+        session = self._session_of(tower)
         (out,) = session.run(None, {session.get_inputs()[0].name: feed})
         out = np.asarray(out, dtype=np.float32)
         return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)

@@ -73,6 +73,28 @@ def test_onnx_path_equals_torch_and_exports_once(tiny_open_clip):
     assert _cosines(again.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4   # from *.opt.onnx
 
 
+def test_threads_asking_at_once_for_a_prefetched_tower_all_get_it(tiny_open_clip, monkeypatch):
+    """The web page serves queries in threads; the first few may all find the text tower still opening (a real
+    tower takes a few tenths of a second; the tiny one is slowed down to match). It opens once, and none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+    import threading
+    import time
+
+    lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    want = lean.encode_texts(TEXTS)
+    real = onnx._session
+    opened = []
+    monkeypatch.setattr(onnx, "_session", lambda path: (opened.append(path.name), time.sleep(0.3), real(path))[2])
+    fresh = onnx.open_exported(lean.fingerprint)
+    fresh.tokenize(["x"])                               # so the threads reach the session at once
+    fresh.prefetch("text")
+    start = threading.Barrier(4)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: (start.wait(), fresh.encode_texts(TEXTS))[1], range(4)))
+    assert all(np.array_equal(g, want) for g in got) and fresh.loaded_towers() == ["text"]
+    assert opened == ["text.onnx"]
+
+
 def _weights_layout(graph_path) -> tuple[dict[str, tuple[str, int]], int]:
     """Initializers kept outside the graph (name: file, offset) and the byte size of the largest kept inside."""
     import onnx as onnx_lib
