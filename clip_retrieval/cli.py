@@ -675,6 +675,22 @@ COMMANDS = {"serve": cmd_serve, "classify": cmd_classify, "dedup": cmd_dedup, "i
             "replay": cmd_replay, "models": cmd_models, "log": cmd_log}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Logs to the ``sys.stderr`` of the moment, so a redirected or captured stderr gets them too.
+
+    Without --verbose a warning is only its message (the user reads it, not the logger's name);
+    with --verbose every record names its level and logger.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -682,8 +698,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(parser.format_help(), file=sys.stderr, end="")
         return EXIT_USAGE
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    root, handler = logging.getLogger(), _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s"))
+    saved_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
@@ -702,6 +721,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clip-retrieval: unexpected error / 意外错误: {type(exc).__name__}: {exc} "
               f"(run with --verbose for details)", file=sys.stderr)
         return EXIT_ERROR
+    finally:   # in-process callers (tests, scripts) get their logging back as it was
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
 
 
 def run_subcommand(command: str, argv: Sequence[str] | None = None) -> int:

@@ -163,6 +163,12 @@ def test_demo_model_on_photos_says_once_it_only_knows_the_drawings(small_collect
     assert proc.returncode == 0, proc.stderr
     notes = [r.getMessage() for r in caplog.records if "only knows the bundled drawings" in r.getMessage()]
     assert len(notes) == 1 and "2 of 3 images" in notes[0]
+    # the user reads the warning itself on stderr, not the logger's level and name
+    assert [line for line in proc.stderr.splitlines() if "bundled drawings" in line] == [notes[0]]
+    assert "WARNING" not in proc.stderr and "clip_retrieval.api" not in proc.stderr
+    proc = cli("extract", "--images", folder, "--model", "demo", "--out", tmp_path / "out", "--quiet",
+               "--num-workers", "0", "--verbose")
+    assert proc.returncode == 0 and f"WARNING clip_retrieval.api: {notes[0]}" in proc.stderr   # --verbose names it
     caplog.clear()
     proc = cli("extract", "--csv", small_collection, "--model", "demo", "--out", tmp_path / "demo_out", "--quiet",
                "--num-workers", "0")
