@@ -76,11 +76,11 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                 previous.check_model(loaded[0].name, loaded[0].fingerprint, checkpoint)
         return loaded[0]
 
-    if previous is None:
-        _warn_demo_model_on_photos(get_encoder(), coll.images)
     result = extract(get_encoder if previous is not None else get_encoder(), coll, out, batch_size=batch_size,
                      num_workers=num_workers, quiet=quiet, max_pixels=max_pixels, checkpoint=checkpoint,
                      previous=previous, exact_decode=exact_decode)
+    if previous is None:   # counted among the images read: a skipped file is reported as skipped, not as a photo
+        _warn_demo_model_on_photos(get_encoder(), [image["path"] for image in result.manifest.images])
     if rules is not None and find_rules(rules) is not None:
         table = load_rules(rules)
         fingerprint = result.manifest.model.fingerprint

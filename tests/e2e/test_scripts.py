@@ -158,6 +158,7 @@ def test_demo_model_on_photos_says_once_it_only_knows_the_drawings(small_collect
     folder.mkdir()
     for n, name in enumerate(["IMG_0001.jpg", "IMG_0002.jpg", "husky_snow_00.png"]):
         shutil.copy(small_collection.parent / "images" / "husky_snow_00.png", folder / name)
+    (folder / "IMG_0003.jpg").write_bytes(b"")   # skipped as unreadable: not one of the photos counted
     proc = cli("extract", "--images", folder, "--model", "demo", "--out", tmp_path / "out", "--quiet",
                "--num-workers", "0")
     assert proc.returncode == 0, proc.stderr
