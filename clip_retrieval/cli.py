@@ -32,6 +32,7 @@ FIRST_STEPS = """\
 
 退出码 / exit codes: 0 done; 2 bad input or usage (one line on stderr naming the file or value and the fix);
   3 partial (batch search or classify: the bad inputs are listed; replay: some differ or cannot run); 1 a bug, please report it
+  extract with unreadable images: 0, they are skipped and listed (stderr, manifest.json "skipped") / 跳过的图片不影响退出码
 """
 
 

@@ -37,6 +37,7 @@ def test_bare_command_prints_usage_and_the_subcommands(capsys):
     # a newcomer sees what to type first and what the exit codes mean
     assert "clip-retrieval extract --images" in err and "clip-retrieval search 金毛" in err
     assert "exit codes: 0 done; 2 bad input" in err and "3 partial" in err
+    assert 'extract with unreadable images: 0, they are skipped and listed (stderr, manifest.json "skipped")' in err
 
 
 def test_search_takes_the_query_as_its_argument_as_people_type_it(tiny_features, tmp_path, cli):
