@@ -73,7 +73,9 @@ def _features_arg(p: argparse.ArgumentParser) -> None:
 def _rules_arg(p: argparse.ArgumentParser, what: str) -> None:
     from .expansion import DEFAULT_RULES
 
-    p.add_argument("--rules", default=str(DEFAULT_RULES), help=f"{what} (default: {DEFAULT_RULES})")
+    p.add_argument("--rules", default=str(DEFAULT_RULES),
+                   help=f"{what} (default: {DEFAULT_RULES} in the working folder; where there is none, "
+                        f"the table bundled with clip_retrieval)")
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from clip_retrieval.cli import build_parser, main
 
 
@@ -60,3 +62,13 @@ def test_extract_images_help_names_every_type_the_scan_reads():
     for suffix in IMAGE_EXTENSIONS:
         name = {"JPG": "JPEG", "TIF": "TIFF"}.get(suffix[1:].upper(), suffix[1:].upper())
         assert name in images.help.upper(), suffix
+
+
+def test_rules_help_says_the_bundled_table_is_used_outside_the_checkout(capsys):
+    """Outside a checkout there is no rules/expansions.yaml: the help must not promise that file."""
+    for command in ("search", "extract"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert ("(default: rules/expansions.yaml in the working folder; where there is none, "
+                "the table bundled with clip_retrieval)") in help_text
