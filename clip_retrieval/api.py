@@ -162,6 +162,8 @@ def open_searcher(features: str | os.PathLike = "outputs", model: str | None = N
     """
     feats = store.load(features, with_text=False)
     feats.check_model(model, checkpoint=checkpoint)
+    if encoder is None and checkpoint:   # other weights are refused before they are loaded (or exported)
+        feats.check_model(model, weights_fingerprint(model or feats.manifest.model.name, checkpoint), checkpoint)
     table: RuleTable | None = load_rules(rules) if rules is not None else None
     searcher = Searcher(feats, encoder or (lambda: encoder_for(feats.manifest, checkpoint, device)), table,
                         index=backends.open_index(feats, exact=exact),
