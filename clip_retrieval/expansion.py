@@ -450,8 +450,9 @@ def _distinct(phrases: list[Phrase], languages: frozenset[str] | set[str] | None
 
 
 def _fail(path: str, line: int | None, message: str) -> InputError:
+    """A rules-file error: the file, the line, what is wrong (a reviewer's table, so the schema's words)."""
     where = f"{path} line {line}" if line else path
-    return InputError(f"{where}: {message}")
+    return InputError(f"规则文件有误，请按提示修改 / rules file error: {where}: {message}")
 
 
 def _weight(value, path: str, line: int, what: str) -> float:
@@ -486,9 +487,9 @@ def parse_rules(text: str, path: str = "<rules>") -> RuleTable:
     try:
         doc = yaml.load(text, Loader=_LineLoader)
     except InputError as exc:
-        raise InputError(f"{path} {exc}") from None
+        raise InputError(f"规则文件有误 / rules file error: {path} {exc}") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from exc
+        raise InputError(f"规则文件不是合法的 YAML / {path}: not valid YAML: {exc}") from exc
     if not isinstance(doc, dict) or "rules" not in doc:
         raise _fail(path, None, "expected a mapping with a 'rules' list (see the schema at the top of the file)")
     unknown = set(doc) - {"version", "rules", "templates", "original_weight", "connectors", "__line__"}
@@ -590,10 +591,11 @@ def load_rules(path: str | os.PathLike = DEFAULT_RULES) -> RuleTable:
     """Read and validate a rules file (the default one falls back to the shipped table)."""
     found = find_rules(path)
     if found is None:
-        raise InputError(f"rules file not found: {path}; pass --rules PATH or --no-expand")
+        raise InputError(f"找不到规则文件 {path}；请用 --rules 指定，或加 --no-expand / rules file not found: {path}; "
+                         f"pass --rules PATH or --no-expand")
     path = found
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 ({exc}); save the rules file as UTF-8") from exc
+        raise InputError(f"规则文件须为 UTF-8 编码 / {path}: not UTF-8 ({exc}); save the rules file as UTF-8") from exc
     return parse_rules(text, str(path.resolve()))

@@ -147,7 +147,7 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
             try:
                 yield json.loads(line)
             except ValueError as exc:
-                raise InputError(f"{path} line {number}: not a JSON record ({exc})") from exc
+                raise InputError(f"日志第 {number} 行不是 JSON 记录 / {path} line {number}: not a JSON record ({exc})") from exc
 
 
 IDENTICAL, DIFFERENT, NOT_REPLAYABLE = "identical", "different", "not replayable"

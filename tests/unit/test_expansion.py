@@ -76,12 +76,13 @@ def test_no_match_gives_only_the_query():
     ("- just a list\n", r"expected a mapping with a 'rules' list"),
 ])
 def test_validation_names_the_line_and_problem(doc, message):
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message) as caught:
         parse_rules(doc)
+    assert str(caught.value).startswith("规则文件")       # in Chinese too, as every error a user can cause
 
 
 def test_missing_file_says_how_to_go_on(tmp_path):
-    with pytest.raises(InputError, match="--no-expand"):
+    with pytest.raises(InputError, match="找不到规则文件.*--no-expand"):
         load_rules(tmp_path / "nope.yaml")
 
 
