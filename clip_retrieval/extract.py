@@ -100,8 +100,7 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
         return feats, kept, hashes, skipped
     dataset = ImageFiles(paths, encoder.preprocess, None if exact_decode else encoder.image_size, max_pixels)
     workers = default_workers() if num_workers is None else num_workers
-    if hasattr(encoder, "prefetch"):
-        encoder.prefetch("visual")      # the session opens while the first batch decodes
+    encoder.prefetch("visual")      # an ONNX session opens while the first batch decodes
     if getattr(encoder, "runtime", "torch") == "onnxruntime":
         batches = _batches_in_threads(dataset, batch_size, workers)
     else:

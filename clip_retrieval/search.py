@@ -258,9 +258,7 @@ class Searcher:
 
             if self._load_encoder is None or read_card(self.store.model_fingerprint) is None:
                 return
-        encoder = self.encoder     # the exported model: cheap to open, its sessions open on first use
-        if hasattr(encoder, "prefetch"):
-            encoder.prefetch("text")
+        self.encoder.prefetch("text")     # the exported model: cheap to open, its sessions open on first use
 
     def search_text(self, query: str, k: int = 5, expand: bool = True, fuse: bool = False,
                     where: Where | None = None) -> SearchResult:

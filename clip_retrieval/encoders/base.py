@@ -38,6 +38,9 @@ class Encoder:
     _encode_tokens: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
     autocast: bool = False
 
+    def prefetch(self, tower: str) -> None:
+        """Nothing to open ahead: a torch model loads both towers at once (ONNX towers open on their own)."""
+
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids padded to the model's context length (the library's own tokenizer)."""
         return self._tokenize(list(texts))
