@@ -66,8 +66,8 @@ class Dictionary:
 
     def __init__(self, senses: dict[str, list[str]] | None = None, frequencies: dict[str, int] | None = None,
                  locate: Callable[..., Path] | None = None):
-        self._senses = senses if senses is not None or locate else {}
-        self._frequencies = frequencies if frequencies is not None or locate else {}
+        self._senses = senses or {}            # read only without ``locate``
+        self._frequencies = frequencies or {}
         self._locate = locate
         self._db: sqlite3.Connection | None = None
         self._meta: dict[str, int] = {}
