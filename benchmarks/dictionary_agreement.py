@@ -14,8 +14,8 @@ import os
 import tempfile
 import time
 
-from clip_retrieval.dictionary import agreement, load_dictionary, words_file
-from clip_retrieval.expansion import load_rules
+from clip_retrieval.query.dictionary import agreement, load_dictionary, words_file
+from clip_retrieval.query.expansion import load_rules
 
 
 def main() -> int:

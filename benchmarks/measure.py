@@ -20,13 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clip_retrieval import api, store
+from clip_retrieval import api
+from clip_retrieval.features import store
 from clip_retrieval.index import faiss as ann
-from clip_retrieval.dataset import open_image
-from clip_retrieval.demo_data import SCENES, SUBJECTS, make_collection, render
-from clip_retrieval.encoders.openclip import random_encoder
+from clip_retrieval.collection.dataset import open_image
+from clip_retrieval.collection.generated import SCENES, SUBJECTS, make_collection, render
+from clip_retrieval.models.openclip import random_encoder
 from clip_retrieval.extract import encode_images
-from clip_retrieval.search import exact_topk, pool
+from clip_retrieval.index.exact import exact_topk
+from clip_retrieval.search import pool
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = {"photos": 96, "naive_photos": 16, "photo_size": (4032, 3024), "vectors": 1_000_000,
@@ -166,7 +168,7 @@ def cached_query(sizes: dict, work: str) -> dict:
                                                     languages=["zh", "en"]),
                               root=Path(work), images=[{"path": f"{i}.jpg", "sha256": ""} for i in range(len(x))])
     store.save(folder, x, torch.empty(0, 512), manifest)
-    from clip_retrieval.expansion import load_rules
+    from clip_retrieval.query.expansion import load_rules
     table = load_rules(ROOT / "rules" / "expansions.yaml")
     phrases = [p.text for p in table.expand("金毛").phrases]
     vectors = torch.nn.functional.normalize(torch.randn(len(phrases), 512, generator=torch.Generator().manual_seed(0)), dim=-1)

@@ -127,7 +127,7 @@ def make_photos(folder: Path, count: int, size: tuple[int, int], seed: int = 0) 
 
     from PIL import Image
 
-    from clip_retrieval.demo_data import SCENES, SUBJECTS, render
+    from clip_retrieval.collection.generated import SCENES, SUBJECTS, render
 
     folder.mkdir(parents=True, exist_ok=True)
     rng, noise_rng = random.Random(seed), np.random.default_rng(seed)
@@ -147,7 +147,7 @@ def build_weights(work: Path) -> Path:
     """Seeded random ViT-B-32 as an open_clip checkpoint folder (what ``--checkpoint`` loads)."""
     import open_clip
 
-    from clip_retrieval.encoders.openclip import build_model, save_checkpoint_dir
+    from clip_retrieval.models.openclip import build_model, save_checkpoint_dir
 
     cfg = open_clip.get_model_config(ARCH)
     folder = work / "weights"
@@ -266,11 +266,11 @@ def extraction_bound(sizes: dict, photos: list[Path], weights: Path, cache: Path
     batched wall time plus the decode CPU time shared over C cores.
     """
     os.environ["CLIP_RETRIEVAL_CACHE"] = str(cache)
-    from clip_retrieval.dataset import open_image
+    from clip_retrieval.collection.dataset import open_image
     from clip_retrieval.extract import encode_images
-    from clip_retrieval.runtime.onnx import load_for_cpu
+    from clip_retrieval.models import open_encoder
 
-    enc = load_for_cpu(f"open_clip:{ARCH}", str(weights), "cpu")
+    enc = open_encoder(f"open_clip:{ARCH}", str(weights), "cpu")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     sample = photos[:sizes["bound_photos"]]
     start = time.process_time()
@@ -289,7 +289,7 @@ def extraction_bound(sizes: dict, photos: list[Path], weights: Path, cache: Path
     encode_images(enc, photos, batch_size=32, quiet=True)
     extract_s = (time.perf_counter() - start) / len(photos)
     same_runtime_s = _one_at_a_time(enc, photos[:sizes["naive_photos"]])
-    from clip_retrieval.encoders import load_encoder
+    from clip_retrieval.models import load_encoder
 
     seed_s = _one_at_a_time(load_encoder(f"open_clip:{ARCH}", str(weights), device="cpu"),
                             photos[:sizes["naive_photos"]])

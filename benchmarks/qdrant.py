@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from benchmarks.measure import clustered
-from clip_retrieval import api, store
+from clip_retrieval import api
+from clip_retrieval.features import store
 from clip_retrieval.index import open_index
 from clip_retrieval.index import qdrant as qd
 

@@ -21,21 +21,23 @@ import numpy as np
 
 from . import evaluate as ev
 from . import index as backends
-from . import searchlog, store
-from .dataset import DEFAULT_MAX_PIXELS, read_captions, read_query_lines, scan_images
+from .logs import searchlog
+from .features import store
+from .collection.dataset import DEFAULT_MAX_PIXELS, read_captions, read_query_lines, scan_images
 from .dedup import near_duplicate_groups
-from .dictionary import load_dictionary, words_file
-from .encoders import DEFAULT_MODEL
-from .errors import InputError, UserError
-from .expansion import DEFAULT_RULES, Expansion, RuleTable, find_rules, load_rules
+from .query.dictionary import load_dictionary, words_file
+from .models import DEFAULT_MODEL
+from .core.errors import InputError, UserError
+from .query.expansion import DEFAULT_RULES, RuleTable, find_rules, load_rules
 from .extract import ExtractResult, extract
 from .index.base import Where
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
-from .runtime.onnx import load_for_cpu, weights_fingerprint
+from .models import OnDemand, open_encoder
+from .models.onnx import weights_fingerprint
 from .zeroshot import classify_images, parse_labels
 
 if TYPE_CHECKING:
-    from .encoders.base import Encoder
+    from .models import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +68,20 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
         previous.check_model(encoder.name if encoder else model, checkpoint=checkpoint)
         if encoder is None and checkpoint:   # other local weights are refused before anything is reused
             previous.check_model(model, weights_fingerprint(model, checkpoint), checkpoint)
-    loaded: list[Encoder] = []
-
-    def get_encoder() -> Encoder:
-        """The model, loaded when something needs encoding (an --update with nothing new loads none)."""
-        if not loaded:
-            loaded.append(encoder or load_for_cpu(model, checkpoint, device))
-            if previous is not None:
-                previous.check_model(loaded[0].name, loaded[0].fingerprint, checkpoint)
-        return loaded[0]
-
-    result = extract(get_encoder if previous is not None else get_encoder(), coll, out, batch_size=batch_size,
+    accept = (lambda e: previous.check_model(e.name, e.fingerprint, checkpoint)) if previous is not None else None
+    model_slot = OnDemand(encoder or (lambda: open_encoder(model, checkpoint, device)), accept)
+    # an --update with nothing new loads no model; a first extraction opens it at once
+    result = extract(model_slot if previous is not None else model_slot.get(), coll, out, batch_size=batch_size,
                      num_workers=num_workers, quiet=quiet, max_pixels=max_pixels, checkpoint=checkpoint,
                      previous=previous, exact_decode=exact_decode)
     if previous is None:   # counted among the images read: a skipped file is reported as skipped, not as a photo
-        _warn_demo_model_on_photos(get_encoder(), [image["path"] for image in result.manifest.images])
+        _warn_demo_model_on_photos(model_slot.get(), [image["path"] for image in result.manifest.images])
     if rules is not None and find_rules(rules) is not None:
         table = load_rules(rules)
         fingerprint = result.manifest.model.fingerprint
         cache = store.load_expansion_cache(out, fingerprint, table.sha256)   # this folder's, else the shared one
         if cache is None:
-            cache = build_expansion_cache(get_encoder(), table)
+            cache = build_expansion_cache(model_slot.get(), table)
             _prepare_word_file()
             _keep_expansion_cache(out, cache, fingerprint, table.sha256)
         elif not (Path(out) / store.EXPANSION_CACHE_FILE).is_file():
@@ -120,8 +115,8 @@ def _keep_expansion_cache(folder: str | os.PathLike, cache: tuple[list[str], np.
 
 def _warn_demo_model_on_photos(encoder: Encoder, images: list[str]) -> None:
     """Once per run: the bundled demo models were trained on generated drawings only."""
-    from .demo_data import is_demo_drawing
-    from .encoders.catalog import BUNDLED
+    from .collection.generated import is_demo_drawing
+    from .models.catalog import BUNDLED
 
     if encoder.name not in BUNDLED:
         return
@@ -142,7 +137,7 @@ def encoder_for(manifest: store.Manifest, checkpoint: str | None = None, device:
     saved = manifest.model.checkpoint
     if checkpoint is None and saved and Path(saved).exists():
         checkpoint = saved
-    return load_for_cpu(name, checkpoint, device, manifest.model.fingerprint if checkpoint == saved else None)
+    return open_encoder(name, checkpoint, device, manifest.model.fingerprint if checkpoint == saved else None)
 
 
 def open_searcher(features: str | os.PathLike = "outputs", model: str | None = None,
@@ -352,7 +347,7 @@ def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike
 def _served_metrics(index: backends.VectorIndex, vectors: np.ndarray, matrix: np.ndarray,
                     relevant: list[set[int]], depth: int = 10) -> dict:
     """Top-``depth`` metrics of the rankings a backend serves, and its overlap with the exact top ``depth``."""
-    from .search import exact_topk
+    from .index.exact import exact_topk
 
     queries = np.asarray(vectors, dtype=np.float32)
     rows, scores = index.search(queries, depth)
@@ -367,71 +362,6 @@ def _served_metrics(index: backends.VectorIndex, vectors: np.ndarray, matrix: np
     out = {"backend": index.name, **{k: metrics[k] for k in ("recall@1", "recall@5", "recall@10", "ndcg@10")}}
     out[f"agreement@{depth}"] = float(np.mean(overlap)) if overlap else 1.0
     return out
-
-
-def _benchmark_collection(workdir: Path, model: str, device: str, quiet: bool) -> tuple[Path, Path]:
-    """The held-out benchmark pictures (seed 2000: training used 1000, the demo data 0) and their features."""
-    from .demo_data import make_collection
-
-    collection = make_collection(workdir / "collection", per_pair=3, seed=2000)
-    out = workdir / "features"
-    extract_features(csv=collection, model=model, out=out, device=device, quiet=quiet, rules=None)
-    return collection, out
-
-
-def demo_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAULT_RULES, device: str = "auto",
-                   quiet: bool = True, fuse: bool = False) -> dict:
-    """The held-out demo benchmark: canonical and paraphrased queries, with and without expansion."""
-    from .demo_data import benchmark_queries
-
-    workdir = Path(workdir)
-    collection, out = _benchmark_collection(workdir, "demo", device, quiet)
-    encoder = encoder_for(store.read_manifest(out), device=device)
-    report = {}
-    for name, rows in benchmark_queries(collection).items():
-        path = ev.write_query_file(workdir / f"{name}.csv", rows, collection.parent)
-        report[name] = evaluate(out, queries=path, rules=rules, compare_expansion=True,
-                                encoder=encoder, fuse=fuse)["text_to_image"]
-    return report
-
-
-BENCHMARK_STAGES = ("original", "substitution", "rendered", "rendered+dict")
-
-
-def stage_expansion(searcher: Searcher, query: str, stage: str) -> Expansion:
-    """The query as one pipeline stage sees it (``BENCHMARK_STAGES``): alone, the first release's
-    one-term substitution, whole-language renderings, or renderings plus the dictionary."""
-    if stage == "original":
-        return searcher.expand(query, expand=False)
-    if stage == "substitution":
-        return searcher.rules.substitute(query, searcher.languages)
-    if stage == "rendered":
-        return searcher.rules.expand(query, searcher.languages)
-    if stage == "rendered+dict":
-        return searcher.rules.expand(query, searcher.languages, dictionary=load_dictionary())
-    raise ValueError(f"unknown stage {stage!r}; use one of {BENCHMARK_STAGES}")
-
-
-def language_benchmark(workdir: str | os.PathLike, rules: str | os.PathLike = DEFAULT_RULES, device: str = "auto",
-                       quiet: bool = True, model: str = "demo-en") -> dict:
-    """Chinese queries on an English-only model: ``{set: {stage: metrics}}`` (see ``language_benchmark_queries``).
-
-    Every stage is scored on the same held-out pictures, so the stages differ only in what is pooled.
-    """
-    from .demo_data import language_benchmark_queries
-
-    workdir = Path(workdir)
-    collection, out = _benchmark_collection(workdir, model, device, quiet)
-    feats = store.load(out, with_text=False)
-    searcher = Searcher(feats, encoder_for(feats.manifest, device=device), load_rules(rules))
-    report: dict = {}
-    for name, rows in language_benchmark_queries(collection).items():
-        qs = ev.file_queries(ev.write_query_file(workdir / f"{name}.csv", rows, collection.parent), feats.manifest)
-        report[name] = {}
-        for stage in BENCHMARK_STAGES:
-            vectors = searcher.pooled([stage_expansion(searcher, q, stage) for q in qs.queries])
-            report[name][stage] = ev.text_to_image(vectors, feats.image_features, qs.relevant)
-    return report
 
 
 def build_index(features: str | os.PathLike = "outputs", backend: str = "faiss", quiet: bool = True,
@@ -450,10 +380,10 @@ def classifier_encoder(model: str | None = None, checkpoint: str | None = None,
                        features: str | os.PathLike | None = None, device: str = "auto") -> Encoder:
     """The model named, else the one that built ``features`` (when there are some), else the default."""
     if model:
-        return load_for_cpu(model, checkpoint, device)
+        return open_encoder(model, checkpoint, device)
     if features is not None and (Path(features) / store.MANIFEST_FILE).is_file():
         return encoder_for(store.read_manifest(features), checkpoint, device)
-    return load_for_cpu(DEFAULT_MODEL, checkpoint, device)
+    return open_encoder(DEFAULT_MODEL, checkpoint, device)
 
 
 def classify(images: list[str | os.PathLike], labels: str | list[str], encoder: Encoder,

@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import InputError, UserError
+from .core.errors import InputError, UserError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
 EXIT_PARTIAL = EXIT_DIFFERENT   # some inputs failed (listed), the others were done
@@ -71,7 +71,7 @@ def _features_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _rules_arg(p: argparse.ArgumentParser, what: str) -> None:
-    from .expansion import DEFAULT_RULES
+    from .query.expansion import DEFAULT_RULES
 
     p.add_argument("--rules", default=str(DEFAULT_RULES),
                    help=f"{what} (default: {DEFAULT_RULES} in the working folder; where there is none, "
@@ -94,7 +94,7 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .encoders.catalog import DEFAULT_MODEL, model_name_help, trainable_families
+    from .models.catalog import DEFAULT_MODEL, model_name_help, trainable_families
 
     parser = _Parser(prog="clip-retrieval", description="以中文短查询检索图片 / Search images with short Chinese queries.",
                      epilog=FIRST_STEPS, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from . import api
-    from .dataset import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+    from .collection.dataset import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
     result = api.extract_features(csv=args.csv, images=args.images, model=args.model, checkpoint=args.checkpoint,
                                   out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -449,7 +449,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from . import api, searchlog
+    from . import api
+    from .logs import searchlog
 
     outcomes = api.replay_log(args.log, features=args.features, device=args.device)
     for o in outcomes:
@@ -471,7 +472,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from . import logreview, searchlog
+    from .logs import review as logreview, searchlog
 
     if args.what == "stats":
         if args.chunk_size < 1:
@@ -539,12 +540,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--per-query 不能与 --benchmark 同用 / --per-query works on --features (its captions or --queries), "
                         "not with --benchmark")
     if args.benchmark:
+        from .demo import benchmark
+
         with tempfile.TemporaryDirectory(prefix="clip_retrieval_bench_") as work:
             if args.benchmark == "demo-en":
-                report = api.language_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet)
+                report = benchmark.language_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet)
             else:
-                report = api.demo_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet,
-                                            fuse=args.fuse)
+                report = benchmark.demo_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet,
+                                                  fuse=args.fuse)
         report = {name: {mode: {k: m[k] for k in ("recall@1", "recall@5", "recall@10", "map", "ndcg@10")}
                          for mode, m in modes.items()} for name, modes in report.items()}
         if args.json:
@@ -615,7 +618,7 @@ def _size(row: dict) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .encoders.catalog import SOURCES, catalogue, families_help
+    from .models.catalog import SOURCES, catalogue, families_help
 
     rows = catalogue()
     if args.json:

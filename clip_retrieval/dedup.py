@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from .core.errors import InputError
 
 MAX_SCORES = 1 << 25          # similarities held at once by the exact join (128 MB of float32)
 IVF_FROM = 50_000             # images from which the inverted-file search is used (when faiss is there)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .store import Manifest, resolve_path
+from .core.errors import InputError
+from .features.store import Manifest
+from .core.paths import resolve_path
 
 KS = (1, 5, 10)
 
@@ -119,7 +120,7 @@ def file_queries(path: str | os.PathLike, manifest: Manifest) -> QuerySet:
 
 def write_query_file(path: str | os.PathLike, rows: list[tuple[str, str]], root: str | os.PathLike) -> Path:
     """Write ``query,image_path`` rows in the format ``file_queries`` reads (image paths made absolute under ``root``)."""
-    from .store import write_atomic
+    from .core.files import write_atomic
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
@@ -177,7 +178,7 @@ def write_per_query(rows: list[dict], path: str | os.PathLike) -> None:
     """The per-query table as CSV (UTF-8 with BOM for spreadsheet programs), written atomically."""
     import pandas as pd
 
-    from .store import write_atomic
+    from .core.files import write_atomic
 
     frame = pd.DataFrame(rows, columns=list(PER_QUERY_COLUMNS))
     for column in ("rank_no_expansion", "rank_expansion"):

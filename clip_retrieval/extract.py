@@ -18,18 +18,19 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from . import store
-from .dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images
-from .errors import InputError
-from .hashing import sha256_file
+from .features import store
+from .collection.dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images
+from .core.errors import InputError
+from .core.hashing import sha256_file
+from .models.encoder import OnDemand
 
 if TYPE_CHECKING:
-    from .encoders.base import Encoder
+    from .models import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
     dataset = ImageFiles(paths, encoder.preprocess, None if exact_decode else encoder.image_size, max_pixels)
     workers = default_workers() if num_workers is None else num_workers
     encoder.prefetch("visual")      # an ONNX session opens while the first batch decodes
-    if getattr(encoder, "runtime", "torch") == "onnxruntime":
+    if encoder.runtime == "onnxruntime":
         batches = _batches_in_threads(dataset, batch_size, workers)
     else:
         batches = _batches_in_processes(dataset, batch_size, workers, encoder.device.type == "cuda")
@@ -139,48 +140,36 @@ def _reusable(coll: Collection, paths: list[Path], stats: list[os.stat_result],
     return reuse
 
 
-class _EncoderOnDemand:
-    """The encoder, loaded the first time something needs encoding (``--update`` with nothing new loads none)."""
-
-    def __init__(self, encoder: Encoder | Callable[[], Encoder], previous: store.FeatureStore | None):
-        self._encoder = encoder if hasattr(encoder, "encode_texts") else None
-        self._load = None if self._encoder is not None else encoder
-        self._previous = previous
-
-    def get(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = self._load()
-        return self._encoder
-
-    def model_info(self, checkpoint: str | None) -> store.ModelInfo:
-        """The manifest's model: from the encoder, or carried over when nothing needed one."""
-        saved = str(Path(checkpoint).resolve()) if checkpoint else None
-        enc = self._encoder
-        if enc is None:
-            old = self._previous.manifest.model
-            return store.ModelInfo(name=old.name, fingerprint=old.fingerprint, dim=old.dim,
-                                   languages=list(old.languages), checkpoint=saved)
-        return store.ModelInfo(name=enc.name, fingerprint=enc.fingerprint, dim=enc.dim,
-                               languages=sorted(enc.languages), checkpoint=saved)
-
-    def environment(self) -> dict:
-        enc: Any = self._encoder
-        if enc is None:
-            return dict(self._previous.manifest.environment or {}, python=platform.python_version())
-        runtime = getattr(enc, "runtime", "torch")
-        version = getattr(sys.modules.get(runtime), "__version__", "?")
-        return {"runtime": f"{runtime} {version}", "python": platform.python_version(), "device": str(enc.device)}
+def _model_info(model: OnDemand, previous: store.FeatureStore | None, checkpoint: str | None) -> store.ModelInfo:
+    """The manifest's model: from the encoder, or carried over when nothing needed one."""
+    saved = str(Path(checkpoint).resolve()) if checkpoint else None
+    enc = model.loaded
+    if enc is None:
+        old = previous.manifest.model
+        return store.ModelInfo(name=old.name, fingerprint=old.fingerprint, dim=old.dim,
+                               languages=list(old.languages), checkpoint=saved)
+    return store.ModelInfo(name=enc.name, fingerprint=enc.fingerprint, dim=enc.dim,
+                           languages=sorted(enc.languages), checkpoint=saved)
 
 
-def extract(encoder: Encoder | Callable[[], Encoder], coll: Collection, out: str | os.PathLike, batch_size: int = 32,
+def _environment(model: OnDemand, previous: store.FeatureStore | None) -> dict:
+    """What ran the model (runtime and version, device), for the manifest; carried over when none ran."""
+    enc = model.loaded
+    if enc is None:
+        return dict(previous.manifest.environment or {}, python=platform.python_version())
+    version = getattr(sys.modules.get(enc.runtime), "__version__", "?")
+    return {"runtime": f"{enc.runtime} {version}", "python": platform.python_version(), "device": str(enc.device)}
+
+
+def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLike, batch_size: int = 32,
             num_workers: int | None = None, quiet: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, checkpoint: str | None = None,
             previous: store.FeatureStore | None = None, exact_decode: bool = False) -> ExtractResult:
     """Encode a collection and save features + manifest under ``out`` (atomically).
 
     With ``previous`` (features made by the same model), only new or changed images and
-    new captions are encoded; removed rows are dropped. ``encoder`` may be a function that
-    loads it, called only when something has to be encoded. ``checkpoint`` is recorded so a
+    new captions are encoded; removed rows are dropped. ``encoder`` may be an ``OnDemand``
+    slot, opened only when something has to be encoded. ``checkpoint`` is recorded so a
     later search loads the same local weights by itself. The decoding mode (draft or
     exact, see ``encode_images``) is recorded too; ``previous`` image vectors made in the
     other mode are not reused.
@@ -193,14 +182,13 @@ def extract(encoder: Encoder | Callable[[], Encoder], coll: Collection, out: str
     same_decode = previous is not None and previous.manifest.image_decode == decode
     reuse = _reusable(coll, paths, stats, previous) if same_decode else {}
     todo = [i for i in range(len(paths)) if i not in reuse]
-    model = _EncoderOnDemand(encoder if previous is not None or hasattr(encoder, "encode_texts") else encoder(),
-                             previous)
+    model = encoder if isinstance(encoder, OnDemand) else OnDemand(encoder)
     if todo:
         new_feats, new_kept, new_hashes, new_skipped = encode_images(
             model.get(), [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels, exact_decode)
     else:
         new_feats, new_kept, new_hashes, new_skipped = None, np.zeros(0, dtype=bool), [], []
-    dim = model.model_info(checkpoint).dim
+    dim = _model_info(model, previous, checkpoint).dim
     all_feats = np.zeros((len(paths), dim), dtype=np.float32)
     hashes = [""] * len(paths)
     kept_mask = np.zeros(len(paths), dtype=bool)
@@ -238,10 +226,10 @@ def extract(encoder: Encoder | Callable[[], Encoder], coll: Collection, out: str
         source["csv_sha256"] = sha256_file(source["csv"])
         source["csv"] = str(Path(source["csv"]).resolve())
     manifest = store.Manifest(
-        model=model.model_info(checkpoint),
+        model=_model_info(model, previous, checkpoint),
         source=source, root=coll.root, images=images, captions=caption_entries, skipped=skipped_entries,
         image_decode=decode,
-        environment=model.environment())
+        environment=_environment(model, previous))
     written = store.save(out, image_feats, text_feats, manifest)
     return ExtractResult(manifest=written, skipped=skipped_entries, encoded_images=int(new_kept.sum()),
                          reused_images=len(reuse), encoded_captions=encoded_captions)
@@ -258,7 +246,7 @@ def _skipped_entry(path: str, row: int, reason: str, sha256: str | None = None) 
     return entry
 
 
-def _caption_features(model: _EncoderOnDemand, captions: list[str], previous: store.FeatureStore | None,
+def _caption_features(model: OnDemand, captions: list[str], previous: store.FeatureStore | None,
                       quiet: bool, dim: int) -> tuple[np.ndarray, int]:
     """Caption vectors, reusing ``previous`` ones for identical texts; returns (features, how many encoded)."""
     known: dict[str, int] = {}

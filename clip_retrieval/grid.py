@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import UserError
-from .store import write_atomic
+from .core.errors import UserError
+from .core.files import write_atomic
 
 THUMB = 200
 CJK_FONT_FILES = (
@@ -72,7 +72,7 @@ def _bitmap(font: ImageFont.FreeTypeFont, ch: str) -> bytes:
 
 def _thumb(path: str) -> Image.Image:
     """The picture centred on a white square tile."""
-    from .dataset import thumbnail
+    from .collection.dataset import thumbnail
 
     img = thumbnail(path, THUMB)
     tile = Image.new("RGB", (THUMB, THUMB), (255, 255, 255))

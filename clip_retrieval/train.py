@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .dataset import open_image, read_captions
-from .errors import InputError
+from .collection.dataset import open_image, read_captions
+from .core.errors import InputError
 from .evaluate import retrieval_metrics
-from .store import write_atomic, write_dir_atomic
+from .core.files import write_atomic, write_dir_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ def _model_for(model_name: str | None, checkpoint: str | None, arch: str | None,
     """
     import open_clip
 
-    from .encoders import load_encoder, parse_model_name
-    from .encoders.catalog import BUNDLED, FAMILIES, trainable_families
-    from .encoders.openclip import arch_config, build_model
+    from .models import load_encoder, parse_model_name
+    from .models.catalog import BUNDLED, FAMILIES, trainable_families
+    from .models.openclip import arch_config, build_model
 
     if arch:
         cfg = arch_config(arch)
@@ -121,7 +121,7 @@ def train(csv: str | os.PathLike, out: str | os.PathLike, model: str | None = No
     """
     from open_clip.loss import ClipLoss
 
-    from .encoders.openclip import save_checkpoint_dir, text_encoder_fn
+    from .models.openclip import save_checkpoint_dir, text_encoder_fn
 
     if bool(model) == bool(arch):
         raise InputError("--model 和 --arch 只能选一个 / give exactly one of --model (fine-tune) or --arch (train from scratch)")
@@ -222,26 +222,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-DEMO_SEED = 1000
-DEMO_ARCH = "demo-small"
-
-
-def build_demo_model(out: str | os.PathLike, workdir: str | os.PathLike, per_pair: int = 100, epochs: int = 12,
-                     batch_size: int = 128, quiet: bool = False, english_only: bool = False) -> TrainResult:
-    """Generate the training pictures (seed 1000, never the demo data's seed 0) and train the demo model.
-
-    The best checkpoint is copied to ``out`` (the package's ``models/demo`` folder).
-    ``english_only`` trains ``demo-en`` instead: English captions only, so the model reads no
-    Chinese and a Chinese query reaches it only through the expansion table and dictionary.
-    """
-    from .demo_data import make_collection
-
-    seed_everything(DEMO_SEED)
-    csv = make_collection(Path(workdir) / "data", per_pair=per_pair, seed=DEMO_SEED, english=True,
-                          chinese=not english_only)
-    result = train(csv, Path(workdir) / "run", arch=DEMO_ARCH, epochs=epochs, batch_size=batch_size,
-                   seed=DEMO_SEED, quiet=quiet, val_fraction=0.05, languages=["en"] if english_only else None)
-    write_dir_atomic(out, lambda tmp: shutil.copytree(result.best, tmp, dirs_exist_ok=True))
-    return result

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 from . import api
-from .dataset import DEFAULT_MAX_PIXELS, open_user_image, thumbnail
-from .errors import UserError
-from .expansion import DEFAULT_RULES
-from .store import write_atomic
+from .collection.dataset import DEFAULT_MAX_PIXELS, open_user_image, thumbnail
+from .core.errors import UserError
+from .query.expansion import DEFAULT_RULES
+from .core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _history_tab(page: Page) -> None:
     """The 日志 / History tab: the latest searches as the ``log --html`` report shows them (thumbnails inline)."""
     import gradio as gr
 
-    from . import logreview, searchlog
+    from .logs import review as logreview, searchlog
 
     def latest(last: float) -> str:
         log_file = Path(page.searcher.store.folder) / searchlog.JSON_LOG

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .dataset import open_user_image
-from .errors import InputError, UserError
-from .expansion import Expansion, Phrase, RuleTable
+from .collection.dataset import open_user_image
+from .core.errors import InputError, UserError
+from .query.expansion import Expansion, Phrase, RuleTable
 from .search import pool_each
 
 if TYPE_CHECKING:
-    from .encoders.base import Encoder
+    from .models import Encoder
 
 
 def parse_labels(labels: str | list[str]) -> list[str]:

@@ -9,8 +9,8 @@ import argparse
 import sys
 import tempfile
 
-from clip_retrieval.encoders import BUNDLED, DEMO_EN_MODEL, DEMO_MODEL
-from clip_retrieval.train import build_demo_model
+from clip_retrieval.models import BUNDLED, DEMO_EN_MODEL, DEMO_MODEL
+from clip_retrieval.demo.model import build_demo_model
 
 # (pictures per subject and scene, epochs, batch size) that made each committed model
 SETTINGS = {DEMO_MODEL: (100, 12, 128), DEMO_EN_MODEL: (50, 10, 64)}

@@ -137,7 +137,7 @@ def use_it(python: Path, work: Path) -> dict:
     if not where.startswith(str(work / "venv")):
         raise WheelCheckError(f"the fresh environment imported clip_retrieval from {where}, not from the wheel")
     models = json.loads(_run([*cli, "models", "--json"], run, env))
-    _run([str(python), "-c", "from clip_retrieval.encoders.openclip import arch_config; arch_config('demo-small')"],
+    _run([str(python), "-c", "from clip_retrieval.models.openclip import arch_config; arch_config('demo-small')"],
          run, env)
     _run([*cli, "extract", "--csv", "photos/captions.csv", "--model", "demo", "--out", "features", "--quiet",
           "--num-workers", "1"], run, env)

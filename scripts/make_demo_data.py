@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from clip_retrieval.demo_data import make_collection
+from clip_retrieval.collection.generated import make_collection
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Regenerate the bundled demo collection.")

@@ -50,7 +50,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_open_clip(tmp_path_factory) -> Path:
     """A local-dir open_clip checkpoint (config + safetensors) with seeded random weights."""
-    from clip_retrieval.encoders.openclip import build_model, save_checkpoint_dir
+    from clip_retrieval.models.openclip import build_model, save_checkpoint_dir
 
     folder = tmp_path_factory.mktemp("tiny_open_clip")
     return save_checkpoint_dir(build_model(TINY_OPEN_CLIP, seed=0), TINY_OPEN_CLIP, folder, languages=["zh", "en"])
@@ -59,7 +59,7 @@ def tiny_open_clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cn_clip(tmp_path_factory) -> Path:
     """A Chinese-CLIP .pt checkpoint carrying its own small architecture."""
-    from clip_retrieval.encoders.cnclip import build_model
+    from clip_retrieval.models.cnclip import build_model
 
     torch.manual_seed(0)
     model = build_model(TINY_CN_CLIP)
@@ -71,7 +71,7 @@ def tiny_cn_clip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_collection(tmp_path_factory) -> Path:
     """32 generated images (8 subjects x 4 scenes) with Chinese captions; returns captions.csv."""
-    from clip_retrieval.demo_data import make_collection
+    from clip_retrieval.collection.generated import make_collection
 
     return make_collection(tmp_path_factory.mktemp("collection"), per_pair=1, seed=7, size=64)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ..errors import InputError
+from ..core.errors import InputError
 from .base import INDEX_CONFIG, VectorIndex, Where, read_config, write_config  # noqa: F401  (public API)
 
 if TYPE_CHECKING:
-    from ..store import FeatureStore
+    from ..features.store import FeatureStore
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import FeatureStoreError, InputError
+from ..core.errors import FeatureStoreError, InputError
 
 if TYPE_CHECKING:  # numpy and the store (torch) load on use: the CLI parser reads this package for its help
     import numpy as np
 
-    from ..store import FeatureStore
+    from ..features.store import FeatureStore
 
 INDEX_CONFIG = "index.json"
 
@@ -150,7 +150,7 @@ def read_config(folder: str | os.PathLike) -> dict | None:
 
 def write_config(folder: str | os.PathLike, config: dict) -> None:
     """Write ``index.json`` atomically (never an API key: backends name the variable holding it)."""
-    from ..store import write_atomic
+    from ..core.files import write_atomic
 
     path = Path(folder) / INDEX_CONFIG
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(config, ensure_ascii=False, indent=1), encoding="utf-8"))

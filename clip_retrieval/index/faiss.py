@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..store import FeatureStore, write_atomic
+from ..core.errors import InputError
+from ..features.store import FeatureStore
+from ..core.files import write_atomic
 from .base import RowMask, Where, padded
 
 log = logging.getLogger(__name__)

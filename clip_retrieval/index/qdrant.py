@@ -23,13 +23,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import InputError, ModelMismatchError, VectorDatabaseError
+from ..core.errors import InputError, ModelMismatchError, VectorDatabaseError
 from .base import Row, Where, check_positive, padded, rows_of
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..store import FeatureStore
+    from ..features.store import FeatureStore
 
 log = logging.getLogger(__name__)
 

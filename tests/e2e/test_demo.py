@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from clip_retrieval.encoders import BUNDLED, load_encoder
+from clip_retrieval.models import BUNDLED, load_encoder
 
 from tests.conftest import ROOT, run
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from clip_retrieval import searchlog
+from clip_retrieval.logs import searchlog
 from scripts import image_to_text_demo
 
 from tests.conftest import ROOT

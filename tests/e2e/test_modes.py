@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from clip_retrieval import api, searchlog
-from clip_retrieval.errors import InputError
+from clip_retrieval import api
+from clip_retrieval.logs import searchlog
+from clip_retrieval.core.errors import InputError
 
 from tests.conftest import ROOT, RULES
 
@@ -206,7 +207,7 @@ def no_system_font(monkeypatch, tmp_path):
 
 
 def test_bundled_font_draws_common_chinese_without_a_system_font(no_system_font, demo, tmp_path, cli):
-    from clip_retrieval.dataset import read_captions
+    from clip_retrieval.collection.dataset import read_captions
     from scripts.make_font_subset import gb2312_hanzi
 
     grid = no_system_font

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clip_retrieval import api
-from clip_retrieval.encoders import catalog, load_encoder
-from clip_retrieval.errors import ModelUnavailableError
+from clip_retrieval.models import catalog, load_encoder
+from clip_retrieval.core.errors import ModelUnavailableError
 from tests.hub import PUBLISHED, SilentPort, closed_port_url, commit_of, forget, pointed_at, publish
 
 FAIL_FAST_S = 10  # the probe waits 3 s; process-wide imports are already done by then
@@ -125,7 +125,7 @@ def test_hub_answers_as_huggingface_does(local_hub, tiny_tag, empty_caches):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     """Four JPEG photos with Chinese captions (few: full-size models run three times per name on a CPU)."""
-    from clip_retrieval.demo_data import make_collection
+    from clip_retrieval.collection.generated import make_collection
 
     folder = tmp_path_factory.mktemp("photos")
     csv = make_collection(folder, per_pair=1, seed=3, size=96, fmt="jpg")
@@ -135,7 +135,7 @@ def photos(tmp_path_factory) -> Path:
 
 
 def _rows(csv: Path) -> tuple[list[Path], list[str]]:
-    from clip_retrieval.dataset import read_captions
+    from clip_retrieval.collection.dataset import read_captions
 
     coll = read_captions(csv)
     return [coll.resolve(p) for p in coll.images], list(coll.captions)
@@ -170,7 +170,7 @@ def _upstream(published, paths: list[Path], captions: list[str], clip_cache: Pat
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_documented_name_downloads_searches_equals_upstream_and_reloads_offline(
         name, local_hub, hub_files, empty_caches, photos, tmp_path, monkeypatch):
-    from clip_retrieval import store
+    from clip_retrieval.features import store
 
     published = PUBLISHED[name]
     weights = publish(local_hub, published, hub_files)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from clip_retrieval import api, searchlog
+from clip_retrieval import api
+from clip_retrieval.logs import searchlog
 
 from tests.conftest import ROOT
 

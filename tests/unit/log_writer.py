@@ -6,7 +6,7 @@ which keeps the test about the lock, not about interpreter start-up.
 
 from __future__ import annotations
 
-from clip_retrieval import searchlog
+from clip_retrieval.logs import searchlog
 
 RECORD = {"time": "2026-01-01T00:00:00+08:00", "mode": "text", "query": "q", "expand": True, "expansions": [],
           "k": 1, "model": "m", "model_fingerprint": "f", "features_dir": ".", "features_fingerprint": "x",

@@ -8,8 +8,8 @@ import os
 import pytest
 
 from clip_retrieval.cli import build_parser, main
-from clip_retrieval.encoders import catalog, parse_model_name
-from clip_retrieval.errors import InputError
+from clip_retrieval.models import catalog, parse_model_name
+from clip_retrieval.core.errors import InputError
 
 OPEN_CLIP = [m for m in catalog.MODELS.values() if m.family == "open_clip"]
 CN_CLIP = [m for m in catalog.MODELS.values() if m.family == "cn_clip"]

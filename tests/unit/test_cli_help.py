@@ -56,7 +56,7 @@ def test_search_takes_the_query_as_its_argument_as_people_type_it(tiny_features,
 
 
 def test_extract_images_help_names_every_type_the_scan_reads():
-    from clip_retrieval.dataset import IMAGE_EXTENSIONS
+    from clip_retrieval.collection.dataset import IMAGE_EXTENSIONS
 
     images = next(a for a in _subcommands(build_parser())["extract"]._actions if a.dest == "images")
     for suffix in IMAGE_EXTENSIONS:

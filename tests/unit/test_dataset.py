@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_retrieval.dataset import BROKEN_LINK, open_image, read_captions, scan_images
-from clip_retrieval.errors import InputError
+from clip_retrieval.collection.dataset import BROKEN_LINK, open_image, read_captions, scan_images
+from clip_retrieval.core.errors import InputError
 
 
 def _img(path: Path, colour=(200, 30, 30), size=(16, 12)) -> Path:
@@ -213,8 +213,8 @@ def test_jpeg_draft_mode_decodes_smaller_but_enough():
 
 
 def test_a_users_image_file_gets_one_clear_error(tmp_path):
-    from clip_retrieval.dataset import open_user_image
-    from clip_retrieval.errors import InputError
+    from clip_retrieval.collection.dataset import open_user_image
+    from clip_retrieval.core.errors import InputError
 
     with pytest.raises(InputError, match=r"^无法读取图片 / query image not readable: .*gone.png \("):
         open_user_image(tmp_path / "gone.png", what="query image")

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_retrieval import api, store
+from clip_retrieval import api
+from clip_retrieval.features import store
 from clip_retrieval.cli import main
-from clip_retrieval.dataset import ImageFiles
-from clip_retrieval.encoders import load_encoder
+from clip_retrieval.collection.dataset import ImageFiles
+from clip_retrieval.models import load_encoder
 
 N = 3
 

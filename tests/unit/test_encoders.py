@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clip_retrieval.encoders import load_encoder, parse_model_name, select_device
-from clip_retrieval.errors import InputError, ModelUnavailableError
+from clip_retrieval.models import load_encoder, parse_model_name, select_device
+from clip_retrieval.core.errors import InputError, ModelUnavailableError
 
 TEXTS = ["草地上的金毛", "a grey cat at the beach", "小猪", "一只在雪地里奔跑的哈士奇，旁边还有一辆红色汽车"]
 
@@ -44,7 +44,7 @@ def test_open_clip_wrapper_matches_library(tiny_open_clip):
 def test_cn_clip_wrapper_matches_library(tiny_cn_clip):
     from cn_clip.clip import tokenize
 
-    from clip_retrieval.encoders.cnclip import build_model
+    from clip_retrieval.models.cnclip import build_model
 
     encoder = load_encoder("cn_clip:tiny", str(tiny_cn_clip), "cpu")
     checkpoint = torch.load(tiny_cn_clip, weights_only=True)
@@ -67,7 +67,7 @@ def test_text_batch_trimming_equals_padded(tiny_open_clip):
 
 
 def test_fingerprint_names_the_weights(tiny_open_clip, tmp_path):
-    from clip_retrieval.encoders.openclip import build_model, save_checkpoint_dir
+    from clip_retrieval.models.openclip import build_model, save_checkpoint_dir
     from tests.conftest import TINY_OPEN_CLIP
 
     first = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
@@ -234,8 +234,8 @@ def test_languages_and_tokenizer_language_come_from_the_text_tower_config():
     catalogue, and only NLLB towers get a source-language code (zho_Hans)."""
     import open_clip
 
-    from clip_retrieval.encoders import catalog
-    from clip_retrieval.encoders.openclip import languages_of, source_language
+    from clip_retrieval.models import catalog
+    from clip_retrieval.models.openclip import languages_of, source_language
 
     names = [m for m in catalog.MODELS.values() if m.family == "open_clip"]
     assert names
@@ -253,7 +253,7 @@ def test_nllb_tokenizer_marks_texts_as_simplified_chinese(tmp_path):
     """open_clip's set_language does not stick under transformers 5; ours must put zho_Hans first."""
     import open_clip
 
-    from clip_retrieval.encoders.openclip import NLLB_CHINESE, set_source_language
+    from clip_retrieval.models.openclip import NLLB_CHINESE, set_source_language
     from tests.hub import build_text_repo
 
     files = build_text_repo("facebook/nllb-200-distilled-600M", tmp_path)

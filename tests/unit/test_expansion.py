@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clip_retrieval.errors import InputError
-from clip_retrieval.expansion import load_rules, parse_rules
+from clip_retrieval.core.errors import InputError
+from clip_retrieval.query.expansion import load_rules, parse_rules
 
 from tests.conftest import ROOT
 

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_retrieval import api, store
+from clip_retrieval import api
+from clip_retrieval.features import store
 from clip_retrieval.index import faiss as ann
-from clip_retrieval.search import Searcher, exact_topk
+from clip_retrieval.search import Searcher
+from clip_retrieval.index.exact import exact_topk
 
 from tests.conftest import ROOT, TINY_OPEN_CLIP
 
@@ -34,7 +36,7 @@ def test_cache_hit_needs_no_text_encoding(small_collection, tiny_open_clip, tmp_
         return api.encoder_for(store.read_manifest(tmp_path), device="cpu")
 
     feats = store.load(tmp_path, with_text=False)
-    from clip_retrieval.expansion import load_rules
+    from clip_retrieval.query.expansion import load_rules
     table = load_rules(RULES)
     cached = store.load_expansion_cache(tmp_path, feats.model_fingerprint, table.sha256)
     searcher = Searcher(feats, load, table, cache=cached)
@@ -51,14 +53,14 @@ def test_cache_hit_needs_no_text_encoding(small_collection, tiny_open_clip, tmp_
 
 
 def test_cache_invalidated_when_rules_or_model_change(small_collection, tiny_open_clip, tmp_path):
-    from clip_retrieval.encoders.openclip import build_model, save_checkpoint_dir
+    from clip_retrieval.models.openclip import build_model, save_checkpoint_dir
 
     rules = tmp_path / "rules.yaml"
     shutil.copy(RULES, rules)
     out = tmp_path / "f"
     _extract(small_collection, tiny_open_clip, out, rules=rules)
     feats = store.load(out)
-    from clip_retrieval.expansion import load_rules
+    from clip_retrieval.query.expansion import load_rules
     sha = load_rules(rules).sha256
     assert store.load_expansion_cache(out, feats.model_fingerprint, sha) is not None
     rules.write_text(rules.read_text(encoding="utf-8").replace("golden retriever dog", "golden dog"), encoding="utf-8")
@@ -151,7 +153,7 @@ def test_expansion_cache_that_does_not_fit_warns_and_searches_still_work(small_c
 
     from clip_retrieval import cli
 
-    from clip_retrieval.runtime import ptfile
+    from clip_retrieval.core import ptfile
 
     real_write = ptfile.write
 
@@ -177,13 +179,13 @@ def test_expansion_cache_that_does_not_fit_warns_and_searches_still_work(small_c
 
 
 def test_caption_progress_counts_captions_not_distinct_texts(tiny_open_clip, capsys):
-    from clip_retrieval.encoders import load_encoder
+    from clip_retrieval.models import load_encoder
     from clip_retrieval.extract import _caption_features
 
     encoder = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
-    from clip_retrieval.extract import _EncoderOnDemand
+    from clip_retrieval.models import OnDemand
 
-    feats, encoded = _caption_features(_EncoderOnDemand(encoder, None), ["金毛", "灰猫", "金毛", "金毛", "小猪"], None,
+    feats, encoded = _caption_features(OnDemand(encoder), ["金毛", "灰猫", "金毛", "金毛", "小猪"], None,
                                        quiet=False, dim=encoder.dim)
     assert feats.shape[0] == 5 and encoded == 3
     assert "5/5" in capsys.readouterr().err

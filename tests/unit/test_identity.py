@@ -9,8 +9,9 @@ import shutil
 
 import pytest
 
-from clip_retrieval import api, cli, store
-from clip_retrieval.errors import ModelMismatchError
+from clip_retrieval import api, cli
+from clip_retrieval.features import store
+from clip_retrieval.core.errors import ModelMismatchError
 from clip_retrieval.search import Searcher
 
 from tests.conftest import ROOT, TINY_OPEN_CLIP
@@ -21,7 +22,7 @@ RULES = ROOT / "rules" / "expansions.yaml"
 @pytest.fixture(scope="module")
 def other_weights(tmp_path_factory):
     """The same tiny architecture with other weights (another seed)."""
-    from clip_retrieval.encoders.openclip import build_model, save_checkpoint_dir
+    from clip_retrieval.models.openclip import build_model, save_checkpoint_dir
 
     folder = tmp_path_factory.mktemp("other_weights")
     return save_checkpoint_dir(build_model(TINY_OPEN_CLIP, seed=5), TINY_OPEN_CLIP, folder, languages=["zh", "en"])
@@ -48,7 +49,7 @@ def test_refused_even_when_the_expansion_cache_could_answer(tiny_features, other
 
 
 def test_evaluation_with_other_weights_is_refused(tiny_features, other_weights):
-    from clip_retrieval.encoders import load_encoder
+    from clip_retrieval.models import load_encoder
 
     other = load_encoder("open_clip:tiny", str(other_weights), device="cpu")
     with pytest.raises(ModelMismatchError, match=other.fingerprint):

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_retrieval import api, cli, store
-from clip_retrieval.errors import ModelMismatchError, VectorDatabaseError
+from clip_retrieval import api, cli
+from clip_retrieval.features import store
+from clip_retrieval.core.errors import ModelMismatchError, VectorDatabaseError
 from clip_retrieval.index import BACKENDS, INDEX_CONFIG, Where, open_index
 from clip_retrieval.index import qdrant as qd
 
@@ -40,7 +41,7 @@ def _extract(csv_path, checkpoint, out, **kw):
 @pytest.fixture(scope="module")
 def foldered(tmp_path_factory, tiny_open_clip):
     """96 images spread over FOLDERS, their captions, and their features: (collection csv, features)."""
-    from clip_retrieval.demo_data import make_collection
+    from clip_retrieval.collection.generated import make_collection
 
     root = tmp_path_factory.mktemp("foldered")
     made = make_collection(root / "made", per_pair=3, seed=3, size=64)

@@ -8,10 +8,9 @@ import json
 import pytest
 
 from clip_retrieval import cli
-from clip_retrieval.dictionary import Dictionary, agreement, load_dictionary, usable_sense
-from clip_retrieval.errors import InputError
-from clip_retrieval.expansion import (_CJK, _LATIN, MAX_RENDERINGS, load_rules, normalize_query, parse_rules,
-                                      script_of)
+from clip_retrieval.query.dictionary import Dictionary, agreement, load_dictionary, usable_sense
+from clip_retrieval.core.errors import InputError
+from clip_retrieval.query.expansion import _CJK, _LATIN, MAX_RENDERINGS, load_rules, normalize_query, parse_rules, script_of
 
 from tests.conftest import ROOT
 

@@ -9,7 +9,8 @@ import shutil
 
 import pytest
 
-from clip_retrieval import api, cli, logreview, searchlog
+from clip_retrieval import api, cli
+from clip_retrieval.logs import review as logreview, searchlog
 
 from tests.conftest import ROOT
 

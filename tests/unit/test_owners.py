@@ -9,9 +9,10 @@ import pytest
 import numpy as np
 import torch
 
-from clip_retrieval import api, evaluate, store
+from clip_retrieval import api, evaluate
+from clip_retrieval.features import store
 from clip_retrieval.dedup import near_duplicate_groups
-from clip_retrieval.errors import InputError
+from clip_retrieval.core.errors import InputError
 from clip_retrieval.search import pool, pool_each
 
 from tests.conftest import ROOT
@@ -67,8 +68,8 @@ def test_pool_each_pools_consecutive_groups():
 
 
 def test_label_vectors_pool_each_labels_prompts(tiny_open_clip):
-    from clip_retrieval.encoders import load_encoder
-    from clip_retrieval.expansion import load_rules
+    from clip_retrieval.models import load_encoder
+    from clip_retrieval.query.expansion import load_rules
     from clip_retrieval.zeroshot import label_vectors
 
     encoder = load_encoder("open_clip:tiny", str(tiny_open_clip), device="cpu")

@@ -14,8 +14,9 @@ from dataclasses import replace
 
 import pytest
 
-from clip_retrieval import api, store
-from clip_retrieval.errors import ModelMismatchError
+from clip_retrieval import api
+from clip_retrieval.features import store
+from clip_retrieval.core.errors import ModelMismatchError
 from clip_retrieval.index import Where, open_index
 from clip_retrieval.index import qdrant as qd
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clip_retrieval import api, cli, searchlog
+from clip_retrieval import api, cli
+from clip_retrieval.logs import searchlog
 
 
 @pytest.fixture()

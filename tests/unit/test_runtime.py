@@ -14,11 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from clip_retrieval import api, store
-from clip_retrieval.encoders import load_encoder
-from clip_retrieval.runtime import onnx
-from clip_retrieval.runtime.tokenizer import ClipTokenizer
-from clip_retrieval.runtime.transform import ImageTransform
+from clip_retrieval import api
+from clip_retrieval.features import store
+from clip_retrieval.core.errors import InputError
+from clip_retrieval.models import factory, load_encoder, onnx, open_encoder
+from clip_retrieval.models.tokenizer import ClipTokenizer
+from clip_retrieval.models.transform import ImageTransform
 
 from tests.conftest import ROOT
 
@@ -32,7 +33,7 @@ def _cosines(a, b) -> np.ndarray:
 
 
 def _rule_texts() -> list[str]:
-    from clip_retrieval.expansion import load_rules
+    from clip_retrieval.query.expansion import load_rules
 
     table = load_rules(RULES)
     return [t for r in table.rules for t in [r.key, *r.aliases, *[p.text for p in r.expansions]]]
@@ -59,7 +60,7 @@ def test_transform_gives_open_clips_pixels():
 
 def test_onnx_path_equals_torch_and_exports_once(tiny_open_clip):
     enc = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
-    lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    lean = open_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
     assert isinstance(lean, onnx.OnnxEncoder) and lean.fingerprint == enc.fingerprint and lean.dim == enc.dim
     assert _cosines(lean.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4
     pixels = torch.randn(3, 3, enc.image_size, enc.image_size, generator=torch.Generator().manual_seed(0))
@@ -68,7 +69,7 @@ def test_onnx_path_equals_torch_and_exports_once(tiny_open_clip):
     assert np.abs(lean.preprocess(img) - enc.preprocess(img).numpy()).max() < 1e-5
     card = onnx.card_dir(enc.fingerprint) / onnx.CARD_FILE
     stamp = card.stat().st_mtime_ns
-    again = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    again = open_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
     assert card.stat().st_mtime_ns == stamp and again.loaded_towers() == []    # no second export, nothing opened
     assert _cosines(again.encode_texts(TEXTS), enc.encode_texts(TEXTS)).min() > 1 - 1e-4   # from *.opt.onnx
 
@@ -80,7 +81,7 @@ def test_threads_asking_at_once_for_a_prefetched_tower_all_get_it(tiny_open_clip
     import threading
     import time
 
-    lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    lean = open_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
     want = lean.encode_texts(TEXTS)
     real = onnx._session
     opened = []
@@ -118,7 +119,7 @@ def test_each_graph_keeps_its_weights_in_one_mappable_file_beside_it(tiny_open_c
     monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache"))
     old = os.umask(0o027)
     try:
-        lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+        lean = open_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
     finally:
         os.umask(old)
     folder = lean.folder
@@ -148,7 +149,7 @@ def test_an_optimised_copy_that_does_not_open_gives_way_to_the_exported_graph(ti
     import onnxruntime
 
     monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache"))
-    lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    lean = open_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
     folder = lean.folder
     assert json.loads((folder / onnx.CARD_FILE).read_text(encoding="utf-8"))["exported_with"]["onnxruntime"] \
         == onnxruntime.__version__
@@ -178,7 +179,7 @@ def test_an_export_of_the_single_file_layout_is_rebuilt(tiny_open_clip, tmp_path
     import onnx as onnx_lib
 
     monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(tmp_path / "cache"))
-    lean = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    lean = open_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
     folder = lean.folder
     for tower in onnx.TOWERS:
         graph = onnx_lib.load(str(folder / f"{tower}.onnx"))
@@ -188,7 +189,7 @@ def test_an_export_of_the_single_file_layout_is_rebuilt(tiny_open_clip, tmp_path
     card = json.loads((folder / onnx.CARD_FILE).read_text(encoding="utf-8"))
     (folder / onnx.CARD_FILE).write_text(json.dumps({**card, "version": 1}), encoding="utf-8")
 
-    again = onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "cpu")
+    again = open_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
     assert json.loads((folder / onnx.CARD_FILE).read_text(encoding="utf-8"))["version"] == onnx.CARD_VERSION
     assert all((folder / f"{t}.opt.data").is_file() and (folder / f"{t}.data").is_file() for t in onnx.TOWERS)
     enc = load_encoder("open_clip:tiny", str(tiny_open_clip), "cpu")
@@ -244,9 +245,37 @@ def test_a_tower_over_two_gib_exports_into_the_same_layout(tmp_path):
 
 
 def test_accelerators_and_the_switch_keep_torch(tiny_open_clip, monkeypatch):
-    assert onnx.wants_torch("cuda") and not onnx.wants_torch("cpu")
+    monkeypatch.setattr(factory, "_torch_accelerator", lambda: "cuda")       # torch says it has CUDA
+    monkeypatch.setattr(factory, "_accelerator_hint", lambda: "NVIDIA driver tools (nvidia-smi)")
+    assert factory.placement("auto") == factory.Placement("torch", "cuda", "torch has cuda")
+    assert factory.placement("cpu").runtime == "onnxruntime"
+    monkeypatch.undo()
     monkeypatch.setenv("CLIP_RETRIEVAL_RUNTIME", "torch")
-    assert not isinstance(onnx.load_for_cpu("open_clip:tiny", str(tiny_open_clip), "auto"), onnx.OnnxEncoder)
+    assert not isinstance(open_encoder("open_clip:tiny", str(tiny_open_clip), "auto"), onnx.OnnxEncoder)
+
+
+def test_driver_tools_without_a_usable_gpu_take_onnx_and_say_why(tiny_open_clip, tmp_path, monkeypatch, caplog):
+    """A stub nvidia-smi on PATH and this machine's torch (no usable CUDA): the fast path, not torch on the CPU."""
+    import torch
+
+    assert not torch.cuda.is_available()
+    stub = tmp_path / "bin" / "nvidia-smi"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CLIP_RETRIEVAL_RUNTIME", raising=False)
+    with caplog.at_level(logging.INFO, logger="clip_retrieval.models.factory"):
+        encoder = open_encoder("open_clip:tiny", str(tiny_open_clip), "auto")
+    assert isinstance(encoder, onnx.OnnxEncoder) and encoder.runtime == "onnxruntime"
+    assert "NVIDIA driver tools (nvidia-smi) found, but torch cannot use an accelerator" in caplog.text
+
+
+def test_asking_for_an_absent_accelerator_is_an_input_error():
+    with pytest.raises(InputError, match="no CUDA device"):
+        factory.placement("cuda")
+    with pytest.raises(InputError, match="unknown device"):
+        factory.placement("tpu")
 
 
 def _tower_spy(monkeypatch) -> list[str]:
@@ -314,7 +343,7 @@ def test_search_imports_no_torch_and_matches_the_torch_path(tiny_features, tmp_p
 @pytest.mark.slow
 def test_vit_b32_architecture_exports_equal_to_torch(tmp_path):
     """The real default architecture (random weights): both towers within 1e-4 cosine of torch."""
-    from clip_retrieval.encoders.openclip import random_encoder
+    from clip_retrieval.models.openclip import random_encoder
 
     enc = random_encoder("ViT-B-32", seed=0)
     onnx.export(enc)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from clip_retrieval import dedup, store
+from clip_retrieval import dedup
+from clip_retrieval.features import store
 
 
 def _planted(n: int, d: int = 64, pairs: int = 150, seed: int = 0) -> torch.Tensor:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from clip_retrieval import api
-from clip_retrieval.errors import InputError, ModelMismatchError
-from clip_retrieval.search import MAX_QUERY_CHARS, exact_topk, pool
+from clip_retrieval.core.errors import InputError, ModelMismatchError
+from clip_retrieval.search import MAX_QUERY_CHARS, pool
+from clip_retrieval.index.exact import exact_topk
 
 from tests.conftest import ROOT
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 
-from clip_retrieval import api, searchlog
+from clip_retrieval import api
+from clip_retrieval.logs import searchlog
 
 from tests.conftest import ROOT
 from tests.unit.log_writer import write_records
@@ -54,7 +55,7 @@ def test_replay_identical_then_reports_what_changed(tiny_features, tmp_path):
 
 def test_replay_against_other_features_names_the_change(tiny_features, small_collection, tmp_path):
     from tests.conftest import TINY_OPEN_CLIP
-    from clip_retrieval.encoders.openclip import build_model, save_checkpoint_dir
+    from clip_retrieval.models.openclip import build_model, save_checkpoint_dir
 
     other_model = save_checkpoint_dir(build_model(TINY_OPEN_CLIP, seed=3), TINY_OPEN_CLIP, tmp_path / "m2")
     other = tmp_path / "other"

@@ -15,10 +15,10 @@ from pathlib import Path
 import jieba
 import pytest
 
-from clip_retrieval import dictionary
-from clip_retrieval.dictionary import Dictionary, load_dictionary, read_jieba, words_file
-from clip_retrieval.expansion import load_rules
-from clip_retrieval.segmentation import USER_WORD_FREQ, Segmenter
+from clip_retrieval.query import dictionary
+from clip_retrieval.query.dictionary import Dictionary, load_dictionary, read_jieba, words_file
+from clip_retrieval.query.expansion import load_rules
+from clip_retrieval.query.segmentation import USER_WORD_FREQ, Segmenter
 
 ROOT = Path(__file__).resolve().parents[2]
 QUERIES = ["草地上的金毛", "窗边的台灯", "桌上的咖啡杯", "一只在雪地里奔跑的哈士奇", "夕阳下的海边 散步的人",
@@ -140,7 +140,7 @@ def test_a_cache_that_cannot_be_written_still_answers_and_says_how_to_fix_it(tmp
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder should be")
     monkeypatch.setenv("CLIP_RETRIEVAL_CACHE", str(blocked))
-    with caplog.at_level(logging.WARNING, logger="clip_retrieval.dictionary"):
+    with caplog.at_level(logging.WARNING, logger="clip_retrieval.query.dictionary"):
         first = words_file()
         assert words_file() == first          # built once per process, not per lookup
     assert "CLIP_RETRIEVAL_CACHE" in caplog.text and caplog.text.count("temporary copy") == 1

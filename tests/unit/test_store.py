@@ -16,9 +16,10 @@ import pytest
 import numpy as np
 import torch
 
-from clip_retrieval import store
-from clip_retrieval.runtime import ptfile
-from clip_retrieval.errors import DiskFullError, FeatureStoreError, InputError, ModelMismatchError, NewerFormatError
+from clip_retrieval.core import files
+from clip_retrieval.features import store
+from clip_retrieval.core import ptfile
+from clip_retrieval.core.errors import DiskFullError, FeatureStoreError, InputError, ModelMismatchError, NewerFormatError
 
 
 def _manifest(n: int, source: dict | None = None) -> store.Manifest:
@@ -103,7 +104,7 @@ def test_interrupted_first_write_leaves_nothing(tmp_path, monkeypatch):
 def test_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
     store.save(tmp_path, _feats(3), _feats(3), _manifest(3))
     before = _files(tmp_path)
-    monkeypatch.setattr(store, "_free_bytes", lambda folder: 1000)
+    monkeypatch.setattr(files, "_free_bytes", lambda folder: 1000)
     with pytest.raises(DiskFullError) as err:
         store.save(tmp_path, torch.zeros(5000, 4), torch.zeros(0, 4), _manifest(5000))
     message = str(err.value)
@@ -121,7 +122,7 @@ def test_disk_filling_up_during_the_write_is_named(tmp_path, monkeypatch, failur
     before = _files(tmp_path)
     _fail_nth(monkeypatch, ptfile, "write", 2, failure)
     free = iter([10**9, 300])  # room at the start, nearly nothing once the write failed
-    monkeypatch.setattr(store, "_free_bytes", lambda folder: next(free))
+    monkeypatch.setattr(files, "_free_bytes", lambda folder: next(free))
     with pytest.raises(DiskFullError, match=rf"{tmp_path}.*about \d+"):
         store.save(tmp_path, _feats(4, 9), _feats(4, 9), _manifest(4))
     monkeypatch.undo()
@@ -257,7 +258,7 @@ def test_paths_manifest_and_writer_load_without_torch():
 
     from tests.conftest import ROOT
 
-    code = "import sys, clip_retrieval.store, clip_retrieval.dataset; print('torch' in sys.modules)"
+    code = "import sys, clip_retrieval.features.store, clip_retrieval.collection.dataset; print('torch' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     assert out.stdout.strip() == "False"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from clip_retrieval import api
-from clip_retrieval.demo_data import make_collection
-from clip_retrieval.errors import InputError
+from clip_retrieval.collection.generated import make_collection
+from clip_retrieval.core.errors import InputError
 from clip_retrieval.train import train
 
 from tests.conftest import TINY_OPEN_CLIP

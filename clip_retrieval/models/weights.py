@@ -10,7 +10,6 @@ look in the cache first and probe the host with a short timeout before handing o
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import urllib.error
@@ -19,11 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from filelock import FileLock
-
-from ..errors import ModelUnavailableError
-from ..hashing import sha256_file
-from ..store import write_atomic
+from ..core.errors import ModelUnavailableError
+from ..core.files import read_json_map, remember_in_json_map
+from ..core.hashing import fingerprint, sha256_file
+from ..core.paths import user_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +116,6 @@ def download_failed(model: str, url: str, exc: BaseException) -> ModelUnavailabl
     )
 
 
-def user_cache_dir() -> Path:
-    """The tool's own cache folder (weights fingerprints, the filtered dictionary); CLIP_RETRIEVAL_CACHE moves it."""
-    root = os.environ.get("CLIP_RETRIEVAL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "clip_retrieval")
-    return Path(root)
-
-
 def file_fingerprint(path: str | os.PathLike) -> str:
     """sha256 of a weights file, remembered by (path, size, mtime) so searches stay cheap."""
     path = Path(path).resolve()
@@ -134,27 +125,13 @@ def file_fingerprint(path: str | os.PathLike) -> str:
         for p in files:
             digest.update(p.name.encode())
             digest.update(file_fingerprint(p).encode())
-        return "sha256:" + digest.hexdigest()[:16]
+        return fingerprint(digest.hexdigest())
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache_file = user_cache_dir() / "fingerprints.json"
-    cached: dict[str, str] = {}
-    try:
-        cached = json.loads(cache_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    if key in cached:
-        return cached[key]
-    value = "sha256:" + sha256_file(path)[:16]
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(cache_file) + ".lock", timeout=10):
-            try:
-                cached = json.loads(cache_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                cached = {}
-            cached[key] = value
-            write_atomic(cache_file, lambda tmp: tmp.write_text(json.dumps(cached), encoding="utf-8"))
-    except OSError as exc:
-        log.debug("fingerprint cache not written: %s", exc)
+    cache_file = user_cache_dir("fingerprints.json")
+    cached = read_json_map(cache_file).get(key)
+    if cached:
+        return cached
+    value = fingerprint(sha256_file(path))
+    remember_in_json_map(cache_file, key, value)
     return value

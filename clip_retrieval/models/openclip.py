@@ -1,7 +1,7 @@
 """The open_clip family: ``open_clip:ARCH/PRETRAINED`` or ``open_clip:ARCH`` plus a checkpoint.
 
 Owns turning an open_clip name (or a local checkpoint file / folder) into an
-``Encoder``. Downloads go through open_clip's own code, but only after the cache has
+``TorchEncoder``. Downloads go through open_clip's own code, but only after the cache has
 been checked and the host probed, so an offline machine gets an answer in seconds.
 """
 
@@ -18,9 +18,9 @@ from typing import Callable, TypeVar
 
 import torch
 
-from ..errors import InputError
-from ..runtime.tokenizer import trim_padding
-from .base import Encoder
+from ..core.errors import InputError
+from .tokenizer import trim_padding
+from .torch_encoder import TorchEncoder
 from .weights import download_failed, file_fingerprint, hf_endpoint, hf_file_url, hub_offline, reachable, unavailable
 
 log = logging.getLogger(__name__)
@@ -179,29 +179,34 @@ def _build_with_hub(name: str, model_cfg: dict, build: Callable[[], T]) -> T:
         raise download_failed(name, "; ".join(files), exc) from exc
 
 
+def text_forward(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The text tower of a causal open_clip model over tokens of any width (padding already trimmed).
+
+    The one copy of the forward pass: the torch encoder runs it, and the ONNX export traces it
+    (``onnx._text_module``), so the two runtimes cannot drift apart.
+    """
+    from open_clip.transformer import text_global_pool
+
+    width = tokens.shape[1]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:width].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:width, :width])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection if model.text_projection is not None else x
+
+
 def text_encoder_fn(model: torch.nn.Module):
     """A token encoder that trims padding when the text tower is causal and pools at EOT."""
     from open_clip.model import CLIP
-    from open_clip.transformer import text_global_pool
 
     trimmable = (isinstance(model, CLIP) and getattr(model, "attn_mask", None) is not None
                  and model.text_pool_type in ("argmax", "eos"))
     if not trimmable:
         return lambda tokens: model.encode_text(tokens)
-
-    def encode(tokens: torch.Tensor) -> torch.Tensor:
-        tokens = trim_padding(tokens)
-        width = tokens.shape[1]
-        cast = model.transformer.get_cast_dtype()
-        x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:width].to(cast)
-        x = model.transformer(x, attn_mask=model.attn_mask[:width, :width])
-        x = model.ln_final(x)
-        x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-        if isinstance(model.text_projection, torch.nn.Linear):
-            return model.text_projection(x)
-        return x @ model.text_projection if model.text_projection is not None else x
-
-    return encode
+    return lambda tokens: text_forward(model, trim_padding(tokens))
 
 
 def tag_config(arch: str, tag: str) -> dict:
@@ -257,7 +262,7 @@ def torchscript_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in state.items()}
 
 
-def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str | None = None) -> Encoder:
+def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str | None = None) -> TorchEncoder:
     """Build an open_clip encoder from ``ARCH/TAG``, ``ARCH`` + checkpoint file, or a local-dir folder."""
     import open_clip
 
@@ -312,15 +317,15 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
 
 
 def wrap(model: torch.nn.Module, preprocess, tokenizer, name: str, fingerprint: str, languages: frozenset[str],
-         device: torch.device, dim: int | None = None) -> Encoder:
-    """An ``Encoder`` around an open_clip model and its own tokenizer and transform."""
+         device: torch.device, dim: int | None = None) -> TorchEncoder:
+    """An ``TorchEncoder`` around an open_clip model and its own tokenizer and transform."""
     model.eval()
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
     if dim is None:
         with torch.inference_mode():
             dim = model.encode_text(tokenizer(["a"]).to(device)).shape[-1]
-    return Encoder(
+    return TorchEncoder(
         name=name,
         fingerprint=fingerprint,
         dim=int(dim),
@@ -338,7 +343,7 @@ def wrap(model: torch.nn.Module, preprocess, tokenizer, name: str, fingerprint: 
     )
 
 
-def random_encoder(arch: str = "ViT-B-32", seed: int = 0, device: str = "cpu") -> Encoder:
+def random_encoder(arch: str = "ViT-B-32", seed: int = 0, device: str = "cpu") -> TorchEncoder:
     """A built-in architecture with seeded random weights: same cost as the pretrained one (benchmarks)."""
     import open_clip
 
@@ -346,7 +351,7 @@ def random_encoder(arch: str = "ViT-B-32", seed: int = 0, device: str = "cpu") -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         model, _, preprocess = open_clip.create_model_and_transforms(arch, device=device)
-    from .base import state_dict_fingerprint
+    from .torch_encoder import state_dict_fingerprint
 
     return wrap(model, preprocess, open_clip.get_tokenizer(arch), f"open_clip:{arch}/random-{seed}",
                 state_dict_fingerprint(model), frozenset({"en"}), torch.device(device))
@@ -366,7 +371,7 @@ def save_checkpoint_dir(model: torch.nn.Module, model_cfg: dict, folder: str | o
     """Write ``open_clip_config.json`` + ``open_clip_model.safetensors``: a folder ``--checkpoint`` loads."""
     from safetensors.torch import save_file
 
-    from ..store import write_atomic
+    from ..core.files import write_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,23 +1,26 @@
-"""The one interface every encoder family implements.
+"""The torch runtime of the ``Encoder`` protocol, which every model family builds.
 
-Owns batching, normalisation and the model identity (name + weights fingerprint).
-Families only say how to turn pixels and token ids into raw embeddings; they must
-not read files other than their weights, nor know about stores or search.
+Owns batching, normalisation, autocast on CUDA and the model identity (name + weights
+fingerprint) for torch models. Families (``openclip``, ``cnclip``) only say how to turn
+pixels and token ids into raw embeddings; they must not read files other than their
+weights, nor know about stores or search.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..core.hashing import fingerprint
+
 
 @dataclass
-class Encoder:
-    """A loaded CLIP-style model with its matching tokenizer and image transform.
+class TorchEncoder:
+    """A loaded CLIP-style torch model with its matching tokenizer and image transform.
 
     ``encode_images``/``encode_texts`` return L2-normalised float32 tensors on the CPU,
     so callers never care where the model runs.
@@ -37,6 +40,11 @@ class Encoder:
     _encode_image: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
     _encode_tokens: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
     autocast: bool = False
+    runtime: ClassVar[str] = "torch"
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.fingerprint}"
 
     def prefetch(self, tower: str) -> None:
         """Nothing to open ahead: a torch model loads both towers at once (ONNX towers open on their own)."""
@@ -81,4 +89,4 @@ def state_dict_fingerprint(model: torch.nn.Module) -> str:
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-    return "sha256:" + digest.hexdigest()[:16]
+    return fingerprint(digest.hexdigest())

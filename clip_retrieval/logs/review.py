@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Iterable
 
 from . import searchlog
-from .errors import InputError
-from .store import resolve_path
+from ..core.errors import InputError
+from ..core.paths import resolve_path
 
 MODES = ("text", "image", "image+text")
 CSV_COLUMNS = ("time", "query", "mode", "to", "expansions", "top1_path", "top1_score", "top1_caption", "model",
@@ -96,7 +96,7 @@ def format_line(row: dict) -> str:
 def write_csv(records: list[dict], path: str | os.PathLike,
               outcomes: dict[int, searchlog.ReplayOutcome] | None = None) -> None:
     """The summary table as CSV (UTF-8 with BOM, so spreadsheet programs read the Chinese), written atomically."""
-    from .store import write_atomic
+    from ..core.files import write_atomic
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8-sig", newline="") as fh:
@@ -249,7 +249,7 @@ def result_file(record: dict, hit: dict) -> Path:
 
 def _data_uri(path: Path, size: int = THUMB) -> str:
     """A thumbnail as an inline JPEG (a grey square when the file is gone), so the page needs no other file."""
-    from .dataset import thumbnail
+    from ..collection.dataset import thumbnail
 
     buf = io.BytesIO()
     thumbnail(path, size).convert("RGB").save(buf, format="JPEG", quality=80)
@@ -338,7 +338,7 @@ def searches_html(records: list[dict], outcomes: dict[int, searchlog.ReplayOutco
 def write_html(records: list[dict], path: str | os.PathLike,
                outcomes: dict[int, searchlog.ReplayOutcome] | None = None) -> None:
     """Write the report page atomically."""
-    from .store import write_atomic
+    from ..core.files import write_atomic
 
     page = report_html(records, outcomes)
     write_atomic(Path(path), lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))

@@ -17,9 +17,9 @@ from typing import Callable, Iterable, Iterator
 
 from filelock import FileLock
 
-from . import __version__
-from .errors import InputError, UserError
-from .store import make_output_folder
+from .. import __version__
+from ..core.errors import InputError, UserError
+from ..core.files import make_output_folder
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def _first_existing(logged: str, log_path: str | os.PathLike, found: Callable[[P
 
 def features_folder(record: dict, log_path: str | os.PathLike, override: str | os.PathLike | None = None) -> str:
     """The features folder a record is replayed against: ``override``, else the logged one wherever it is."""
-    from .store import MANIFEST_FILE
+    from ..features.store import MANIFEST_FILE
 
     if override is not None:
         return str(Path(override).resolve())
@@ -302,7 +302,7 @@ def rules_file(record: dict, log_path: str | os.PathLike) -> str | None:
 
 def check_query_image(record: dict) -> None:
     """Refuse (NotReplayable) a record whose query image is gone or is no longer the same file."""
-    from .hashing import sha256_file
+    from ..core.hashing import sha256_file
 
     image = record.get("image")
     if not image:

@@ -1,6 +1,6 @@
 """The Chinese-CLIP family: ``cn_clip:ARCH`` (ViT-B-16, ViT-L-14, RN50, ...).
 
-Owns turning a Chinese-CLIP name or checkpoint into an ``Encoder``. We load the
+Owns turning a Chinese-CLIP name or checkpoint into an ``TorchEncoder``. We load the
 checkpoint ourselves with ``weights_only=True`` (cn_clip's ``load_from_name`` does not)
 and build the model with cn_clip's own ``create_model``. A checkpoint may carry its own
 ``model_info`` (the architecture as a dict), which is how fine-tuned and small models
@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from ..runtime.tokenizer import trim_padding
-from .base import Encoder
-from .weights import (MODELSCOPE_URL, PROBE_TIMEOUT_S, download_failed, file_fingerprint, hf_endpoint, reachable,
-                      unavailable)
+from ..core.errors import InputError
+from .tokenizer import trim_padding
+from .torch_encoder import TorchEncoder
+from .weights import MODELSCOPE_URL, PROBE_TIMEOUT_S, download_failed, file_fingerprint, hf_endpoint, reachable, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def _download_url(url: str, target: Path) -> None:
     """Stream ``url`` to ``target`` with a progress bar; the file appears only when complete."""
     from tqdm import tqdm
 
-    from ..store import write_atomic
+    from ..core.files import write_atomic
 
     def write(tmp: Path) -> None:
         with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S * 10) as source, open(tmp, "wb") as out:
@@ -126,7 +125,7 @@ def _model_from_checkpoint(arch: str, path: str) -> torch.nn.Module:
     return model
 
 
-def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str | None = None) -> Encoder:
+def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str | None = None) -> TorchEncoder:
     """Build a Chinese-CLIP encoder from ``ARCH`` (downloaded or cached) or a local ``.pt`` checkpoint."""
     from cn_clip.clip import image_transform
     from cn_clip.clip import tokenize as cn_tokenize
@@ -142,7 +141,7 @@ def load(spec: str, checkpoint: str | None, device: torch.device, cache_dir: str
     def encode_tokens(tokens: torch.Tensor) -> torch.Tensor:
         return model.encode_text(trim_padding(tokens))
 
-    return Encoder(
+    return TorchEncoder(
         name=f"cn_clip:{arch}",
         fingerprint=file_fingerprint(path),
         dim=int(model.text_projection.shape[1]),

@@ -25,18 +25,18 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ..core.files import read_json_map, remember_in_json_map
 from .tokenizer import ClipTokenizer, trim_padding
 from .transform import FILTERS, ImageTransform
 
 if TYPE_CHECKING:
-    from ..encoders.base import Encoder
+    from .torch_encoder import TorchEncoder
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ EXTERNAL_MIN_BYTES = 1024  # tensors from this size go to the weights file (ORT 
 
 def cache_root() -> Path:
     """Where exported towers live: ``onnx/`` in the user cache."""
-    from ..encoders.weights import user_cache_dir
+    from ..core.paths import user_cache_dir
 
-    return user_cache_dir() / "onnx"
+    return user_cache_dir("onnx")
 
 
 def card_dir(fingerprint: str) -> Path:
@@ -69,7 +69,7 @@ def read_card(fingerprint: str) -> dict | None:
     return card
 
 
-def unsupported_reason(encoder: "Encoder") -> str | None:
+def unsupported_reason(encoder: "TorchEncoder") -> str | None:
     """Why this torch encoder cannot run on the ONNX path (None when it can)."""
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer, _clean_lower
@@ -87,7 +87,7 @@ def unsupported_reason(encoder: "Encoder") -> str | None:
     return None
 
 
-def _transform_of(encoder: "Encoder") -> ImageTransform:
+def _transform_of(encoder: "TorchEncoder") -> ImageTransform:
     from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     cfg = getattr(encoder.model.visual, "preprocess_cfg", {}) or {}
@@ -155,9 +155,11 @@ def _plain_attention(transformer):
 
 
 def _text_module(model):
-    """The text tower over tokens of any width (padding trimmed at run time, as the torch path does)."""
+    """The text tower over tokens of any width (padding trimmed at run time, as the torch path does):
+    open_clip's ``text_forward`` itself, its attention swapped for the shape-free form while exporting."""
     import torch
-    from open_clip.transformer import text_global_pool
+
+    from .openclip import text_forward
 
     class Text(torch.nn.Module):
         def __init__(self):
@@ -165,18 +167,7 @@ def _text_module(model):
             self.clip = model
 
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            m = self.clip
-            width = tokens.shape[1]
-            mask = m.attn_mask[:width, :width]
-            x = m.token_embedding(tokens) + m.positional_embedding[:width]
-            for block in m.transformer.resblocks:
-                x = x + block.ls_1(_attention(block.attn, block.ln_1(x), mask))
-                x = x + block.ls_2(block.mlp(block.ln_2(x)))
-            x = m.ln_final(x)
-            x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
-            if isinstance(m.text_projection, torch.nn.Linear):
-                return m.text_projection(x)
-            return x @ m.text_projection if m.text_projection is not None else x
+            return text_forward(self.clip, tokens)
 
     return Text().eval()
 
@@ -217,7 +208,7 @@ def _save_tower(module, example, staging: Path, tower: str, input_name: str, dyn
     ort.InferenceSession(str(staging / f"{tower}.onnx"), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def export(encoder: "Encoder") -> Path:
+def export(encoder: "TorchEncoder") -> Path:
     """Export both towers of a torch open_clip encoder (once per fingerprint); returns the folder."""
     import warnings
 
@@ -225,7 +216,7 @@ def export(encoder: "Encoder") -> Path:
     import torch
     import open_clip
 
-    from ..store import write_dir_atomic
+    from ..core.files import write_dir_atomic
 
     reason = unsupported_reason(encoder)
     if reason:
@@ -241,7 +232,8 @@ def export(encoder: "Encoder") -> Path:
                 _save_tower(model.visual, torch.zeros(2, 3, size, size), staging, "visual", "pixels", {0: "batch"})
             tokens = torch.zeros(2, 8, dtype=torch.long)
             tokens[:, 0], tokens[:, 3] = 49406, 49407
-            _save_tower(_text_module(model), tokens, staging, "text", "tokens", {0: "batch", 1: "width"})
+            with _plain_attention(model.transformer):
+                _save_tower(_text_module(model), tokens, staging, "text", "tokens", {0: "batch", 1: "width"})
         shutil.copy2(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", staging / "vocab.txt.gz")
         card = {"version": CARD_VERSION, "name": encoder.name, "fingerprint": encoder.fingerprint,
                 "dim": encoder.dim, "languages": sorted(encoder.languages), "logit_scale": encoder.logit_scale,
@@ -393,25 +385,16 @@ class OnnxEncoder:
         return out
 
 
-def open_exported(fingerprint: str) -> OnnxEncoder | None:
-    """The exported model with this fingerprint, or None."""
+def open_exported(fingerprint: str, name: str | None = None) -> OnnxEncoder | None:
+    """The exported model with this fingerprint, or None; ``name``: the one the user gave these weights
+    (as the torch loader keeps it)."""
     card = read_card(fingerprint)
-    return OnnxEncoder(card, card_dir(fingerprint)) if card else None
-
-
-def wants_torch(device: str) -> bool:
-    """True when ``device`` asks for (or ``auto`` would find) an accelerator that only torch drives.
-
-    Decided without importing torch: an NVIDIA driver on Linux/Windows or an Apple machine means
-    ``auto`` goes to torch, as ``select_device`` would choose cuda or mps there.
-    """
-    if device == "cpu":
-        return False
-    if device != "auto":
-        return True
-    if os.environ.get("CLIP_RETRIEVAL_RUNTIME") == "torch":
-        return True
-    return sys.platform == "darwin" or Path("/proc/driver/nvidia/version").exists() or bool(shutil.which("nvidia-smi"))
+    if not card:
+        return None
+    encoder = OnnxEncoder(card, card_dir(fingerprint))
+    if name:
+        encoder.name = name
+    return encoder
 
 
 NAMES_FILE = "names.json"
@@ -427,56 +410,20 @@ def weights_fingerprint(name: str, checkpoint: str | None) -> str | None:
     Local weights hash their file or folder (remembered by size and time); hub names use the
     fingerprint recorded when they were last exported.
     """
-    from ..encoders.catalog import BUNDLED
-    from ..encoders.weights import file_fingerprint
+    from .catalog import BUNDLED
+    from .weights import file_fingerprint
 
     if checkpoint or name in BUNDLED:
         path = Path(checkpoint or BUNDLED[name])
         return file_fingerprint(path) if path.exists() else None
-    try:
-        return json.loads((cache_root() / NAMES_FILE).read_text(encoding="utf-8")).get(_names_key(name, checkpoint))
-    except (OSError, ValueError):
-        return None
+    return read_json_map(cache_root() / NAMES_FILE).get(_names_key(name, checkpoint))
 
 
-def _remember(name: str, checkpoint: str | None, fingerprint: str) -> None:
-    from ..store import write_atomic
-
-    path = cache_root() / NAMES_FILE
-    try:
-        names = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        names = {}
-    names[_names_key(name, checkpoint)] = fingerprint
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(names, indent=1), encoding="utf-8"))
-
-
-def load_for_cpu(name: str, checkpoint: str | None = None, device: str = "auto",
-                 fingerprint: str | None = None):
-    """The encoder a command should use: on a CPU, the exported ONNX model (exporting it the first time).
-
-    ``fingerprint`` (from a features manifest) finds the export without looking at the weights.
-    Accelerators, ``CLIP_RETRIEVAL_RUNTIME=torch`` and models the ONNX path cannot run get the
-    torch encoder, as before.
-    """
-    from ..encoders import load_encoder
-
-    if wants_torch(device):
-        return load_encoder(name, checkpoint, device)
-    known = fingerprint or weights_fingerprint(name, checkpoint)
-    exported = open_exported(known) if known else None
-    if exported is not None:
-        exported.name = name     # the name the user gave these weights, as the torch loader keeps it
-        return exported
-    encoder = load_encoder(name, checkpoint, "cpu")
-    reason = unsupported_reason(encoder)
-    if reason:
-        log.info("%s runs on torch: %s", name, reason)
-        return encoder
+def export_once(encoder: "TorchEncoder", name: str, checkpoint: str | None) -> OnnxEncoder:
+    """The ONNX model of a torch encoder's weights: exported the first time, and the name remembered,
+    so the next command finds the export from the model name alone (``weights_fingerprint``)."""
     if read_card(encoder.fingerprint) is None:
         log.warning("首次使用，导出 ONNX 模型 / first use: exporting %s to ONNX (once per weights)", name)
         export(encoder)
-    _remember(name, checkpoint, encoder.fingerprint)
-    exported = open_exported(encoder.fingerprint)
-    exported.name = name
-    return exported
+    remember_in_json_map(cache_root() / NAMES_FILE, _names_key(name, checkpoint), encoder.fingerprint)
+    return open_exported(encoder.fingerprint, name)

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from .base import Encoder
+    from .torch_encoder import TorchEncoder
 
 DEFAULT_MODEL = "open_clip:ViT-B-32/openai"
 DEMO_MODEL = "demo"
-DEMO_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_EN_MODEL = "demo-en"
 BUNDLED = {DEMO_MODEL: DEMO_DIR, DEMO_EN_MODEL: DEMO_DIR.with_name(DEMO_EN_MODEL)}
 
@@ -66,7 +66,7 @@ class Family:
     languages: str  # how the family's encoders decide the languages they read
     trainable: bool = False
 
-    def load(self, spec: str, checkpoint: str | None, device: torch.device) -> Encoder:
+    def load(self, spec: str, checkpoint: str | None, device: torch.device) -> TorchEncoder:
         """Import the family's module only now, so listing and parsing names never loads torch."""
         module, _, func = self.loader.partition(":")
         return getattr(importlib.import_module(module), func)(spec, checkpoint, device)
@@ -76,21 +76,21 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("open_clip", "open_clip:ARCH/PRETRAINED", DEFAULT_MODEL,
            "open_clip 的任一预训练权重（open_clip.list_pretrained()），或 open_clip:ARCH 加 --checkpoint 本地权重",
            "any open_clip pretrained name (open_clip.list_pretrained()), or open_clip:ARCH with --checkpoint",
-           "clip_retrieval.encoders.openclip:load",
+           "clip_retrieval.models.openclip:load",
            "from the text tower in the model config: multilingual towers (XLM-R, NLLB, SigLIP 2, MetaCLIP 2 "
            "worldwide) read zh and en, CLIP's own BPE tower reads en; a checkpoint folder may declare 'languages'",
            trainable=True),
     Family("cn_clip", "cn_clip:ARCH", "cn_clip:ViT-B-16",
            "Chinese-CLIP（OFA-Sys），读中文", "Chinese-CLIP (OFA-Sys), reads Chinese",
-           "clip_retrieval.encoders.cnclip:load", "zh (Chinese RoBERTa text towers)"),
+           "clip_retrieval.models.cnclip:load", "zh (Chinese RoBERTa text towers)"),
     Family(DEMO_MODEL, DEMO_MODEL, DEMO_MODEL,
            "内置离线演示小模型（无需下载）", "the small offline demo model shipped in the package (no download)",
-           "clip_retrieval.encoders:_load_demo", "the 'languages' list in its open_clip_config.json",
+           "clip_retrieval.models.factory:_load_demo", "the 'languages' list in its open_clip_config.json",
            trainable=True),
     Family(DEMO_EN_MODEL, DEMO_EN_MODEL, DEMO_EN_MODEL,
            "内置离线演示小模型，只读英文（中文查询靠扩展表与词典）",
            "the small offline demo model that reads English only (Chinese reaches it through the table and dictionary)",
-           "clip_retrieval.encoders:_load_demo_en", "the 'languages' list in its open_clip_config.json",
+           "clip_retrieval.models.factory:_load_demo_en", "the 'languages' list in its open_clip_config.json",
            trainable=True),
 )}
 

@@ -23,9 +23,9 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import InputError
-from .hashing import sha256_bytes
-from .store import resolve_path
+from ..core.errors import InputError
+from ..core.hashing import sha256_bytes
+from ..core.paths import resolve_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # About 89 megapixels: PIL's own default warns there; bigger files are skipped, not decoded.
