@@ -16,6 +16,7 @@ from typing import Sequence
 
 from . import __version__
 from .core.errors import InputError, UserError
+from .core.extras import missing_extra, require, torch_mismatch
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
 EXIT_PARTIAL = EXIT_DIFFERENT   # some inputs failed (listed), the others were done
@@ -667,10 +668,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    if importlib.util.find_spec("gradio") is None:
-        raise UserError("网页需要 gradio / the web page needs gradio: pip install 'clip_retrieval[web]'")
+    require("gradio")
     from .web import serve
 
     serve(args.features, args.host, args.port, args.rules, args.device, dictionary=not args.no_dict)
@@ -722,6 +720,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except Exception as exc:  # the last line of defence: one line, the traceback only when asked
+        known = missing_extra(exc) or torch_mismatch(exc)
+        if known is not None:   # an optional library absent deep down, or a broken torch install: the fix
+            print(f"clip-retrieval: {known}", file=sys.stderr)
+            return EXIT_USAGE
         if args.verbose:
             raise
         print(f"clip-retrieval: unexpected error / 意外错误: {type(exc).__name__}: {exc} "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.extras import require
 from ..core.errors import InputError
 from ..features.store import FeatureStore
 from ..core.files import write_atomic
@@ -31,11 +32,7 @@ KINDS = ("auto", "hnsw", "ivf", "flat")
 
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError as exc:
-        raise InputError("faiss 后端需要 faiss-cpu / the faiss backend needs faiss-cpu: pip install 'clip_retrieval[ann]'") from exc
-    return faiss
+    return require("faiss")
 
 
 def _peak_rss_kb() -> int:

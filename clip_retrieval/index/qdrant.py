@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core.extras import require
 from ..core.errors import InputError, ModelMismatchError, VectorDatabaseError
 from .base import Row, Where, check_positive, padded, rows_of
 
@@ -53,12 +54,7 @@ def _close_local_clients() -> None:
 
 
 def _client_module():
-    try:
-        import qdrant_client
-    except ImportError as exc:
-        raise InputError("qdrant 后端需要 qdrant-client / the qdrant backend needs qdrant-client: "
-                         "pip install 'clip_retrieval[qdrant]'") from exc
-    return qdrant_client
+    return require("qdrant_client")
 
 
 def local_size_limit() -> int:
