@@ -21,7 +21,8 @@ import torch
 from ..core.errors import InputError
 from .tokenizer import trim_padding
 from .torch_encoder import TorchEncoder
-from .weights import MODELSCOPE_URL, PROBE_TIMEOUT_S, download_failed, file_fingerprint, hf_endpoint, reachable, unavailable
+from .weights import (MODELSCOPE_URL, PROBE_TIMEOUT_S, download_failed, file_fingerprint, hf_endpoint, invalid_checkpoint,
+                      reachable, unavailable)
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,8 @@ def _model_from_checkpoint(arch: str, path: str) -> torch.nn.Module:
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for foreign or pickled files
-        raise InputError(f"{path}: 无法加载的 Chinese-CLIP 权重 / "
-                         f"not a Chinese-CLIP checkpoint loadable with weights_only=True ({exc})") from exc
+    except Exception as exc:  # torch raises several types for foreign, pickled or truncated files
+        raise invalid_checkpoint(path, exc) from exc
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise InputError(f"{path}: 不是 Chinese-CLIP 权重 / a Chinese-CLIP checkpoint is a dict with a 'state_dict' entry")
     state = checkpoint["state_dict"]

@@ -166,6 +166,10 @@ def is_exported(fingerprint: str) -> bool:
 
 
 def _torch(family: str, spec: str, name: str, checkpoint: str | None, device: str) -> TorchEncoder:
+    if checkpoint is None:   # weights surely absent and unreachable: say so before the seconds torch takes
+        from .weights import preflight
+
+        preflight(name)
     import torch
 
     return FAMILIES[family].load(spec, checkpoint, torch.device(device))

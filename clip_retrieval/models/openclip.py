@@ -21,7 +21,8 @@ import torch
 from ..core.errors import InputError
 from .tokenizer import trim_padding
 from .torch_encoder import TorchEncoder
-from .weights import download_failed, file_fingerprint, hf_endpoint, hf_file_url, hub_offline, reachable, unavailable
+from .weights import (download_failed, file_fingerprint, hf_endpoint, hf_file_url, hub_offline, invalid_checkpoint,
+                      reachable, unavailable)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -229,14 +230,19 @@ def create(arch: str, weights: str | None, tag_cfg: dict, device: torch.device |
     preprocess_cfg = merge_preprocess_dict({}, tag_cfg)
     preprocess_cfg.pop("size", None)  # open_clip sizes the transform from the built tower, as for a tag
     scripted = weights is not None and is_torchscript(weights)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = open_clip.create_model(arch, pretrained=None if scripted else weights, device=device,
-                                       weights_only=True, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
-                                       force_preprocess_cfg=preprocess_cfg)
-    if scripted:  # every parameter must be there; computed buffers the archive also carries are left out
-        expected = model.state_dict()
-        model.load_state_dict({k: v for k, v in torchscript_state(weights).items() if k in expected})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model = open_clip.create_model(arch, pretrained=None if scripted else weights, device=device,
+                                           weights_only=True, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+                                           force_preprocess_cfg=preprocess_cfg)
+        if scripted:  # every parameter must be there; computed buffers the archive also carries are left out
+            expected = model.state_dict()
+            model.load_state_dict({k: v for k, v in torchscript_state(weights).items() if k in expected})
+    except Exception as exc:   # torch, zip and safetensors each raise their own types for a file that does not load
+        if weights is None or isinstance(exc, OSError) or "state_dict" in str(exc):
+            raise   # not a broken file: a text tower's hub files (OSError, asked for again), other weights, a bug
+        raise invalid_checkpoint(weights, exc) from exc
     preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     return model, preprocess
 

@@ -282,3 +282,75 @@ def test_openai_torchscript_file_in_the_clip_cache_loads(tiny_quickgelu_tag, mon
     for encoder in (load_encoder(f"open_clip:{arch}/oai", device="cpu"),
                     load_encoder(f"open_clip:{arch}/oai", str(scripted), "cpu")):
         assert torch.allclose(encoder.encode_texts(TEXTS), want, atol=1e-5)
+
+
+def test_offline_mode_says_so_in_a_second_without_loading_a_model(tmp_path, monkeypatch):
+    """CLIP_RETRIEVAL_OFFLINE with nothing cached: refused before any loader (and so before torch) runs."""
+    from clip_retrieval.models import catalog, open_encoder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLIP_RETRIEVAL_OFFLINE", "1")
+    monkeypatch.setattr(catalog.Family, "load", lambda *a: pytest.fail("a model loader ran although offline"))
+    for name in ("open_clip:ViT-B-32/openai", "cn_clip:ViT-B-16"):
+        start = time.monotonic()
+        with pytest.raises(ModelUnavailableError) as info:
+            open_encoder(name, device="cpu")
+        assert time.monotonic() - start < 1.0
+        message = str(info.value)
+        assert "offline mode is set" in message and "未尝试联网" in message and "unreachable" not in message
+        assert "HF_ENDPOINT=https://hf-mirror.com" in message and "--model demo" in message
+    assert "clip_cn_vit-b-16.pt" in message and "CLIP_RETRIEVAL_CN_CLIP_MIRROR" in message
+    assert "https://clip-cn-beijing.oss-cn-beijing.aliyuncs.com/checkpoints/clip_cn_vit-b-16.pt" in message
+    assert "https://modelscope.cn/models/AI-ModelScope/chinese-clip-vit-base-patch16" in message
+
+
+def test_offline_message_for_the_default_model_points_to_the_chinese_one(tmp_path, monkeypatch):
+    from clip_retrieval.models import open_encoder
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLIP_RETRIEVAL_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError) as info:
+        open_encoder("open_clip:ViT-B-32/openai", device="cpu")
+    message = str(info.value)
+    assert "reads English only; for Chinese queries fetch cn_clip:ViT-B-16" in message
+    assert f"{tmp_path}/.cache/clip/ViT-B-32.pt" in message        # where a file downloaded by hand is found
+
+
+def test_a_cached_weights_file_is_not_refused_offline(tmp_path, monkeypatch):
+    """Preflight refuses only certain absence: OpenAI's file in ~/.cache/clip goes on to the loader."""
+    from clip_retrieval.models import weights
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CLIP_RETRIEVAL_OFFLINE", "1")
+    (tmp_path / ".cache" / "clip").mkdir(parents=True)
+    (tmp_path / ".cache" / "clip" / "ViT-B-32.pt").write_bytes(b"x")
+    weights.preflight("open_clip:ViT-B-32/openai")      # no error: the loader decides
+    weights.preflight("open_clip:some-arch/undocumented")
+
+
+def test_offline_refusal_imports_no_torch(tmp_path):
+    code = ("import sys\nfrom clip_retrieval.models import open_encoder\n"
+            "try:\n    open_encoder('open_clip:ViT-B-32/openai', device='auto')\n"
+            "except Exception as exc:\n    print(type(exc).__name__, 'torch' in sys.modules)\n")
+    env = {**__import__("os").environ, "HOME": str(tmp_path), "CLIP_RETRIEVAL_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.stdout.strip() == "ModelUnavailableError False", proc.stderr[-2000:]
+
+
+def test_open_clip_hub_file_names_are_open_clips():
+    from open_clip import pretrained as oc_pretrained
+
+    from clip_retrieval.models.weights import OPEN_CLIP_HUB_FILES
+
+    assert OPEN_CLIP_HUB_FILES == (oc_pretrained.HF_SAFE_WEIGHTS_NAME, oc_pretrained.HF_WEIGHTS_NAME)
+
+
+@pytest.mark.parametrize("name", ["open_clip:RN50", "cn_clip:RN50"])
+def test_a_garbage_checkpoint_is_named_as_a_broken_download(tmp_path, name):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"<html>404 Not Found</html>" * 40)       # what a failed download often leaves
+    with pytest.raises(InputError) as info:
+        load_encoder(name, str(path), device="cpu")
+    message = str(info.value)
+    assert "not a valid checkpoint (1,040" in message and "download it again" in message
+    assert "weights_only=False" not in message and "Re-running" not in message
