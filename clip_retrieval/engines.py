@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .dataset import DEFAULT_MAX_PIXELS
-from .errors import InputError, UserError
+from .errors import ClusterError, InputError, UserError
 from .extract import encode_images, image_bar
 from .shards import DEFAULT_SHARD_SIZE, Decoding, Shard, ShardJournal, ShardResult, assemble, plan
 
@@ -137,6 +137,8 @@ def make_engine(name: str, out: str | os.PathLike, model: str, checkpoint: str |
         raise InputError(f"未知的引擎 {name!r} / unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
     if workers is not None and workers < 1:
         raise InputError(f"--workers 至少为 1 / --workers must be at least 1, got {workers}")
+    if shard_size is not None and shard_size < 1:
+        raise InputError(f"--shard-size 至少为 1 / --shard-size must be at least 1, got {shard_size}")
     if name == "local":
         if ray_address or workers is not None:
             raise InputError("--ray-address 和 --workers 只用于 --engine ray / --ray-address and --workers need "
@@ -167,7 +169,7 @@ class RayRunner:
     def run(self, encoder: Encoder, shards: Sequence[Shard], journal: ShardJournal, decoding: Decoding,
             settings: WorkerSettings, bar: tqdm) -> None:
         import ray
-        from ray.exceptions import RayTaskError
+        from ray.exceptions import RayError, RayTaskError
 
         started = self._connect(ray)
         running: dict = {}
@@ -195,6 +197,12 @@ class RayRunner:
                         if isinstance(exc.cause, UserError):
                             raise exc.cause from None
                         raise
+                    except RayError as exc:   # nodes or workers lost more often than Ray retries a task
+                        raise ClusterError(
+                            f"Ray 集群丢失了分片 {shard.index} 的任务 {TASK_RETRIES + 1} 次；已完成的分片保留，重新运行同一命令即可"
+                            f"继续 / the Ray cluster lost the task of shard {shard.index} {TASK_RETRIES + 1} times "
+                            f"({type(exc).__name__}); the {len(journal.finished(shards, decoding))} shards finished "
+                            f"are kept in {journal.folder}: run the same command again to go on from there") from exc
                     if not journal.path_of(shard).is_file():
                         raise InputError(
                             f"节点 {node} 写入的分片在本机看不到：--out 必须在所有节点共享的文件系统上 / shard {shard.index} "

@@ -81,9 +81,7 @@ def plan(paths: Sequence[Path], stats: Sequence[os.stat_result], decoding: Decod
          shard_size: int = DEFAULT_SHARD_SIZE) -> list[Shard]:
     """Cut the images into consecutive shards of ``shard_size``; the same inputs always give the same shards."""
     if shard_size < 1:
-        from .errors import InputError
-
-        raise InputError(f"--shard-size 至少为 1 / --shard-size must be at least 1, got {shard_size}")
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     shards = []
     for index, start in enumerate(range(0, len(paths), shard_size)):
         block = [str(p) for p in paths[start:start + shard_size]]
@@ -116,7 +114,7 @@ class ShardJournal:
                 continue
             try:
                 self.read(shard, decoding)
-            except (OSError, ValueError, KeyError) as exc:
+            except Exception as exc:  # any damage (a torn zip, a foreign file) means encode again, never trust
                 log.warning("shard %d (%s) is damaged and will be encoded again: %s", shard.index, path, exc)
                 continue
             done.add(shard.index)
