@@ -27,6 +27,7 @@ from .collection.dataset import DEFAULT_MAX_PIXELS, read_captions, read_query_li
 from .dedup import near_duplicate_groups
 from .query.dictionary import load_dictionary, words_file
 from .models import DEFAULT_MODEL
+from .engines import make_engine
 from .core.errors import InputError, UserError
 from .query.expansion import DEFAULT_RULES, RuleTable, find_rules, load_rules
 from .extract import ExtractResult, extract
@@ -48,16 +49,23 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                      quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      encoder: Encoder | None = None,
                      rules: str | os.PathLike | None = DEFAULT_RULES, update: bool = False,
-                     exact_decode: bool = False, skip_bad_rows: bool = False) -> ExtractResult:
+                     exact_decode: bool = False, skip_bad_rows: bool = False, engine: str = "local",
+                     ray_address: str | None = None, workers: int | None = None,
+                     shard_size: int | None = None) -> ExtractResult:
     """Validate the collection first (cheap), then load the model and encode it.
 
     When the rules file exists, the expansion cache is built too, so first searches are fast.
     ``update`` re-encodes only what changed since the features already in ``out``.
     ``exact_decode`` turns JPEG draft decoding off (pixels as a plain PIL decode gives them).
     ``skip_bad_rows`` leaves malformed CSV rows out (listed in the manifest's source) instead of refusing the file.
+    ``engine="ray"`` encodes the images in shards of ``shard_size`` as Ray tasks (``workers`` at a time) on the
+    cluster at ``ray_address`` (or ``RAY_ADDRESS``), else on a local Ray; the features saved are those the local
+    engine saves, and a rerun after an interruption encodes only the missing shards (``engines``).
     """
     if csv is not None and images is not None:
         raise InputError("--csv 和 --images 只能选一个 / give either --csv or --images, not both")
+    sharded = make_engine(engine, out, model, checkpoint, device, shard_size, ray_address, workers,
+                          encoder_given=encoder is not None)
     if images is not None:
         coll = scan_images(images)
     else:
@@ -73,7 +81,10 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     # an --update with nothing new loads no model; a first extraction opens it at once
     result = extract(model_slot if previous is not None else model_slot.get(), coll, out, batch_size=batch_size,
                      num_workers=num_workers, quiet=quiet, max_pixels=max_pixels, checkpoint=checkpoint,
-                     previous=previous, exact_decode=exact_decode)
+                     previous=previous, exact_decode=exact_decode, encode=sharded.encode if sharded else None)
+    if sharded is not None:
+        sharded.finish()
+        result.shards = sharded.summary()
     if previous is None:   # counted among the images read: a skipped file is reported as skipped, not as a photo
         _warn_demo_model_on_photos(model_slot.get(), [image["path"] for image in result.manifest.images])
     if rules is not None and find_rules(rules) is not None:

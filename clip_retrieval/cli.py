@@ -124,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="leave out malformed CSV rows (open quotes, wrong column counts, empty cells, missing "
                         "images) and list them in the manifest (default: off, the first one is an error)")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="where the images are encoded: local, this process; ray, shards as Ray tasks on a cluster "
+                        "(needs pip install 'clip_retrieval[ray]'; images and --out on a path every node sees) "
+                        "(default: local)")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="with --engine ray: join the Ray cluster at this address (default: $RAY_ADDRESS, "
+                        "else a local Ray started for this run)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --engine ray: shards encoded at once, one per Ray task (default: one per GPU "
+                        "when the cluster has GPUs, else one per node)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="images per shard; an interrupted run re-encodes only the shards not finished "
+                        "(default: 1000 with --engine ray; local: no shards unless given)")
     _common(p)
 
     p = sub.add_parser("search", help="search the features with a text query, an image, or both")
@@ -284,11 +297,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                   device=args.device, quiet=args.quiet,
                                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, rules=args.rules,
                                   update=args.update, exact_decode=args.exact_decode,
-                                  skip_bad_rows=args.skip_bad_rows)
+                                  skip_bad_rows=args.skip_bad_rows, engine=args.engine,
+                                  ray_address=args.ray_address, workers=args.workers, shard_size=args.shard_size)
     counts = result.manifest.counts
+    shards = (f"; shards: {result.shards['planned']}, {result.shards['resumed']} resumed from an earlier run"
+              if result.shards else "")
     print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
           f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "
-          f"reused {result.reused_images})")
+          f"reused {result.reused_images}{shards})")
     for entry in result.skipped:
         where = f" (line {entry['row']})" if entry.get("row") else ""   # folder mode has no CSV line
         print(f"  skipped / 跳过: {entry['path']}{where}: {entry['reason']}", file=sys.stderr)

@@ -10,6 +10,7 @@ model runs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import platform
@@ -18,7 +19,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -51,6 +52,11 @@ class ExtractResult:
     encoded_images: int = 0
     reused_images: int = 0
     encoded_captions: int = 0
+    shards: dict = field(default_factory=dict)   # a sharded engine's {"planned", "resumed"}: empty for the local one
+
+
+# encode_images' signature: (encoder, paths, batch_size, num_workers, quiet, max_pixels, exact_decode) -> its result
+ImageEncoding = Callable[..., "tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]"]
 
 
 def _batches_in_threads(dataset: ImageFiles, batch_size: int, workers: int):
@@ -83,15 +89,16 @@ def _batches_in_processes(dataset: ImageFiles, batch_size: int, workers: int, pi
 
 
 def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num_workers: int | None = None,
-                  quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, exact_decode: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
+                  quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, exact_decode: bool = False,
+                  bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
     """Encode image files in batches, decoding ahead while the model runs.
 
     JPEGs decode in draft mode (libjpeg's reduced-size decoding, several times cheaper on phone
     photos; the benchmark prints its smallest cosine to a full decode) unless ``exact_decode``,
     which decodes every pixel as plain PIL does, for parity with upstream pipelines.
     Returns (features with a row per path, mask of rows encoded, content hashes, skipped as
-    (position, hash, reason)).
+    (position, hash, reason)). ``bar``: a progress bar to advance instead of opening one (an
+    engine that encodes the images shard by shard keeps one bar over them all).
     """
     feats = np.zeros((len(paths), encoder.dim), dtype=np.float32)
     kept = np.zeros(len(paths), dtype=bool)
@@ -106,7 +113,7 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
         batches = _batches_in_threads(dataset, batch_size, workers)
     else:
         batches = _batches_in_processes(dataset, batch_size, workers, encoder.device.type == "cuda")
-    with tqdm(total=len(paths), desc="images / 图片", unit="img", disable=quiet) as bar:
+    with contextlib.nullcontext(bar) if bar is not None else image_bar(len(paths), quiet) as bar:
         for idx, pixels, digests, bad in batches:
             if pixels is not None:
                 feats[idx] = np.asarray(encoder.encode_images(pixels), dtype=np.float32)
@@ -118,6 +125,11 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
                 skipped.append((i, h, reason))
             bar.update(len(idx) + len(bad))
     return feats, kept, hashes, sorted(skipped)
+
+
+def image_bar(total: int, quiet: bool, initial: int = 0) -> tqdm:
+    """The images progress bar, the same in every engine."""
+    return tqdm(total=total, initial=initial, desc="images / 图片", unit="img", disable=quiet)
 
 
 def _reusable(coll: Collection, paths: list[Path], stats: list[os.stat_result],
@@ -164,7 +176,8 @@ def _environment(model: OnDemand, previous: store.FeatureStore | None) -> dict:
 def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLike, batch_size: int = 32,
             num_workers: int | None = None, quiet: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, checkpoint: str | None = None,
-            previous: store.FeatureStore | None = None, exact_decode: bool = False) -> ExtractResult:
+            previous: store.FeatureStore | None = None, exact_decode: bool = False,
+            encode: ImageEncoding | None = None) -> ExtractResult:
     """Encode a collection and save features + manifest under ``out`` (atomically).
 
     With ``previous`` (features made by the same model), only new or changed images and
@@ -172,7 +185,8 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
     slot, opened only when something has to be encoded. ``checkpoint`` is recorded so a
     later search loads the same local weights by itself. The decoding mode (draft or
     exact, see ``encode_images``) is recorded too; ``previous`` image vectors made in the
-    other mode are not reused.
+    other mode are not reused. ``encode`` is where the images are encoded (``encode_images``,
+    here, by default; an engine from ``engines`` runs it in shards, on a Ray cluster for one).
     """
     if batch_size < 1:
         raise InputError(f"--batch-size 至少为 1 / --batch-size must be at least 1, got {batch_size}")
@@ -184,7 +198,7 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
     todo = [i for i in range(len(paths)) if i not in reuse]
     model = encoder if isinstance(encoder, OnDemand) else OnDemand(encoder)
     if todo:
-        new_feats, new_kept, new_hashes, new_skipped = encode_images(
+        new_feats, new_kept, new_hashes, new_skipped = (encode or encode_images)(
             model.get(), [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels, exact_decode)
     else:
         new_feats, new_kept, new_hashes, new_skipped = None, np.zeros(0, dtype=bool), [], []

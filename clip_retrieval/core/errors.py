@@ -38,3 +38,7 @@ class DiskFullError(UserError, OSError):
 
 class VectorDatabaseError(UserError):
     """The vector database cannot be reached or opened (server down, local folder held by another process)."""
+
+
+class ClusterError(UserError):
+    """A Ray cluster could not finish the work (nodes lost beyond Ray's retries); finished shards are kept."""

@@ -22,6 +22,7 @@ EXTRAS = {
     "gradio_client": ("web", "the web page (serve)"),
     "qdrant_client": ("qdrant", "the qdrant index backend"),
     "transformers": ("multilingual", "XLM-R / NLLB / SigLIP 2 text towers"),
+    "ray": ("ray", "extract --engine ray"),
 }
 
 

@@ -40,9 +40,9 @@ def _declared(reqs) -> set[str]:
 
 
 @pytest.mark.parametrize("folder, extras", [
-    ("clip_retrieval", ["ann", "web", "multilingual", "qdrant"]),
-    ("tests", ["ann", "web", "multilingual", "qdrant", "dev"]),
-    ("benchmarks", ["ann", "qdrant"]),
+    ("clip_retrieval", ["ann", "web", "multilingual", "qdrant", "ray"]),
+    ("tests", ["ann", "web", "multilingual", "qdrant", "ray", "dev"]),
+    ("benchmarks", ["ann", "qdrant", "ray"]),
     ("scripts", ["dev"]),
 ])
 def test_every_third_party_import_is_declared(folder, extras):
