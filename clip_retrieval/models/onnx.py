@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ..core.cpus import usable_cpus
 from ..core.files import read_json_map, remember_in_json_map
 from .tokenizer import ClipTokenizer, trim_padding
 from .transform import FILTERS, ImageTransform
@@ -249,7 +249,8 @@ def export(encoder: "TorchEncoder") -> Path:
 
 
 def _options():
-    """Session options on all cores, ORT's own log quiet, pool threads that sleep instead of spinning.
+    """Session options on the usable cores (``core.cpus``), ORT's own log quiet, pool threads that sleep
+    instead of spinning.
 
     Indexing decodes JPEGs in threads beside the model; ORT's threads spinning between
     operators took that CPU. Measured on 2 cores with ViT-B-32 (under load): 98 ms of CPU per
@@ -259,10 +260,7 @@ def _options():
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    try:
-        options.intra_op_num_threads = max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        options.intra_op_num_threads = max(1, os.cpu_count() or 1)
+    options.intra_op_num_threads = usable_cpus()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
