@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 def extract_features(csv: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
-                     model: str = DEFAULT_MODEL, checkpoint: str | None = None, out: str | os.PathLike = "outputs",
+                     model: str | None = None, checkpoint: str | None = None, out: str | os.PathLike = "outputs",
                      batch_size: int = 32, num_workers: int | None = None, device: str = "auto",
                      quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      encoder: Encoder | None = None,
@@ -58,12 +58,16 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     ``update`` re-encodes only what changed since the features already in ``out``.
     ``exact_decode`` turns JPEG draft decoding off (pixels as a plain PIL decode gives them).
     ``skip_bad_rows`` leaves malformed CSV rows out (listed in the manifest's source) instead of refusing the file.
+    ``model=None``: with ``update``, the model (and local weights) that built the features in ``out``, else the
+    default model.
     ``engine="ray"`` encodes the images in shards of ``shard_size`` as Ray tasks (``workers`` at a time) on the
     cluster at ``ray_address`` (or ``RAY_ADDRESS``), else on a local Ray; the features saved are those the local
     engine saves, and a rerun after an interruption encodes only the missing shards (``engines``).
     """
     if csv is not None and images is not None:
         raise InputError("--csv 和 --images 只能选一个 / give either --csv or --images, not both")
+    if model is None:
+        model, checkpoint = _model_of(out, checkpoint) if update else (DEFAULT_MODEL, checkpoint)
     sharded = make_engine(engine, out, model, checkpoint, device, shard_size, ray_address, workers,
                           encoder_given=encoder is not None)
     if images is not None:
@@ -98,6 +102,17 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
         elif not (Path(out) / store.EXPANSION_CACHE_FILE).is_file():
             _keep_expansion_cache(out, cache, fingerprint, table.sha256)
     return result
+
+
+def _model_of(out: str | os.PathLike, checkpoint: str | None) -> tuple[str, str | None]:
+    """The model (and, unless other weights are given, the local weights) that built the features in ``out``;
+    the default model when there are none yet."""
+    if not (Path(out) / store.MANIFEST_FILE).is_file():
+        return DEFAULT_MODEL, checkpoint
+    saved = store.read_manifest(out).model
+    if checkpoint is None and saved.checkpoint and Path(saved.checkpoint).exists():
+        checkpoint = saved.checkpoint
+    return saved.name, checkpoint
 
 
 def _prepare_word_file() -> None:

@@ -107,10 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--csv", help="captions file with image_path,caption columns (default: data/captions.csv)")
     src.add_argument("--images", help="index a folder of images instead, subfolders included, no captions "
                                       "(JPEG, PNG, WebP, GIF, BMP, TIFF; hidden files and folders left out)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model",
                    help=f"model string: {model_name_help()}; `clip-retrieval models` lists them "
-                        f"(default: {DEFAULT_MODEL})")
-    p.add_argument("--checkpoint", help="local weights file or folder (offline use)")
+                        f"(default: with --update the model of the features in --out, else {DEFAULT_MODEL})")
+    p.add_argument("--checkpoint", help="local weights file or folder (offline use; with --update and no --model, "
+                                        "the weights that built the features)")
     p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: 32)")
     p.add_argument("--num-workers", type=int, default=None, help="image decoding processes (default: cores-1, 1 to 4)")

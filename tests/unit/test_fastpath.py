@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import shutil
 import time
@@ -189,3 +191,19 @@ def test_caption_progress_counts_captions_not_distinct_texts(tiny_open_clip, cap
                                        quiet=False, dim=encoder.dim)
     assert feats.shape[0] == 5 and encoded == 3
     assert "5/5" in capsys.readouterr().err
+
+
+def test_update_without_model_takes_the_model_and_weights_of_the_features(cli, small_collection, tiny_open_clip,
+                                                                          tmp_path):
+    """A user who cannot download the default model is not told to rebuild with it."""
+    out = tmp_path / "features"
+    first = cli("extract", "--csv", small_collection, "--model", "open_clip:tiny", "--checkpoint", tiny_open_clip,
+                "--out", out, "--quiet", "--rules", "none.yaml")
+    assert first.returncode == 0, first.stderr
+    again = cli("extract", "--csv", small_collection, "--out", out, "--update", "--quiet", "--rules", "none.yaml")
+    assert again.returncode == 0, again.stderr
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["model"]["name"] == "open_clip:tiny"
+    from clip_retrieval import api
+
+    assert api._model_of(tmp_path / "none yet", None) == ("open_clip:ViT-B-32/openai", None)
