@@ -10,11 +10,13 @@ models or write outputs.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,38 +53,138 @@ class Collection:
         return resolve_path(self.root, path)
 
 
-def _decode_csv(path: Path) -> tuple[str, str]:
-    raw = path.read_bytes()
-    for encoding in CSV_ENCODINGS:
+def special_file_reason(path: str | os.PathLike) -> str:
+    """Why ``path`` is not a plain file one may read ('' when it is, or when it does not exist).
+
+    A FIFO, socket or device would block or never end when read, so it is named and never
+    opened; ``os.stat`` looks at it without opening it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    kind = ("命名管道 / a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "套接字 / a socket" if stat.S_ISSOCK(mode)
+            else "设备文件 / a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "特殊文件 / a special file")
+    return f"{kind}, not a regular file; not opened, as reading it could wait forever"
+
+
+def read_user_text(path: str | os.PathLike, what: tuple[str, str] = ("文本文件", "text file"),
+                   encodings: tuple[str, ...] = CSV_ENCODINGS) -> tuple[str, str]:
+    """A text file a user made, decoded, and the encoding that read it.
+
+    A byte-order mark decides first (UTF-16, as Windows Notepad and Excel's "Unicode text" write,
+    or UTF-8), then each of ``encodings`` is tried. Anything else is an ``InputError`` naming
+    the file and how to save it.
+    """
+    path = Path(path)
+    special = special_file_reason(path)
+    if special:
+        raise InputError(f"无法读取{what[0]} / {what[1]} not readable: {path} ({special})")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"无法读取{what[0]} / {what[1]} not readable: {path} ({exc.strerror or exc})") from exc
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not raw.startswith(codecs.BOM_UTF32_LE):
+        try:
+            return raw.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: UTF-16 文本已损坏 / UTF-16 text (it starts with a UTF-16 byte-order mark) that "
+                             f"does not decode at byte {exc.start}; save it again as UTF-8") from exc
+    for encoding in encodings:
         try:
             return raw.decode(encoding), encoding
         except UnicodeDecodeError:
             continue
-    raise InputError(f"{path}: 不是 UTF-8 或 GBK 文本，请另存为 UTF-8 CSV / not UTF-8 or GBK/GB18030 text; save it as UTF-8 CSV")
+    names = " or ".join("UTF-8" if e.startswith("utf-8") else "GBK/GB18030" for e in encodings)
+    raise InputError(f"{path}: 不是 UTF-8 或 GBK 文本，请另存为 UTF-8 / not {names} (nor UTF-16 with a byte-order "
+                     f"mark) text; save it as UTF-8")
 
 
-def _csv_lines(text: str):
-    """(line number, cells or None, problem) for each physical line.
+_START, _UNQUOTED, _QUOTED, _AFTER_QUOTE = range(4)
 
-    Every line is parsed on its own, so a quote left open cannot swallow the rows after it, and a
-    broken line is reported where it starts. A caption spanning lines is therefore a problem too.
+
+def _ends_inside_quotes(line: str, state: int) -> int:
+    """The quoting state after ``line`` (``_QUOTED``: a quoted field runs on to the next line).
+
+    The same rules as ``csv.reader(skipinitialspace=True)``: a quote opens a field only at its
+    start, and ``""`` inside a quoted field is a quote. Linear in the line, so a record's end
+    is found without re-parsing the lines before it.
+    """
+    for ch in line:
+        if state == _QUOTED:
+            if ch == '"':
+                state = _AFTER_QUOTE
+        elif state == _AFTER_QUOTE:
+            state = _QUOTED if ch == '"' else _START if ch == "," else _UNQUOTED
+        elif ch == ",":
+            state = _START
+        elif state == _START and ch == '"':
+            state = _QUOTED
+        elif state == _START and ch == " ":
+            pass
+        else:
+            state = _UNQUOTED
+    return _QUOTED if state == _QUOTED else _START
+
+
+def _csv_lines(text: str, is_row: Callable[[str], bool] | None = None):
+    """(first line number, cells or None, problem) for each CSV record.
+
+    A quoted field may hold line breaks (RFC 4180; what a spreadsheet writes for Alt+Enter), so a
+    record may span lines. A quote that runs away is still found where it opened and never
+    swallows later rows: the record stops being continued, and is a problem, when it reaches the
+    end of the file, grows past the CSV field limit, or would take in a line that ``is_row``
+    says is a row of its own. Parsing then goes on from the line after the one that opened it.
     """
     lines = text.split("\n") if "\n" in text or "\r" not in text else text.split("\r")   # old Mac files: \r only
-    for number, line in enumerate(lines, start=1):
-        line = line.rstrip(" \t\r")
-        if "\0" in line:
-            yield number, None, "contains NUL bytes; is this a CSV text file?"
+    limit = csv.field_size_limit()
+    i = 0
+    while i < len(lines):
+        first = i
+        record = [lines[i].rstrip("\r")]
+        size = len(record[0])
+        problem = ""
+        while _ends_inside_quotes(record[-1], _START if len(record) == 1 else _QUOTED) == _QUOTED:
+            if "\0" in record[-1]:
+                break
+            if i + 1 >= len(lines) or size > limit or (is_row is not None and is_row(lines[i + 1].rstrip("\r"))):
+                problem = _runaway(first + 1, i + 1 - first, i + 1 >= len(lines), size > limit)
+                break
+            i += 1
+            record.append(lines[i].rstrip("\r"))
+            size += len(record[-1]) + 1
+        if problem:
+            yield first + 1, None, problem
+            i = first + 1
+            continue
+        i += 1
+        joined = "\n".join(record).rstrip(" \t")
+        if "\0" in joined:
+            yield first + 1, None, "contains NUL bytes; is this a CSV text file?"
             continue
         try:
-            yield number, next(csv.reader([line], skipinitialspace=True, strict=True), []), ""
+            yield first + 1, next(csv.reader([joined], skipinitialspace=True, strict=True), []), ""
         except csv.Error as exc:
-            yield number, None, _csv_problem(str(exc))
+            yield first + 1, None, _csv_problem(str(exc))
+
+
+def _runaway(line: int, spanned: int, at_end: bool, too_long: bool) -> str:
+    """Why an open quote that starts on ``line`` is refused (it is reported on that line)."""
+    if too_long:
+        where = f"still open after {csv.field_size_limit():,} characters"
+    elif at_end:
+        where = "still open at the end of the file" if spanned > 1 else "not closed on it"
+    else:
+        where = f"not closed before line {line + spanned}, which is a row of its own"
+    return (f"a quote opened on this line is {where} (it would swallow the rows below); close it, or write a "
+            f"quote inside a quoted caption as two quotes \"\"")
 
 
 def _csv_problem(message: str) -> str:
     if "unexpected end of data" in message:
-        return ("a quote opened on this line is not closed on it (it would swallow the rows below); "
-                "close it, or write a quote inside a quoted caption as two quotes \"\"")
+        return _runaway(0, 1, at_end=True, too_long=False)
     if "field larger than field limit" in message:
         return f"a field longer than {csv.field_size_limit():,} characters; is this a CSV of image_path,caption?"
     if "expected after" in message:
@@ -106,23 +208,36 @@ def read_captions(csv_path: str | os.PathLike, check_images: bool = True, skip_b
     if not path.is_file():
         raise InputError(f"找不到描述文件 / captions file not found: {path}; pass --csv FILE with image_path,caption rows "
                          f"(extract also takes --images DIR, a folder without captions)")
-    text, encoding = _decode_csv(path)
+    text, encoding = read_user_text(path, ("描述文件", "captions file"))
     if not text.strip():
         raise InputError(f"{path}: 文件为空 / empty file; expected a header row 'image_path,caption'")
-    rows = _csv_lines(text)
+    columns: list[str] = []
+    root = path.resolve().parent
+
+    def looks_like_row(line: str) -> bool:
+        """Whether a line an open quote would take in is an ``image_path,caption`` row of its own."""
+        try:
+            cells = next(csv.reader([line.rstrip(" \t")], skipinitialspace=True, strict=True), [])
+        except csv.Error:
+            return False
+        if not columns or len(cells) < len(columns) or not cells[ip].strip():
+            return False
+        image = cells[ip].strip()
+        return Path(image).suffix.lower() in IMAGE_EXTENSIONS or resolve_path(root, image).is_file()
+
+    rows = _csv_lines(text, looks_like_row)
     for line, header, problem in rows:
         if problem:
             raise InputError(f"{path} line {line}: 表头有误 / header: {problem}")
         if any(cell.strip() for cell in header):
             break
-    columns = [cell.strip().lower() for cell in header]
+    columns[:] = [cell.strip().lower() for cell in header]
     missing = [c for c in ("image_path", "caption") if c not in columns]
     if missing:
         raise InputError(f"{path} line {line}: missing column {', '.join(missing)} "
                          f"(found {', '.join(repr(c) for c in columns)}); "
                          f"表头应为 image_path,caption / the header must be 'image_path,caption'")
     ip, cp = columns.index("image_path"), columns.index("caption")
-    root = path.resolve().parent
     coll = Collection(root=root, images=[], source={"csv": str(path), "encoding": encoding})
     index: dict[str, int] = {}
     seen: set[tuple[str, str]] = set()
@@ -219,14 +334,9 @@ def scan_images(folder: str | os.PathLike) -> Collection:
 
 
 def read_query_lines(path: str | os.PathLike) -> list[str]:
-    """Text queries for a batch search: one per non-empty line (UTF-8, with or without a BOM)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    except OSError as exc:
-        raise InputError(f"无法读取查询文件 / queries file not readable: {path} ({exc.strerror or exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: 不是 UTF-8 文本 / not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
-    return [line.strip() for line in lines if line.strip()]
+    """Text queries for a batch search: one per non-empty line (UTF-8 with or without a BOM, or UTF-16 with one)."""
+    text, _ = read_user_text(path, ("查询文件", "queries file"), encodings=("utf-8-sig",))
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
