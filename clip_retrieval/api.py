@@ -48,18 +48,20 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                      quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      encoder: Encoder | None = None,
                      rules: str | os.PathLike | None = DEFAULT_RULES, update: bool = False,
-                     exact_decode: bool = False, skip_bad_rows: bool = False) -> ExtractResult:
+                     exact_decode: bool = False, skip_bad_rows: bool = False,
+                     follow_links: bool = False) -> ExtractResult:
     """Validate the collection first (cheap), then load the model and encode it.
 
     When the rules file exists, the expansion cache is built too, so first searches are fast.
     ``update`` re-encodes only what changed since the features already in ``out``.
     ``exact_decode`` turns JPEG draft decoding off (pixels as a plain PIL decode gives them).
     ``skip_bad_rows`` leaves malformed CSV rows out (listed in the manifest's source) instead of refusing the file.
+    ``follow_links`` follows symbolic links in ``images`` that lead outside it (``scan_images`` has the policy).
     """
     if csv is not None and images is not None:
         raise InputError("--csv 和 --images 只能选一个 / give either --csv or --images, not both")
     if images is not None:
-        coll = scan_images(images)
+        coll = scan_images(images, follow_links=follow_links, exclude=(out,))
     else:
         coll = read_captions(csv or "data/captions.csv", skip_bad_rows=skip_bad_rows)
     previous = None

@@ -105,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--csv", help="captions file with image_path,caption columns (default: data/captions.csv)")
     src.add_argument("--images", help="index a folder of images instead, subfolders included, no captions "
-                                      "(JPEG, PNG, WebP, GIF, BMP, TIFF; hidden files and folders left out)")
+                                      "(JPEG, PNG, WebP, GIF, BMP, TIFF; hidden files and folders, features "
+                                      "folders, the --out folder and grids this tool drew are left out; symbolic "
+                                      "links are followed while they stay inside the folder)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="with --images: also follow symbolic links that lead outside the folder (default: off, "
+                        "they are left out and counted)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model string: {model_name_help()}; `clip-retrieval models` lists them "
                         f"(default: {DEFAULT_MODEL})")
@@ -283,7 +288,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                   device=args.device, quiet=args.quiet,
                                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, rules=args.rules,
                                   update=args.update, exact_decode=args.exact_decode,
-                                  skip_bad_rows=args.skip_bad_rows)
+                                  skip_bad_rows=args.skip_bad_rows, follow_links=args.follow_links)
     counts = result.manifest.counts
     print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
           f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "
@@ -300,6 +305,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"  未读取的文件类型 / files of other types not read: {sum(ignored.values())} ({kinds}); "
               f"convert the photos among them to JPEG or PNG (we read {', '.join(sorted(IMAGE_EXTENSIONS))})",
               file=sys.stderr)
+    if source.get("excluded"):
+        shown = ", ".join(source["excluded"][:5]) + (" …" if len(source["excluded"]) > 5 else "")
+        print(f"  未索引本工具的输出 / left out this tool's own outputs: {len(source['excluded'])} ({shown})",
+              file=sys.stderr)
+    if source.get("outside_links"):
+        shown = ", ".join(source["outside_links"][:3]) + (" …" if len(source["outside_links"]) > 3 else "")
+        print(f"  未跟随指向文件夹外的链接 / symbolic links leading outside the folder not followed: "
+              f"{len(source['outside_links'])} ({shown}); --follow-links includes them", file=sys.stderr)
     duplicates = source.get("duplicate_rows", {})
     if duplicates.get("count"):
         lines = ", ".join(map(str, duplicates["lines"][:10])) + (" …" if duplicates["count"] > 10 else "")

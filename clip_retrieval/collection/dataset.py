@@ -290,8 +290,38 @@ def _row_problem(row: list[str], columns: list[str], ip: int, cp: int) -> str:
     return ""
 
 
-def scan_images(folder: str | os.PathLike) -> Collection:
-    """Index a folder tree with no captions: common image types, hidden entries skipped, link loops survived."""
+# Written into every grid PNG the tool draws, so a later --images over the same folder leaves it out.
+TOOL_MARK = "clip_retrieval"
+FEATURE_FILES = ("manifest.json", "image_features.pt")   # a folder holding both is a features folder of ours
+
+
+def is_tool_output(path: Path) -> bool:
+    """A picture this tool wrote (a result grid): a PNG whose header carries ``TOOL_MARK`` (one small read)."""
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return b"tEXt" + TOOL_MARK.encode() + b"\0" in head
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def scan_images(folder: str | os.PathLike, follow_links: bool = False,
+                exclude: tuple[str | os.PathLike, ...] = ()) -> Collection:
+    """Index a folder tree with no captions: common image types, hidden entries skipped, link loops survived.
+
+    Policy, as the ``--images`` help says: a symbolic link (to a folder or a file) is followed when
+    its target lies inside the collection; one leading outside it (a link to /etc) is left out and
+    counted in ``source["outside_links"]`` unless ``follow_links``. Features folders, the folders in
+    ``exclude`` (the output folder) and grids the tool drew are left out and counted in
+    ``source["excluded"]``, so indexing the current folder never indexes the tool's own files. A
+    FIFO, socket or device with an image name is skipped with its reason and never opened.
+    """
     root = Path(folder)
     if root.is_file():
         raise InputError(f"{root}: 是文件，--images 需要文件夹 / is a file; --images takes a folder "
@@ -299,22 +329,39 @@ def scan_images(folder: str | os.PathLike) -> Collection:
     if not root.is_dir():
         raise InputError(f"找不到图片文件夹 / image folder not found: {root}")
     root = root.resolve()
+    excluded_dirs = {Path(p).resolve() for p in exclude}
     seen_dirs: set[tuple[int, int]] = set()
     found: list[str] = []
     skipped: list[tuple[str, str]] = []
     ignored: dict[str, int] = {}   # files of other types, by extension: a HEIC library must not vanish silently
+    outside: list[str] = []
+    excluded: list[str] = []
+
+    def leads_outside(entry: Path) -> bool:
+        if follow_links or not entry.is_symlink():
+            return False
+        if _inside(entry.resolve(), root):
+            return False
+        outside.append(f"{entry.relative_to(root)} -> {os.readlink(entry)}")
+        return True
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen_dirs:
             dirnames[:] = []
             continue
         seen_dirs.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if here != root and (here.resolve() in excluded_dirs or all((here / f).is_file() for f in FEATURE_FILES)):
+            excluded.append(f"{here.relative_to(root)}/")
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not leads_outside(here / d))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             suffix = Path(name).suffix.lower()
-            full = Path(dirpath) / name
+            full = here / name
             if full.is_symlink() and not full.exists():   # dead or looping: no file, so no type to count
                 if suffix in IMAGE_EXTENSIONS:
                     skipped.append((str(full.relative_to(root)), BROKEN_LINK))
@@ -322,7 +369,14 @@ def scan_images(folder: str | os.PathLike) -> Collection:
             if suffix not in IMAGE_EXTENSIONS:
                 ignored[suffix or "(none)"] = ignored.get(suffix or "(none)", 0) + 1
                 continue
-            if full.is_file():
+            if leads_outside(full):
+                continue
+            special = special_file_reason(full)
+            if special:
+                skipped.append((str(full.relative_to(root)), special))
+            elif is_tool_output(full):
+                excluded.append(str(full.relative_to(root)))
+            elif full.is_file():
                 found.append(str(full.relative_to(root)))
     if not found:
         others = f"; found only {', '.join(ignored)}: convert those photos to JPEG or PNG" if ignored else ""
@@ -330,6 +384,10 @@ def scan_images(folder: str | os.PathLike) -> Collection:
     source: dict = {"images": str(root)}
     if ignored:
         source["ignored_types"] = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
+    if outside:
+        source["outside_links"] = outside
+    if excluded:
+        source["excluded"] = excluded
     return Collection(root=root, images=found, image_rows=[0] * len(found), source=source, skipped=skipped)
 
 
@@ -428,6 +486,9 @@ def open_user_image(path: str | os.PathLike, target_size: int | None = None, max
     if Path(path).is_dir():
         raise InputError(f"{what} {name}: 是文件夹，请指定一张图片 / is a folder; name one image file in it "
                          f"(a folder's images: extract --images, or search --image-dir)")
+    special = special_file_reason(path)
+    if special:
+        raise InputError(f"无法读取图片 / {what} not readable: {name} ({special}); name an image file")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -469,6 +530,9 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        special = special_file_reason(self.paths[i])   # it may have become one since the folder was listed
+        if special:
+            return i, None, "", special
         try:
             data = Path(self.paths[i]).read_bytes()
         except OSError as exc:

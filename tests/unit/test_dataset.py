@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clip_retrieval.collection.dataset import BROKEN_LINK, open_image, read_captions, read_query_lines, scan_images
+from clip_retrieval.collection.dataset import (BROKEN_LINK, open_image, open_user_image, read_captions, read_query_lines,
+                                               scan_images)
 from clip_retrieval.core.errors import InputError
 
 
@@ -121,6 +122,56 @@ def test_folder_scan_lists_dead_and_looping_links_as_skipped_never_as_types(tmp_
     assert coll.skipped == [("broken_link.jpg", BROKEN_LINK), ("loopc.png", BROKEN_LINK)]
     assert "符号链接失效或循环 / broken or looping symbolic link" in BROKEN_LINK
     assert "ignored_types" not in coll.source
+
+
+def test_folder_scan_follows_links_inside_the_collection_and_outside_ones_only_when_asked(tmp_path):
+    """A link to /etc made extraction walk its files (and the page could then show them): links that stay
+    inside the collection are followed, those leading out are left out and named, unless follow_links."""
+    root, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    _img(root / "album" / "a.jpg")
+    _img(elsewhere / "secret.jpg")
+    _img(elsewhere / "single.png")
+    _img(root / ".archive" / "b.jpg")
+    os.symlink(root / ".archive", root / "archive")            # inside (to a folder not walked otherwise): followed
+    os.symlink(elsewhere, root / "outside")                    # a folder outside: left out
+    os.symlink(elsewhere / "single.png", root / "linked.png")  # a file outside: left out too
+    coll = scan_images(root)
+    assert coll.images == ["album/a.jpg", "archive/b.jpg"]
+    assert not any("secret" in p or "linked" in p for p in coll.images)
+    assert sorted(coll.source["outside_links"]) == [f"linked.png -> {elsewhere / 'single.png'}", f"outside -> {elsewhere}"]
+    followed = scan_images(root, follow_links=True)
+    assert "outside/secret.jpg" in followed.images and "linked.png" in followed.images
+    assert "outside_links" not in followed.source
+
+
+def test_folder_scan_skips_fifos_without_opening_them(tmp_path):
+    """A FIFO named x.jpg was in neither the images, the skipped list nor the counts; opening it blocks forever."""
+    _img(tmp_path / "a.jpg")
+    os.mkfifo(tmp_path / "x.jpg")
+    coll = scan_images(tmp_path)   # a test that hangs here is the bug
+    assert coll.images == ["a.jpg"]
+    assert [p for p, _ in coll.skipped] == ["x.jpg"] and "FIFO" in coll.skipped[0][1] and "not opened" in coll.skipped[0][1]
+    with pytest.raises(InputError, match=r"^无法读取图片 / query image not readable: .*x.jpg \(命名管道 / a FIFO"):
+        open_user_image(tmp_path / "x.jpg", what="query image")
+    with pytest.raises(InputError, match=r"queries file not readable: .*x.jpg \(命名管道 / a FIFO"):
+        read_query_lines(tmp_path / "x.jpg")
+
+
+def test_indexing_the_working_folder_leaves_out_the_tools_own_outputs(tmp_path):
+    """extract --images . used to index outputs/ and the grids the tool drew; both are left out and counted."""
+    from clip_retrieval.grid import render_grid
+
+    _img(tmp_path / "a.jpg")
+    features = tmp_path / "old_features"
+    _img(features / "thumb.png")
+    (features / "manifest.json").write_text("{}")
+    (features / "image_features.pt").write_bytes(b"x")
+    _img(tmp_path / "out" / "not_yet_features.png")
+    render_grid(tmp_path / "grid.png", "金毛", [])
+    _img(tmp_path / "my_drawing.png")
+    coll = scan_images(tmp_path, exclude=(tmp_path / "out",))
+    assert coll.images == ["a.jpg", "my_drawing.png"]
+    assert sorted(coll.source["excluded"]) == ["grid.png", "old_features/", "out/"]
 
 
 def test_folder_scan_counts_the_files_it_cannot_read_by_type(tmp_path):
