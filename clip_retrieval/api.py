@@ -30,7 +30,7 @@ from .models import DEFAULT_MODEL
 from .core.errors import InputError, UserError
 from .query.expansion import DEFAULT_RULES, RuleTable, find_rules, load_rules
 from .extract import ExtractResult, extract
-from .index.base import Where
+from .index.base import Where, check_matches, rows_of
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
 from .models import OnDemand, open_encoder
 from .models.onnx import weights_fingerprint
@@ -260,8 +260,14 @@ def run_query(searcher: Searcher, query: str | None = None, k: int = 5, expand: 
 
 def where_filter(searcher: Searcher, path_prefix: str | None = None,
                  caption_contains: str | None = None) -> Where | None:
-    """``--where-path`` and ``--where-caption`` as one filter every backend runs (None: no filter)."""
-    return Where.parse(path_prefix, caption_contains, searcher.store.root)
+    """``--where-path`` and ``--where-caption`` as one filter every backend runs (None: no filter).
+
+    A filter that no image passes is refused (``InputError`` naming it), never an empty answer.
+    """
+    where = Where.parse(path_prefix, caption_contains, searcher.store.root)
+    if where is not None:
+        check_matches(where, rows_of(searcher.store))
+    return where
 
 
 def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None = None,

@@ -30,7 +30,8 @@ FIRST_STEPS = """\
   clip-retrieval search --image photo.jpg                   similar images
   clip-retrieval SUBCOMMAND --help                          every option, with its default
 
-退出码 / exit codes: 0 done; 2 bad input or usage (one line on stderr naming the file or value and the fix);
+退出码 / exit codes: 0 done; 2 bad input or usage (one line on stderr naming the file or value and the fix;
+  a --where-path/--where-caption filter that no image passes is one: nothing is searched);
   3 partial (batch search or classify: the bad inputs are listed; replay: some differ or cannot run); 1 a bug, please report it
   extract with unreadable images: 0, they are skipped and listed (stderr, manifest.json "skipped") / 跳过的图片不影响退出码
 """
@@ -137,9 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true",
                    help="scan every vector even when index.json names another backend (default: off)")
     p.add_argument("--where-path", metavar="FOLDER",
-                   help="only images in this folder of the collection, relative to its root (default: all)")
+                   help="only images in this folder and its subfolders: a folder, not a file-name prefix, written "
+                        "relative to the collection root (as results show paths), to the working folder, or "
+                        "absolute; a folder with no images is an error naming the nearest folders, exit 2 "
+                        "(default: all)")
     p.add_argument("--where-caption", metavar="TEXT",
-                   help="only images with a caption containing TEXT, case-sensitive (default: all)")
+                   help="only images with a caption containing TEXT, case-sensitive; text no caption contains, or "
+                        "a collection without captions, is an error, exit 2 (default: all)")
     p.add_argument("--image", help="query image: similar images (itself excluded), or captions with --to text; "
                                    "with --query too, 'this picture, but ...'")
     p.add_argument("--to", default="image", choices=["image", "text"], help="what to return for --image")
