@@ -31,7 +31,7 @@ from .engines import make_engine
 from .core.errors import InputError, UserError
 from .query.expansion import DEFAULT_RULES, RuleTable, find_rules, load_rules
 from .extract import ExtractResult, extract
-from .index.base import Where
+from .index.base import Where, check_matches, rows_of
 from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401  (Searcher is API)
 from .models import OnDemand, open_encoder
 from .models.onnx import weights_fingerprint
@@ -51,7 +51,7 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                      rules: str | os.PathLike | None = DEFAULT_RULES, update: bool = False,
                      exact_decode: bool = False, skip_bad_rows: bool = False, engine: str = "local",
                      ray_address: str | None = None, workers: int | None = None,
-                     shard_size: int | None = None) -> ExtractResult:
+                     shard_size: int | None = None, follow_links: bool = False) -> ExtractResult:
     """Validate the collection first (cheap), then load the model and encode it.
 
     When the rules file exists, the expansion cache is built too, so first searches are fast.
@@ -63,6 +63,7 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     ``engine="ray"`` encodes the images in shards of ``shard_size`` as Ray tasks (``workers`` at a time) on the
     cluster at ``ray_address`` (or ``RAY_ADDRESS``), else on a local Ray; the features saved are those the local
     engine saves, and a rerun after an interruption encodes only the missing shards (``engines``).
+    ``follow_links`` follows symbolic links in ``images`` that lead outside it (``scan_images`` has the policy).
     """
     if csv is not None and images is not None:
         raise InputError("--csv 和 --images 只能选一个 / give either --csv or --images, not both")
@@ -71,7 +72,7 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     sharded = make_engine(engine, out, model, checkpoint, device, shard_size, ray_address, workers,
                           encoder_given=encoder is not None)
     if images is not None:
-        coll = scan_images(images)
+        coll = scan_images(images, follow_links=follow_links, exclude=(out,))
     else:
         coll = read_captions(csv or "data/captions.csv", skip_bad_rows=skip_bad_rows)
     previous = None
@@ -284,8 +285,14 @@ def run_query(searcher: Searcher, query: str | None = None, k: int = 5, expand: 
 
 def where_filter(searcher: Searcher, path_prefix: str | None = None,
                  caption_contains: str | None = None) -> Where | None:
-    """``--where-path`` and ``--where-caption`` as one filter every backend runs (None: no filter)."""
-    return Where.parse(path_prefix, caption_contains, searcher.store.root)
+    """``--where-path`` and ``--where-caption`` as one filter every backend runs (None: no filter).
+
+    A filter that no image passes is refused (``InputError`` naming it), never an empty answer.
+    """
+    where = Where.parse(path_prefix, caption_contains, searcher.store.root)
+    if where is not None:
+        check_matches(where, rows_of(searcher.store))
+    return where
 
 
 def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None = None,

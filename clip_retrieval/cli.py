@@ -31,7 +31,8 @@ FIRST_STEPS = """\
   clip-retrieval search --image photo.jpg                   similar images
   clip-retrieval SUBCOMMAND --help                          every option, with its default
 
-退出码 / exit codes: 0 done; 2 bad input or usage (one line on stderr naming the file or value and the fix);
+退出码 / exit codes: 0 done; 2 bad input or usage (one line on stderr naming the file or value and the fix;
+  a --where-path/--where-caption filter that no image passes is one: nothing is searched);
   3 partial (batch search or classify: the bad inputs are listed; replay: some differ or cannot run); 1 a bug, please report it
   extract with unreadable images: 0, they are skipped and listed (stderr, manifest.json "skipped") / 跳过的图片不影响退出码
 """
@@ -106,7 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--csv", help="captions file with image_path,caption columns (default: data/captions.csv)")
     src.add_argument("--images", help="index a folder of images instead, subfolders included, no captions "
-                                      "(JPEG, PNG, WebP, GIF, BMP, TIFF; hidden files and folders left out)")
+                                      "(JPEG, PNG, WebP, GIF, BMP, TIFF; hidden files and folders, features "
+                                      "folders, the --out folder and grids this tool drew are left out; symbolic "
+                                      "links are followed while they stay inside the folder)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="with --images: also follow symbolic links that lead outside the folder (default: off, "
+                        "they are left out and counted)")
     p.add_argument("--model",
                    help=f"model string: {model_name_help()}; `clip-retrieval models` lists them "
                         f"(default: with --update the model of the features in --out, else {DEFAULT_MODEL})")
@@ -147,9 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact", action="store_true",
                    help="scan every vector even when index.json names another backend (default: off)")
     p.add_argument("--where-path", metavar="FOLDER",
-                   help="only images in this folder of the collection, relative to its root (default: all)")
+                   help="only images in this folder and its subfolders: a folder, not a file-name prefix, written "
+                        "relative to the collection root (as results show paths), to the working folder, or "
+                        "absolute; a folder with no images is an error naming the nearest folders, exit 2 "
+                        "(default: all)")
     p.add_argument("--where-caption", metavar="TEXT",
-                   help="only images with a caption containing TEXT, case-sensitive (default: all)")
+                   help="only images with a caption containing TEXT, case-sensitive; text no caption contains, or "
+                        "a collection without captions, is an error, exit 2 (default: all)")
     p.add_argument("--image", help="query image: similar images (itself excluded), or captions with --to text; "
                                    "with --query too, 'this picture, but ...'")
     p.add_argument("--to", default="image", choices=["image", "text"], help="what to return for --image")
@@ -299,7 +309,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                   max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, rules=args.rules,
                                   update=args.update, exact_decode=args.exact_decode,
                                   skip_bad_rows=args.skip_bad_rows, engine=args.engine,
-                                  ray_address=args.ray_address, workers=args.workers, shard_size=args.shard_size)
+                                  ray_address=args.ray_address, workers=args.workers, shard_size=args.shard_size,
+                                  follow_links=args.follow_links)
     counts = result.manifest.counts
     shards = (f"; shards: {result.shards['planned']}, {result.shards['resumed']} resumed from an earlier run"
               if result.shards else "")
@@ -318,6 +329,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"  未读取的文件类型 / files of other types not read: {sum(ignored.values())} ({kinds}); "
               f"convert the photos among them to JPEG or PNG (we read {', '.join(sorted(IMAGE_EXTENSIONS))})",
               file=sys.stderr)
+    if source.get("excluded"):
+        shown = ", ".join(source["excluded"][:5]) + (" …" if len(source["excluded"]) > 5 else "")
+        print(f"  未索引本工具的输出 / left out this tool's own outputs: {len(source['excluded'])} ({shown})",
+              file=sys.stderr)
+    if source.get("outside_links"):
+        shown = ", ".join(source["outside_links"][:3]) + (" …" if len(source["outside_links"]) > 3 else "")
+        print(f"  未跟随指向文件夹外的链接 / symbolic links leading outside the folder not followed: "
+              f"{len(source['outside_links'])} ({shown}); --follow-links includes them", file=sys.stderr)
     duplicates = source.get("duplicate_rows", {})
     if duplicates.get("count"):
         lines = ", ".join(map(str, duplicates["lines"][:10])) + (" …" if duplicates["count"] > 10 else "")

@@ -17,6 +17,7 @@ scores everything equal earns nothing from the order of the collection.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .collection.dataset import read_user_text
 from .core.errors import InputError
 from .features.store import Manifest
 from .core.paths import resolve_path
@@ -91,27 +93,46 @@ def caption_queries(manifest: Manifest) -> QuerySet:
 
 
 def file_queries(path: str | os.PathLike, manifest: Manifest) -> QuerySet:
-    """``query,image_path`` rows; several rows per query give its relevant set."""
+    """``query,image_path`` rows; several rows per query give its relevant set.
+
+    An image path may be written relative to the query file, relative to the collection root (as
+    the log, results and ``--where-path`` write it) or absolute; the first that names an image of
+    the features is used. A row naming no image of the features would score as a miss and make
+    every figure silently wrong (0.0000, mean rank nan), so such rows are refused together,
+    naming their lines, and an image left out at extraction says why it was.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"找不到查询文件 / query file not found: {path}")
     index = {str(manifest.image_file(i).resolve()): i for i in range(len(manifest.images))}
+    skipped = {str(resolve_path(manifest.root, e["path"]).resolve()): e.get("reason", "") for e in manifest.skipped}
+    here, root = path.resolve().parent, Path(manifest.root)
+    text, _ = read_user_text(path, ("查询文件", "query file"))
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header = [c.strip().lower() for c in next(reader, [])]
+    if header[:2] != ["query", "image_path"]:
+        raise InputError(f"{path} line 1: 表头应为 query,image_path / the header must be 'query,image_path', "
+                         f"got {','.join(header)!r}")
     grouped: dict[str, set[int]] = {}
-    missing = 0
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, skipinitialspace=True)
-        header = [c.strip().lower() for c in next(reader, [])]
-        if header[:2] != ["query", "image_path"]:
-            raise InputError(f"{path} line 1: 表头应为 query,image_path / the header must be 'query,image_path', got {','.join(header)!r}")
-        for row in reader:
-            if not any(c.strip() for c in row):
-                continue
-            if len(row) < 2 or not row[0].strip():
-                raise InputError(f"{path} line {reader.line_num}: 应为两列 / expected 'query,image_path'")
-            full = str(resolve_path(path.resolve().parent, row[1].strip()).resolve())
-            if full not in index:
-                missing += 1
-            grouped.setdefault(row[0].strip(), set()).add(index.get(full, -missing))
+    unmatched: list[str] = []
+    for row in reader:
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise InputError(f"{path} line {reader.line_num}: 应为两列 / expected 'query,image_path'")
+        written = row[1].strip()
+        tried = [str(resolve_path(base, written).resolve()) for base in (here, root)]
+        found = next((index[t] for t in tried if t in index), None)
+        if found is None:
+            why = next((f"left out at extraction: {skipped[t]}" for t in tried if t in skipped), "not in the features")
+            unmatched.append(f"line {reader.line_num} {written} ({why})")
+            continue
+        grouped.setdefault(row[0].strip(), set()).add(found)
+    if unmatched:
+        shown = "; ".join(unmatched[:5]) + (f"; and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
+        raise InputError(f"{path}: {len(unmatched)} 行的图片不在特征中 / rows name no image of the features: {shown}; "
+                         f"write image paths relative to this file, to the collection root {root}, or absolute, "
+                         f"and leave out images the features do not hold")
     if not grouped:
         raise InputError(f"{path}: 没有查询 / no queries")
     queries = list(grouped)

@@ -110,5 +110,11 @@ def render_grid(out: str | os.PathLike, query_text: str, results: list, query_im
         label = hit.caption or Path(hit.image_path).name   # a folder indexed without captions: its file name
         draw.text((x, pad + THUMB + 26), _fit(draw, label, small, THUMB), font=small, fill=(60, 60, 60))
     out = Path(out)
-    write_atomic(out, lambda tmp: sheet.save(tmp, format="PNG"))
+    from PIL.PngImagePlugin import PngInfo
+
+    from .collection.dataset import TOOL_MARK
+
+    mark = PngInfo()
+    mark.add_text(TOOL_MARK, "result grid")   # so extract --images over this folder leaves the grid out
+    write_atomic(out, lambda tmp: sheet.save(tmp, format="PNG", pnginfo=mark))
     return out

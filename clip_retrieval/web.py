@@ -232,9 +232,27 @@ def build(page: Page):
     return app
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another program holds before the page claims to serve on it (Gradio would say
+    only "Cannot find empty port" after our banner)."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise UserError(f"无法在 {host}:{port} 监听 / cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                                f"check --host") from exc
+            raise UserError(f"端口 {port} 已被占用 / port {port} on {host} is taken by another program; pick another "
+                            f"with --port, e.g. --port {port + 1}") from exc
+
+
 def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, rules: str | os.PathLike = DEFAULT_RULES,
           device: str = "auto", dictionary: bool = True) -> None:
     """Start the page and block until interrupted; the upload folder is removed on the way out."""
+    check_port_free(host, port)
     upload_dir = tempfile.mkdtemp(prefix="clip_retrieval_uploads_")
 
     def stop(*_):  # a service manager's SIGTERM ends the page as Ctrl-C does, so the cleanup runs

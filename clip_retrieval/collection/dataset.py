@@ -10,11 +10,13 @@ models or write outputs.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,38 +53,138 @@ class Collection:
         return resolve_path(self.root, path)
 
 
-def _decode_csv(path: Path) -> tuple[str, str]:
-    raw = path.read_bytes()
-    for encoding in CSV_ENCODINGS:
+def special_file_reason(path: str | os.PathLike) -> str:
+    """Why ``path`` is not a plain file one may read ('' when it is, or when it does not exist).
+
+    A FIFO, socket or device would block or never end when read, so it is named and never
+    opened; ``os.stat`` looks at it without opening it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    kind = ("命名管道 / a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "套接字 / a socket" if stat.S_ISSOCK(mode)
+            else "设备文件 / a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "特殊文件 / a special file")
+    return f"{kind}, not a regular file; not opened, as reading it could wait forever"
+
+
+def read_user_text(path: str | os.PathLike, what: tuple[str, str] = ("文本文件", "text file"),
+                   encodings: tuple[str, ...] = CSV_ENCODINGS) -> tuple[str, str]:
+    """A text file a user made, decoded, and the encoding that read it.
+
+    A byte-order mark decides first (UTF-16, as Windows Notepad and Excel's "Unicode text" write,
+    or UTF-8), then each of ``encodings`` is tried. Anything else is an ``InputError`` naming
+    the file and how to save it.
+    """
+    path = Path(path)
+    special = special_file_reason(path)
+    if special:
+        raise InputError(f"无法读取{what[0]} / {what[1]} not readable: {path} ({special})")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"无法读取{what[0]} / {what[1]} not readable: {path} ({exc.strerror or exc})") from exc
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not raw.startswith(codecs.BOM_UTF32_LE):
+        try:
+            return raw.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: UTF-16 文本已损坏 / UTF-16 text (it starts with a UTF-16 byte-order mark) that "
+                             f"does not decode at byte {exc.start}; save it again as UTF-8") from exc
+    for encoding in encodings:
         try:
             return raw.decode(encoding), encoding
         except UnicodeDecodeError:
             continue
-    raise InputError(f"{path}: 不是 UTF-8 或 GBK 文本，请另存为 UTF-8 CSV / not UTF-8 or GBK/GB18030 text; save it as UTF-8 CSV")
+    names = " or ".join("UTF-8" if e.startswith("utf-8") else "GBK/GB18030" for e in encodings)
+    raise InputError(f"{path}: 不是 UTF-8 或 GBK 文本，请另存为 UTF-8 / not {names} (nor UTF-16 with a byte-order "
+                     f"mark) text; save it as UTF-8")
 
 
-def _csv_lines(text: str):
-    """(line number, cells or None, problem) for each physical line.
+_START, _UNQUOTED, _QUOTED, _AFTER_QUOTE = range(4)
 
-    Every line is parsed on its own, so a quote left open cannot swallow the rows after it, and a
-    broken line is reported where it starts. A caption spanning lines is therefore a problem too.
+
+def _ends_inside_quotes(line: str, state: int) -> int:
+    """The quoting state after ``line`` (``_QUOTED``: a quoted field runs on to the next line).
+
+    The same rules as ``csv.reader(skipinitialspace=True)``: a quote opens a field only at its
+    start, and ``""`` inside a quoted field is a quote. Linear in the line, so a record's end
+    is found without re-parsing the lines before it.
+    """
+    for ch in line:
+        if state == _QUOTED:
+            if ch == '"':
+                state = _AFTER_QUOTE
+        elif state == _AFTER_QUOTE:
+            state = _QUOTED if ch == '"' else _START if ch == "," else _UNQUOTED
+        elif ch == ",":
+            state = _START
+        elif state == _START and ch == '"':
+            state = _QUOTED
+        elif state == _START and ch == " ":
+            pass
+        else:
+            state = _UNQUOTED
+    return _QUOTED if state == _QUOTED else _START
+
+
+def _csv_lines(text: str, is_row: Callable[[str], bool] | None = None):
+    """(first line number, cells or None, problem) for each CSV record.
+
+    A quoted field may hold line breaks (RFC 4180; what a spreadsheet writes for Alt+Enter), so a
+    record may span lines. A quote that runs away is still found where it opened and never
+    swallows later rows: the record stops being continued, and is a problem, when it reaches the
+    end of the file, grows past the CSV field limit, or would take in a line that ``is_row``
+    says is a row of its own. Parsing then goes on from the line after the one that opened it.
     """
     lines = text.split("\n") if "\n" in text or "\r" not in text else text.split("\r")   # old Mac files: \r only
-    for number, line in enumerate(lines, start=1):
-        line = line.rstrip(" \t\r")
-        if "\0" in line:
-            yield number, None, "contains NUL bytes; is this a CSV text file?"
+    limit = csv.field_size_limit()
+    i = 0
+    while i < len(lines):
+        first = i
+        record = [lines[i].rstrip("\r")]
+        size = len(record[0])
+        problem = ""
+        while _ends_inside_quotes(record[-1], _START if len(record) == 1 else _QUOTED) == _QUOTED:
+            if "\0" in record[-1]:
+                break
+            if i + 1 >= len(lines) or size > limit or (is_row is not None and is_row(lines[i + 1].rstrip("\r"))):
+                problem = _runaway(first + 1, i + 1 - first, i + 1 >= len(lines), size > limit)
+                break
+            i += 1
+            record.append(lines[i].rstrip("\r"))
+            size += len(record[-1]) + 1
+        if problem:
+            yield first + 1, None, problem
+            i = first + 1
+            continue
+        i += 1
+        joined = "\n".join(record).rstrip(" \t")
+        if "\0" in joined:
+            yield first + 1, None, "contains NUL bytes; is this a CSV text file?"
             continue
         try:
-            yield number, next(csv.reader([line], skipinitialspace=True, strict=True), []), ""
+            yield first + 1, next(csv.reader([joined], skipinitialspace=True, strict=True), []), ""
         except csv.Error as exc:
-            yield number, None, _csv_problem(str(exc))
+            yield first + 1, None, _csv_problem(str(exc))
+
+
+def _runaway(line: int, spanned: int, at_end: bool, too_long: bool) -> str:
+    """Why an open quote that starts on ``line`` is refused (it is reported on that line)."""
+    if too_long:
+        where = f"still open after {csv.field_size_limit():,} characters"
+    elif at_end:
+        where = "still open at the end of the file" if spanned > 1 else "not closed on it"
+    else:
+        where = f"not closed before line {line + spanned}, which is a row of its own"
+    return (f"a quote opened on this line is {where} (it would swallow the rows below); close it, or write a "
+            f"quote inside a quoted caption as two quotes \"\"")
 
 
 def _csv_problem(message: str) -> str:
     if "unexpected end of data" in message:
-        return ("a quote opened on this line is not closed on it (it would swallow the rows below); "
-                "close it, or write a quote inside a quoted caption as two quotes \"\"")
+        return _runaway(0, 1, at_end=True, too_long=False)
     if "field larger than field limit" in message:
         return f"a field longer than {csv.field_size_limit():,} characters; is this a CSV of image_path,caption?"
     if "expected after" in message:
@@ -106,23 +208,36 @@ def read_captions(csv_path: str | os.PathLike, check_images: bool = True, skip_b
     if not path.is_file():
         raise InputError(f"找不到描述文件 / captions file not found: {path}; pass --csv FILE with image_path,caption rows "
                          f"(extract also takes --images DIR, a folder without captions)")
-    text, encoding = _decode_csv(path)
+    text, encoding = read_user_text(path, ("描述文件", "captions file"))
     if not text.strip():
         raise InputError(f"{path}: 文件为空 / empty file; expected a header row 'image_path,caption'")
-    rows = _csv_lines(text)
+    columns: list[str] = []
+    root = path.resolve().parent
+
+    def looks_like_row(line: str) -> bool:
+        """Whether a line an open quote would take in is an ``image_path,caption`` row of its own."""
+        try:
+            cells = next(csv.reader([line.rstrip(" \t")], skipinitialspace=True, strict=True), [])
+        except csv.Error:
+            return False
+        if not columns or len(cells) < len(columns) or not cells[ip].strip():
+            return False
+        image = cells[ip].strip()
+        return Path(image).suffix.lower() in IMAGE_EXTENSIONS or resolve_path(root, image).is_file()
+
+    rows = _csv_lines(text, looks_like_row)
     for line, header, problem in rows:
         if problem:
             raise InputError(f"{path} line {line}: 表头有误 / header: {problem}")
         if any(cell.strip() for cell in header):
             break
-    columns = [cell.strip().lower() for cell in header]
+    columns[:] = [cell.strip().lower() for cell in header]
     missing = [c for c in ("image_path", "caption") if c not in columns]
     if missing:
         raise InputError(f"{path} line {line}: missing column {', '.join(missing)} "
                          f"(found {', '.join(repr(c) for c in columns)}); "
                          f"表头应为 image_path,caption / the header must be 'image_path,caption'")
     ip, cp = columns.index("image_path"), columns.index("caption")
-    root = path.resolve().parent
     coll = Collection(root=root, images=[], source={"csv": str(path), "encoding": encoding})
     index: dict[str, int] = {}
     seen: set[tuple[str, str]] = set()
@@ -175,8 +290,38 @@ def _row_problem(row: list[str], columns: list[str], ip: int, cp: int) -> str:
     return ""
 
 
-def scan_images(folder: str | os.PathLike) -> Collection:
-    """Index a folder tree with no captions: common image types, hidden entries skipped, link loops survived."""
+# Written into every grid PNG the tool draws, so a later --images over the same folder leaves it out.
+TOOL_MARK = "clip_retrieval"
+FEATURE_FILES = ("manifest.json", "image_features.pt")   # a folder holding both is a features folder of ours
+
+
+def is_tool_output(path: Path) -> bool:
+    """A picture this tool wrote (a result grid): a PNG whose header carries ``TOOL_MARK`` (one small read)."""
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return b"tEXt" + TOOL_MARK.encode() + b"\0" in head
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def scan_images(folder: str | os.PathLike, follow_links: bool = False,
+                exclude: tuple[str | os.PathLike, ...] = ()) -> Collection:
+    """Index a folder tree with no captions: common image types, hidden entries skipped, link loops survived.
+
+    Policy, as the ``--images`` help says: a symbolic link (to a folder or a file) is followed when
+    its target lies inside the collection; one leading outside it (a link to /etc) is left out and
+    counted in ``source["outside_links"]`` unless ``follow_links``. Features folders, the folders in
+    ``exclude`` (the output folder) and grids the tool drew are left out and counted in
+    ``source["excluded"]``, so indexing the current folder never indexes the tool's own files. A
+    FIFO, socket or device with an image name is skipped with its reason and never opened.
+    """
     root = Path(folder)
     if root.is_file():
         raise InputError(f"{root}: 是文件，--images 需要文件夹 / is a file; --images takes a folder "
@@ -184,22 +329,39 @@ def scan_images(folder: str | os.PathLike) -> Collection:
     if not root.is_dir():
         raise InputError(f"找不到图片文件夹 / image folder not found: {root}")
     root = root.resolve()
+    excluded_dirs = {Path(p).resolve() for p in exclude}
     seen_dirs: set[tuple[int, int]] = set()
     found: list[str] = []
     skipped: list[tuple[str, str]] = []
     ignored: dict[str, int] = {}   # files of other types, by extension: a HEIC library must not vanish silently
+    outside: list[str] = []
+    excluded: list[str] = []
+
+    def leads_outside(entry: Path) -> bool:
+        if follow_links or not entry.is_symlink():
+            return False
+        if _inside(entry.resolve(), root):
+            return False
+        outside.append(f"{entry.relative_to(root)} -> {os.readlink(entry)}")
+        return True
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen_dirs:
             dirnames[:] = []
             continue
         seen_dirs.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if here != root and (here.resolve() in excluded_dirs or all((here / f).is_file() for f in FEATURE_FILES)):
+            excluded.append(f"{here.relative_to(root)}/")
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not leads_outside(here / d))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             suffix = Path(name).suffix.lower()
-            full = Path(dirpath) / name
+            full = here / name
             if full.is_symlink() and not full.exists():   # dead or looping: no file, so no type to count
                 if suffix in IMAGE_EXTENSIONS:
                     skipped.append((str(full.relative_to(root)), BROKEN_LINK))
@@ -207,7 +369,14 @@ def scan_images(folder: str | os.PathLike) -> Collection:
             if suffix not in IMAGE_EXTENSIONS:
                 ignored[suffix or "(none)"] = ignored.get(suffix or "(none)", 0) + 1
                 continue
-            if full.is_file():
+            if leads_outside(full):
+                continue
+            special = special_file_reason(full)
+            if special:
+                skipped.append((str(full.relative_to(root)), special))
+            elif is_tool_output(full):
+                excluded.append(str(full.relative_to(root)))
+            elif full.is_file():
                 found.append(str(full.relative_to(root)))
     if not found:
         others = f"; found only {', '.join(ignored)}: convert those photos to JPEG or PNG" if ignored else ""
@@ -215,18 +384,17 @@ def scan_images(folder: str | os.PathLike) -> Collection:
     source: dict = {"images": str(root)}
     if ignored:
         source["ignored_types"] = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
+    if outside:
+        source["outside_links"] = outside
+    if excluded:
+        source["excluded"] = excluded
     return Collection(root=root, images=found, image_rows=[0] * len(found), source=source, skipped=skipped)
 
 
 def read_query_lines(path: str | os.PathLike) -> list[str]:
-    """Text queries for a batch search: one per non-empty line (UTF-8, with or without a BOM)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    except OSError as exc:
-        raise InputError(f"无法读取查询文件 / queries file not readable: {path} ({exc.strerror or exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: 不是 UTF-8 文本 / not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
-    return [line.strip() for line in lines if line.strip()]
+    """Text queries for a batch search: one per non-empty line (UTF-8 with or without a BOM, or UTF-16 with one)."""
+    text, _ = read_user_text(path, ("查询文件", "queries file"), encodings=("utf-8-sig",))
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -318,6 +486,9 @@ def open_user_image(path: str | os.PathLike, target_size: int | None = None, max
     if Path(path).is_dir():
         raise InputError(f"{what} {name}: 是文件夹，请指定一张图片 / is a folder; name one image file in it "
                          f"(a folder's images: extract --images, or search --image-dir)")
+    special = special_file_reason(path)
+    if special:
+        raise InputError(f"无法读取图片 / {what} not readable: {name} ({special}); name an image file")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -359,6 +530,9 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        special = special_file_reason(self.paths[i])   # it may have become one since the folder was listed
+        if special:
+            return i, None, "", special
         try:
             data = Path(self.paths[i]).read_bytes()
         except OSError as exc:

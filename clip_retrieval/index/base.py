@@ -38,27 +38,78 @@ class Where:
     @classmethod
     def parse(cls, path_prefix: str | None, caption_contains: str | None,
               root: str | os.PathLike | None = None) -> Where | None:
-        """Normalise what a user typed; None when there is nothing to filter on."""
+        """Normalise what a user typed; None when there is nothing to filter on.
+
+        The folder may be written relative to the collection root (as the log and results show
+        paths), absolute, or relative to the working folder (``../photos/宠物``): the last counts
+        when it names a folder inside the collection and the root has no folder of that name.
+        """
         prefix = None
         if path_prefix is not None and path_prefix.strip():
             text = path_prefix.strip().replace("\\", "/")
+            if root is not None and not Path(text).is_absolute() and not (Path(root) / text).is_dir():
+                here = Path(text).resolve()
+                if here.is_dir() and here.is_relative_to(Path(root).resolve()):
+                    text = str(here)
             if root is not None and Path(text).is_absolute():
-                text = relative_path(text, root)
+                text = relative_path(Path(text).resolve() if Path(text).exists() else text, Path(root).resolve())
             prefix = str(PurePosixPath(text)).rstrip("/")
             if prefix in ("", "."):
                 prefix = None
         caption = caption_contains if caption_contains else None
         return cls(prefix, caption) if prefix is not None or caption is not None else None
 
+    def path_prefix_matches(self, path: str) -> bool:
+        """Whether a path (relative to the collection root) lies in the folder ``path_prefix`` or below it."""
+        return self.path_prefix is None or path.startswith(self.path_prefix + "/")
+
     def matches(self, path: str, captions: list[str]) -> bool:
         """Whether an image (path relative to the collection root, its captions) passes the filter."""
-        if self.path_prefix is not None and not path.startswith(self.path_prefix + "/"):
+        if not self.path_prefix_matches(path):
             return False
         return self.caption_contains is None or any(self.caption_contains in c for c in captions)
 
     def to_json(self) -> dict:
         return {k: v for k, v in (("path_prefix", self.path_prefix), ("caption_contains", self.caption_contains))
                 if v is not None}
+
+
+def check_matches(where: Where, rows: list[Row]) -> None:
+    """Refuse a filter that no image of the collection passes, saying which part matched nothing and what would.
+
+    The first passing row ends the check; only when none passes are the rows looked at again, to
+    name the cause: a folder that does not exist (with the nearest that do), a file-name prefix
+    (``--where-path`` takes folders), a collection without captions.
+    """
+    if any(where.matches(r.path, r.captions) for r in rows):
+        return
+    import difflib
+
+    def fail(what: str) -> None:
+        raise InputError(f"筛选条件没有匹配任何图片 / no image in the collection matches {what}; nothing was "
+                         f"searched (exit 2)")
+
+    prefix, caption = where.path_prefix, where.caption_contains
+    if prefix is not None and not any(where.path_prefix_matches(r.path) for r in rows):
+        folders = sorted({str(PurePosixPath(r.path).parents[i]) for r in rows
+                          for i in range(len(PurePosixPath(r.path).parents) - 1)})
+        named = sum(r.path.startswith(prefix) for r in rows)
+        below = [f for f in folders if f.startswith(prefix)][:3]
+        if below:
+            fail(f"--where-path {prefix}: no such folder; folders whose names start with it: {', '.join(below)}")
+        if named:
+            fail(f"--where-path {prefix}: it is not a folder, though {named} image paths start with it; "
+                 f"--where-path takes a folder (e.g. {str(PurePosixPath(prefix).parent)}), narrow by words with "
+                 f"--where-caption")
+        near = difflib.get_close_matches(prefix, folders, n=3, cutoff=0.3) or folders[:3]
+        fail(f"--where-path {prefix}: no such folder in the collection (a folder relative to its root, to the working "
+             f"folder, or absolute); nearest folders: {', '.join(near) if near else '(none: every image is at the root)'}")
+    if caption is not None and not any(r.captions for r in rows):
+        fail(f"--where-caption {caption!r}: this collection has no captions (it was indexed from a folder); "
+             f"filter by folder with --where-path, or extract --csv with captions")
+    if caption is not None and not any(caption in c for r in rows for c in r.captions):
+        fail(f"--where-caption {caption!r}: no caption contains it (case-sensitive, as typed)")
+    fail(f"--where-path {prefix} together with --where-caption {caption!r}: each matches images, but none both")
 
 
 def relative_path(path: str | os.PathLike, root: str | os.PathLike) -> str:

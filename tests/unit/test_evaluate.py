@@ -58,7 +58,7 @@ def test_eval_over_captions_and_query_file(tiny_features, small_collection, tmp_
     queries = tmp_path / "queries.csv"
     images = sorted((small_collection.parent / "images").iterdir())
     queries.write_text("query,image_path\n金毛," + str(images[0]) + "\n金毛," + str(images[1])
-                       + "\n灰猫,images/nope.png\n", encoding="utf-8")
+                       + "\n灰猫,images/grey_cat_night_00.png\n", encoding="utf-8")   # a row naming no image: refused, below
     report = api.evaluate(tiny_features, queries=queries, rules=None, device="cpu")
     assert report["queries"] == 2 and report["text_to_image"]["queries"] == 2
 
@@ -139,3 +139,37 @@ def test_eval_per_query_csv_matches_what_search_returns(tiny_features, small_col
         if moved:
             heading = "expansion helps most" if moved > 0 else "expansion hurts most"
             assert row["query"] in out[out.index(heading):].split("most", 2)[1]
+
+
+def test_query_image_paths_relative_to_the_file_the_root_or_absolute_score_the_same(tiny_features, small_collection,
+                                                                                     tmp_path):
+    """Paths written relative to the collection root (as the log and --where-path write them) used to make every
+    metric 0.0000 and the mean rank nan, exit 0: the three forms a user writes must give one answer."""
+    from clip_retrieval.evaluate import file_queries
+    from clip_retrieval.features.store import read_manifest
+
+    manifest = read_manifest(tiny_features)
+    names = ["golden_retriever_grass_00.png", "grey_cat_night_00.png"]
+    forms = {"root": [f"images/{n}" for n in names],
+             "absolute": [str(small_collection.parent / "images" / n) for n in names],
+             "file": [f"../coll/images/{n}" for n in names]}
+    (tmp_path / "coll").symlink_to(small_collection.parent)
+    (tmp_path / "sets").mkdir()
+    got = {}
+    for form, paths in forms.items():
+        path = tmp_path / "sets" / f"{form}.csv"
+        path.write_text("query,image_path\n" + "".join(f"{q},{p}\n" for q, p in zip(["金毛", "灰猫"], paths)),
+                        encoding="utf-8")
+        got[form] = file_queries(path, manifest).relevant
+    assert got["root"] == got["absolute"] == got["file"] and all(len(r) == 1 and min(r) >= 0 for r in got["root"])
+
+
+def test_query_rows_naming_no_image_are_refused_by_line(cli, tiny_features, tmp_path):
+    queries = tmp_path / "q.csv"
+    queries.write_text("query,image_path\n金毛,images/golden_retriever_grass_00.png\n灰猫,images/no_such_cat.png\n"
+                       "\n小猪,photos/piglet.png\n", encoding="utf-8")
+    ran = cli("eval", "--features", tiny_features, "--queries", queries, "--device", "cpu")
+    assert ran.returncode == 2 and ran.stdout == ""
+    assert (f"clip-retrieval: {queries}: 2 行的图片不在特征中 / rows name no image of the features: "
+            f"line 3 images/no_such_cat.png (not in the features); line 5 photos/piglet.png (not in the features); "
+            f"write image paths relative to this file, to the collection root") in ran.stderr
