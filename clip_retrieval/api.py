@@ -299,20 +299,24 @@ def replay_log(log_path: str | os.PathLike, features: str | os.PathLike | None =
                device: str = "auto") -> list[searchlog.ReplayOutcome]:
     """Re-run every logged query against current (or other) features and rules, without logging again.
 
-    Records that cannot run are reported as not replayable and the others still run; a
-    ``features`` folder the user names must exist (bad input, not a replay outcome).
+    Records that cannot run are reported as not replayable and the others still run; so are
+    the log's damaged lines and records of a newer version (each also named in a warning): a
+    replay never calls what it did not run identical. A ``features`` folder the user names
+    must exist (bad input, not a replay outcome).
     """
     if features is not None:
         store.read_manifest(features)
-    return replay_records(list(searchlog.read_records(log_path)), log_path, features=features, device=device)
+    lines = list(searchlog.warn_skipped(searchlog.read_lines(log_path)))
+    return replay_records(lines, log_path, features=features, device=device)
 
 
-def replay_records(records: list[dict], log_path: str | os.PathLike, features: str | os.PathLike | None = None,
-                   device: str = "auto") -> list[searchlog.ReplayOutcome]:
+def replay_records(records: list[dict] | list[searchlog.LogLine], log_path: str | os.PathLike,
+                   features: str | os.PathLike | None = None, device: str = "auto") -> list[searchlog.ReplayOutcome]:
     """Replay the given records (of the log at ``log_path``); one searcher per features folder and rules file."""
     searchers: dict[tuple, Searcher] = {}
+    holdings: dict[Path, set[Path]] = {}   # per collection root: its images' relative paths
 
-    def run(record: dict) -> dict:
+    def searcher_for(record: dict) -> Searcher:
         folder = searchlog.features_folder(record, log_path, features)
         rules = searchlog.rules_file(record, log_path) if record.get("expand") else None
         dictionary = record.get("dictionary", True)
@@ -320,7 +324,10 @@ def replay_records(records: list[dict], log_path: str | os.PathLike, features: s
         if key not in searchers:
             encoder = next((s.encoder for s in searchers.values() if s.store.folder == Path(folder)), None)
             searchers[key] = open_searcher(folder, rules=rules, device=device, encoder=encoder, dictionary=dictionary)
-        searcher = searchers[key]
+        return searchers[key]
+
+    def run(record: dict) -> dict:
+        searcher = searcher_for(record)
         mode = record.get("mode", "text")
         result = run_query(searcher, query=None if mode == "image" else record.get("query"), k=record.get("k", 5),
                            expand=bool(record.get("expand")), image=record.get("image"), to=record.get("to", "image"),
@@ -328,7 +335,13 @@ def replay_records(records: list[dict], log_path: str | os.PathLike, features: s
                            where=Where(**record["where"]) if record.get("where") else None)
         return record_for(searcher, result)
 
-    return searchlog.replay(records, run)
+    def holds(record: dict, path: str) -> bool:
+        manifest = searcher_for(record).store.manifest
+        if manifest.root not in holdings:   # once per collection
+            holdings[manifest.root] = {Path(entry["path"]) for entry in manifest.images}
+        return Path(path) in holdings[manifest.root]
+
+    return searchlog.replay(records, run, holds)
 
 
 def evaluate(features: str | os.PathLike = "outputs", queries: str | os.PathLike | None = None,

@@ -35,6 +35,8 @@ FIRST_STEPS = """\
   a --where-path/--where-caption filter that no image passes is one: nothing is searched);
   3 partial (batch search or classify: the bad inputs are listed; replay: some differ or cannot run); 1 a bug, please report it
   extract with unreadable images: 0, they are skipped and listed (stderr, manifest.json "skipped") / 跳过的图片不影响退出码
+  log, log stats with damaged or newer-version lines in the log: 0, each skipped line named on stderr (file, line);
+    replay counts them as not replayable (3) / 日志中损坏或来自新版本的行：跳过并在 stderr 指明
 """
 
 
@@ -263,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON array on stdout (default: a table)")
     p.add_argument("--verbose", action="store_true", help="log details (and tracebacks) to stderr")
 
-    p = sub.add_parser("log", help="review past searches: a filtered list, stats, an HTML report or a CSV table")
+    p = sub.add_parser("log", help="review past searches: a filtered list, stats, an HTML report or a CSV table "
+                                   "(exit 0; a damaged or newer-version line is skipped and named on stderr)")
     p.add_argument("what", nargs="?", choices=["stats"],
                    help="stats: searches per day, frequent queries, low top-1 scores, top-k changes (default: list)")
     p.add_argument("--log", default="outputs/search_log.jsonl",
@@ -287,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("replay", help="re-run logged searches and report what changed and why "
-                                      "(exit 0 all identical, 3 some differ or not replayable)")
+                                      "(exit 0 all identical, 3 some differ or not replayable: a damaged or "
+                                      "newer-version line of the log is not replayable, and named on stderr)")
     p.add_argument("--log", default="outputs/search_log.jsonl",
                    help="search_log.jsonl (or its folder) to replay (default: outputs/search_log.jsonl)")
     p.add_argument("--features", help="replay against this features folder instead of the logged one "
@@ -497,7 +501,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         state = {searchlog.IDENTICAL: "identical / 一致", searchlog.DIFFERENT: "different / 不同",
                  searchlog.NOT_REPLAYABLE: "not replayable / 无法重放"}[o.status]
         why = f"  (cause / 原因: {', '.join(o.causes)})" if o.causes else ""
-        print(f"[{o.record.get('time')}] {o.record.get('query')}: {state}{why}")
+        what = f"[{o.record.get('time')}] {o.record.get('query')}" if o.record else f"line {o.line}"
+        print(f"{what}: {state}{why}")
         for line in o.changes + ([o.reason] if o.reason else []):
             print(f"    {line}")
     same = sum(o.identical for o in outcomes)

@@ -25,7 +25,7 @@ from . import searchlog
 from ..core.errors import InputError
 from ..core.paths import resolve_path
 
-MODES = ("text", "image", "image+text")
+MODES = searchlog.MODES
 CSV_COLUMNS = ("time", "query", "mode", "to", "expansions", "top1_path", "top1_score", "top1_caption", "model",
                "k", "features_fingerprint", "replay")
 THUMB = 96

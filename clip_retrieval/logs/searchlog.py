@@ -1,8 +1,9 @@
 """The search log: a readable ``search_log.txt`` and a machine-readable ``search_log.jsonl``.
 
 Owns appending records (under a file lock, so concurrent processes never interleave or
-lose one) and replaying them. It must not search by itself: replay is handed a function
-that runs a query.
+lose one, each on a fresh line whatever the file ends with), reading them back (a damaged
+line, or a record of a newer version, is named and skipped, never read as ours) and
+replaying them. It must not search by itself: replay is handed a function that runs a query.
 """
 
 from __future__ import annotations
@@ -121,10 +122,24 @@ def append(log_dir: str | os.PathLike, record: dict) -> None:
     block = format_block(record)
     with FileLock(str(folder / ".search_log.lock"), timeout=LOCK_TIMEOUT_S):
         for name, text in ((TEXT_LOG, block), (JSON_LOG, line)):
-            with open(folder / name, "a", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _append_on_fresh_line(folder / name, text)
+
+
+def _append_on_fresh_line(path: Path, text: str) -> None:
+    """Append ``text`` so that it starts a line, whatever the file ends with.
+
+    A crash or a full disk mid-append leaves a partial last line; written straight after it,
+    the next record would join it and be lost with it. Readers skip the torn line alone.
+    """
+    with open(path, "a+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end:
+            fh.seek(end - 1)
+            if fh.read(1) != b"\n":
+                text = "\n" + text
+        fh.write(text.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def json_log_file(path: str | os.PathLike) -> Path:
@@ -137,17 +152,95 @@ def json_log_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_records(path: str | os.PathLike) -> Iterator[dict]:
-    """Records from a JSONL log; a damaged line is reported with its number."""
+MODES = ("text", "image", "image+text")
+# Every top-level field a record of this version may hold (make_record's, plus "dictionary" from api.record_for).
+# A field outside it means a newer writer: its meaning is unknown here, so the record is not read as ours.
+RECORD_FIELDS = frozenset({
+    "record_version", "time", "mode", "to", "fuse", "image", "image_sha256", "text_weight", "query", "raw_query",
+    "normalized_query", "expand", "expansions", "untranslated", "k", "where", "backend", "model",
+    "model_fingerprint", "features_dir", "collection_root", "features_fingerprint", "caption_features_fingerprint",
+    "captions_sha256", "rules_path", "rules_sha256", "tool_version", "results", "dictionary"})
+MAX_NAMED_LINES = 20   # skipped lines named one by one; past this, one line counts the rest
+
+
+@dataclass
+class LogLine:
+    """One non-blank line of a JSONL log: the record read from it, or why it is skipped."""
+
+    path: Path
+    number: int
+    record: dict | None = None      # the parsed object (also for a foreign record, so replay can show its query)
+    problem: str | None = None      # None: a record of this version (or an older one)
+    problem_zh: str = ""
+
+    @property
+    def message(self) -> str:
+        """The one line a user reads about a skipped line: file, line number, what is wrong."""
+        return f"{self.path} line {self.number}: {self.problem}; skipped / 日志第 {self.number} 行{self.problem_zh}，已跳过"
+
+
+def foreign(record: dict) -> tuple[str, str] | None:
+    """Why (English, Chinese) a parsed record is not one this version can read as its own (None: ours, or older)."""
+    version = record.get("record_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version > RECORD_VERSION:
+        return (f"record_version {version!r} is newer than this tool reads ({RECORD_VERSION}), update clip_retrieval",
+                "来自更新的版本，请升级 clip_retrieval")
+    if record.get("mode", "text") not in MODES:
+        return f"unknown mode {record.get('mode')!r}", "检索方式未知"
+    if record.get("to", "image") not in (None, "image", "text"):
+        return f"unknown result kind to={record.get('to')!r}", "结果类型未知"
+    unknown = sorted(set(record) - RECORD_FIELDS)
+    if unknown:
+        return f"unknown fields {', '.join(unknown[:5])} (a newer version's record?)", "含未知字段"
+    return None
+
+
+def read_lines(path: str | os.PathLike) -> Iterator[LogLine]:
+    """Every non-blank line of a JSONL log, parsed, with the problem of each line that is not a record of ours.
+
+    Lines are read as bytes and decoded one at a time: a crash mid-append can cut a line inside a
+    multi-byte character, and that must cost that line only, not the file.
+    """
     path = json_log_file(path)
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
                 continue
             try:
-                yield json.loads(line)
-            except ValueError as exc:
-                raise InputError(f"日志第 {number} 行不是 JSON 记录 / {path} line {number}: not a JSON record ({exc})") from exc
+                record = json.loads(raw.rstrip(b"\r\n").decode("utf-8"))
+            except ValueError as exc:   # UnicodeDecodeError is a ValueError too
+                yield LogLine(path, number, problem=f"damaged, not a JSON record ({exc})", problem_zh="已损坏")
+                continue
+            if not isinstance(record, dict):
+                yield LogLine(path, number, problem="not a JSON object", problem_zh="不是 JSON 记录")
+                continue
+            problem, problem_zh = foreign(record) or (None, "")
+            yield LogLine(path, number, record, problem, problem_zh)
+
+
+def warn_skipped(lines: Iterable[LogLine]) -> Iterator[LogLine]:
+    """Pass lines through, naming each skipped one in a warning (the first MAX_NAMED_LINES, then a count)."""
+    skipped = 0
+    for line in lines:
+        if line.problem is not None:
+            skipped += 1
+            if skipped <= MAX_NAMED_LINES:
+                log.warning("%s", line.message)
+        yield line
+    if skipped > MAX_NAMED_LINES:
+        log.warning("%d more lines of the log skipped, not named / 另有 %d 行已跳过", skipped - MAX_NAMED_LINES,
+                    skipped - MAX_NAMED_LINES)
+
+
+def read_records(path: str | os.PathLike) -> Iterator[dict]:
+    """The records of a JSONL log this version can read; a damaged or foreign line is named (one warning) and skipped.
+
+    One torn line (a crash mid-append, a full disk) or a record from a newer version must not
+    hide every good record, so readers go on past it.
+    """
+    for line in warn_skipped(read_lines(path)):
+        if line.problem is None:
+            yield line.record
 
 
 IDENTICAL, DIFFERENT, NOT_REPLAYABLE = "identical", "different", "not replayable"
@@ -161,10 +254,18 @@ INPUTS = (("model", "model", "model"),
           ("rules_sha256", "rules", "rules"),
           ("backend", "index", "index backend"))
 RANKING_ONLY, CAUSE_UNKNOWN = "ranking only", "cause unknown"
+# Scores are logged to 6 decimals; a change beyond this with the same ranking is drift worth naming
+# (other weights or features that happen to rank alike), below it rounding and BLAS noise.
+SCORE_TOLERANCE = 1e-4
 
 
 class NotReplayable(Exception):
     """A record that cannot be run again (its query image is gone or changed, its features are missing)."""
+
+
+# Whether the collection a record replays against holds an image now (by its collection-relative path):
+# lets replay tell a deleted image from a changed caption.
+Holds = Callable[[dict, str], bool]
 
 
 @dataclass
@@ -177,6 +278,7 @@ class ReplayOutcome:
     causes: list[str] = field(default_factory=list)
     reason: str | None = None
     new_results: list[dict] = field(default_factory=list)
+    line: int | None = None         # the log line, for a line that could not be read as a record
 
     @property
     def identical(self) -> bool:
@@ -186,7 +288,7 @@ class ReplayOutcome:
         """The ``--json`` object of one replayed record."""
         return {"time": self.record.get("time"), "query": self.record.get("query"),
                 "mode": self.record.get("mode", "text"), "status": self.status, "identical": self.identical,
-                "causes": self.causes, "changes": self.changes, "reason": self.reason}
+                "causes": self.causes, "changes": self.changes, "reason": self.reason, "line": self.line}
 
 
 def _same_path(old: dict, new: dict) -> bool:
@@ -201,12 +303,13 @@ def _same_path(old: dict, new: dict) -> bool:
 
 
 def _same_hit(old: dict, new: dict, to_text: bool) -> bool:
-    """Image results are the same image; image-to-text results the same caption and row (else the same image)."""
-    if to_text:
-        if old.get("caption") != new.get("caption"):
-            return False
-        if old.get("row") is not None and new.get("row") is not None:
-            return old["row"] == new["row"]
+    """Image results are the same image; image-to-text results the same caption text of the same image.
+
+    Compared by content, never by the caption's row number: deleting rows shifts the rows of
+    every caption below them without changing any of them.
+    """
+    if to_text and old.get("caption") != new.get("caption"):
+        return False
     return _same_path(old, new)
 
 
@@ -226,8 +329,38 @@ def _causes(record: dict, fresh: dict) -> tuple[list[str], list[str]]:
     return changes, list(dict.fromkeys(causes))
 
 
-def compare(record: dict, fresh: dict) -> ReplayOutcome:
-    """What differs between a logged record and the same query run now, and which input explains it."""
+def _captions_explain(record: dict, old: list[dict], new: list[dict], holds: Holds | None) -> bool:
+    """Whether changed captions can explain a difference that changed images explain as well.
+
+    Deleting an image deletes its caption rows, so the captions file changes with the
+    features; naming captions then blames what did not change. A ranking over images
+    (without --fuse) never reads captions: they explain only a shown caption that changed on
+    an image in both lists. An image-to-text ranking is explained by images alone when every
+    lost hit's image is gone from the collection (``holds``) and the new hits only fill the
+    places left at the end, the kept ones in their old order.
+    """
+    to_text = record.get("to") == "text"
+    if not to_text:
+        if record.get("fuse"):
+            return True
+        return any(_same_path(a, b) and a.get("caption") != b.get("caption") for a in old for b in new)
+    if holds is None:
+        return True
+    kept_old = [a for a in old if any(_same_hit(a, b, True) for b in new)]
+    lost = [a for a in old if a not in kept_old]
+    if any(a.get("path") is None or holds(record, a["path"]) for a in lost):
+        return True   # the image is still there (or, in an old record, unknown): it lost or changed that caption
+    kept_new = [b for b in new if any(_same_hit(a, b, True) for a in old)]
+    in_order = all(_same_hit(a, b, True) for a, b in zip(kept_old, kept_new))
+    return not (in_order and new[:len(kept_new)] == kept_new)
+
+
+def compare(record: dict, fresh: dict, holds: Holds | None = None) -> ReplayOutcome:
+    """What differs between a logged record and the same query run now, and which input explains it.
+
+    ``holds`` (see :data:`Holds`) lets the causes of an image-to-text record tell a deleted
+    image from a changed caption; without it both are named when both files changed.
+    """
     changes, causes = _causes(record, fresh)
     differs = []
     old_exp = [e.get("text") for e in record.get("expansions") or []]
@@ -251,10 +384,12 @@ def compare(record: dict, fresh: dict) -> ReplayOutcome:
                 differs.append(f"caption at rank {a.get('rank')}: {a.get('caption')} -> {b.get('caption')}")
                 break
         drift = max((abs(a.get("score", 0.0) - b.get("score", 0.0)) for a, b in zip(old, new)), default=0.0)
-        if drift > 1e-4:
+        if drift > SCORE_TOLERANCE:
             differs.append(f"scores: same ranking, largest score change {drift:.6f}")
     if not differs:
         return ReplayOutcome(record, IDENTICAL, changes, [], None, new)
+    if {"images", "captions"} <= set(causes) and not _captions_explain(record, old, new, holds):
+        causes.remove("captions")
     if not causes:
         known = all(key in record for key, _, _ in INPUTS)
         causes = [RANKING_ONLY if known else CAUSE_UNKNOWN]
@@ -315,19 +450,29 @@ def check_query_image(record: dict) -> None:
                             f"(sha256 {logged[:12]}… now {sha256_file(image)[:12]}…)")
 
 
-def replay(records: Iterable[dict], run: Callable[[dict], dict]) -> list[ReplayOutcome]:
+def replay(records: Iterable[dict | LogLine], run: Callable[[dict], dict],
+           holds: Holds | None = None) -> list[ReplayOutcome]:
     """Re-run each logged query through ``run`` (which returns a fresh record) and compare.
 
     A record that cannot run (``NotReplayable`` or a ``UserError`` such as missing features)
-    is reported with its reason, and the replay goes on with the next one.
+    is reported with its reason, and the replay goes on with the next one. Items may be a
+    log's lines (:func:`read_lines`): a damaged line or a record this version cannot read as
+    its own is reported not replayable, never identical, and is not run.
     """
     outcomes = []
-    for record in records:
+    for item in records:
+        if isinstance(item, LogLine):
+            if item.problem is not None:
+                outcomes.append(ReplayOutcome(item.record or {}, NOT_REPLAYABLE, reason=item.message,
+                                              line=item.number))
+                continue
+            item = item.record
+        record = item
         try:
             check_query_image(record)
             fresh = run(record)
         except (NotReplayable, UserError) as exc:
             outcomes.append(ReplayOutcome(record, NOT_REPLAYABLE, reason=str(exc)))
             continue
-        outcomes.append(compare(record, fresh))
+        outcomes.append(compare(record, fresh, holds))
     return outcomes

@@ -95,13 +95,29 @@ def test_stats_agree_whatever_the_chunk_size(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["records"] == 521
 
 
-def test_stats_name_a_damaged_line(tmp_path, capsys):
+def test_stats_skip_and_name_damaged_and_newer_lines(tmp_path, capsys):
     log = tmp_path / "search_log.jsonl"
     _synthetic(log, 5)
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write("{torn\n")
-    assert cli.main(["log", "stats", "--log", str(log)]) == 2
-    assert "line 7" in capsys.readouterr().err
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    newer = json.dumps(dict(json.loads(lines[0]), record_version=99, mode="video"), ensure_ascii=False) + "\n"
+    log.write_text("".join(lines[:2]) + '{"time": "2026-03-0\n' + "".join(lines[2:]) + newer, encoding="utf-8")
+    assert cli.main(["log", "stats", "--log", str(log), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["records"] == 6   # every good record counted, the two others left out
+    assert err.splitlines() == [f"{log} line 3: damaged, not a JSON record (Unterminated string starting at: "
+                                f"line 1 column 10 (char 9)); skipped / 日志第 3 行已损坏，已跳过",
+                                f"{log} line 8: record_version 99 is newer than this tool reads "
+                                f"({searchlog.RECORD_VERSION}), update clip_retrieval; skipped "
+                                f"/ 日志第 8 行来自更新的版本，请升级 clip_retrieval，已跳过"]
+
+
+def test_log_lists_every_good_record_around_a_damaged_line(logged, capsys):
+    lines = logged.read_text(encoding="utf-8").splitlines(keepends=True)
+    logged.write_text(lines[0] + lines[1][:len(lines[1]) // 2] + "\n" + "".join(lines[2:]), encoding="utf-8")
+    assert cli.main(["log", "--log", str(logged), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["time"][:10] for line in out.splitlines()] == ["2026-03-01", "2026-03-03", "2026-03-05"]
+    assert err.startswith(f"{logged} line 2: damaged") and len(err.splitlines()) == 1
 
 
 def test_html_report_is_self_contained_with_replay_and_csv(logged, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 
 from clip_retrieval import api
@@ -68,3 +69,54 @@ def test_replay_against_other_features_names_the_change(tiny_features, small_col
     assert any(c.startswith("features:") for c in outcome.changes)
     assert any(c.startswith("model weights:") for c in outcome.changes)
     assert outcome.causes == ["weights"]  # the features changed because the weights did
+
+
+def _one_search(features, log_dir, query: str = "金毛") -> dict:
+    """One real search logged into ``log_dir``; returns its record as read back."""
+    api.search(api.open_searcher(features, rules=None, device="cpu"), query, k=2, expand=False, log_dir=log_dir)
+    return list(searchlog.read_records(log_dir / searchlog.JSON_LOG))[-1]
+
+
+def test_an_append_after_a_torn_last_line_starts_a_fresh_line(tiny_features, tmp_path, caplog):
+    """A crash mid-append leaves a partial line (here cut inside a Chinese character): the next record survives."""
+    _one_search(tiny_features, tmp_path)
+    log, text_log = tmp_path / searchlog.JSON_LOG, tmp_path / searchlog.TEXT_LOG
+    whole = log.read_bytes()
+    torn = whole[:whole.index("金毛".encode("utf-8")) + 1]   # one byte of a three-byte character
+    log.write_bytes(torn)
+    text_log.write_bytes(text_log.read_bytes()[:20])
+    _one_search(tiny_features, tmp_path, "灰猫")
+    assert log.read_bytes().startswith(torn + b"\n{")
+    assert text_log.read_text(encoding="utf-8", errors="replace").splitlines()[1].startswith("[")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clip_retrieval.searchlog"):
+        assert [r["query"] for r in searchlog.read_records(log)] == ["灰猫"]
+    assert len(caplog.messages) == 1 and caplog.messages[0].startswith(f"{log} line 1: damaged")
+    assert "日志第 1 行" in caplog.messages[0]
+
+
+def test_records_of_a_newer_version_are_skipped_and_named(tiny_features, tmp_path, caplog):
+    ours = _one_search(tiny_features, tmp_path)
+    old = {k: v for k, v in ours.items() if k not in ("record_version", "backend", "collection_root")}
+    variants = [dict(ours, record_version=searchlog.RECORD_VERSION + 97), dict(ours, embedding="v3"),
+                dict(ours, mode="video"), old, [ours], dict(ours, record_version="2")]
+    log = tmp_path / searchlog.JSON_LOG
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(v, ensure_ascii=False) + "\n" for v in variants)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clip_retrieval.searchlog"):
+        read = list(searchlog.read_records(log))
+    assert read == [ours, old]   # ours and an older record (no version, fewer fields) are read
+    assert [m.split(":")[0] for m in caplog.messages] == [f"{log} line {n}" for n in (2, 3, 4, 6, 7)]
+    assert "record_version 99" in caplog.messages[0] and "update" in caplog.messages[0]
+    assert "embedding" in caplog.messages[1] and "'video'" in caplog.messages[2]
+    assert "not a JSON object" in caplog.messages[3] and "'2'" in caplog.messages[4]
+
+
+def test_many_damaged_lines_are_named_up_to_a_limit_then_counted(tmp_path, caplog):
+    log = tmp_path / searchlog.JSON_LOG
+    log.write_text("{torn\n" * (searchlog.MAX_NAMED_LINES + 5), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="clip_retrieval.searchlog"):
+        assert list(searchlog.read_records(log)) == []
+    assert len(caplog.messages) == searchlog.MAX_NAMED_LINES + 1
+    assert caplog.messages[-1].startswith("5 more lines")
