@@ -21,7 +21,7 @@ import torch
 from ..core.errors import InputError
 from .tokenizer import trim_padding
 from .torch_encoder import TorchEncoder
-from .weights import (MODELSCOPE_URL, PROBE_TIMEOUT_S, download_failed, file_fingerprint, hf_endpoint, invalid_checkpoint,
+from .weights import (MODELSCOPE_URL, clip_cache_dir, PROBE_TIMEOUT_S, download_failed, file_fingerprint, hf_endpoint, invalid_checkpoint,
                       reachable, unavailable)
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ def _resolve(arch: str, cache_dir: str | None) -> str:
 
     if arch not in cn_utils._MODELS:
         raise InputError(f"cn_clip 没有该模型 / cn_clip has no model {arch!r}; known: {', '.join(cn_utils.available_models())}")
-    root = cache_dir or os.path.expanduser("~/.cache/clip")
-    local = Path(root) / cn_utils._MODELS[arch][1]
+    root = clip_cache_dir(cache_dir)
+    local = root / cn_utils._MODELS[arch][1]
     if local.is_file():
         return str(local)
     name = f"cn_clip:{arch}"
@@ -86,7 +86,7 @@ def _resolve(arch: str, cache_dir: str | None) -> str:
         if mirror:
             _download_url(url, local)
             return str(local)
-        return cn_utils._download(arch, root)
+        return cn_utils._download(arch, str(root))
     except Exception as exc:  # network, HTTP and disk errors all end the same way for the user
         raise download_failed(name, url, exc) from exc
 

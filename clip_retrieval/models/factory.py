@@ -70,6 +70,11 @@ def _torch_accelerator() -> str | None:
     return None
 
 
+def _check_device(requested: str) -> None:
+    if requested not in DEVICES:
+        raise InputError(f"未知设备 / unknown device {requested!r}: use auto, cpu, cuda or mps")
+
+
 def placement(requested: str = "auto", runtime: str = "auto") -> Placement:
     """The one device policy: which runtime and device a model opened with ``--device requested`` gets.
 
@@ -78,8 +83,7 @@ def placement(requested: str = "auto", runtime: str = "auto") -> Placement:
     ``cuda``/``mps`` are torch (refused when torch has no such device), and ``auto`` is torch only
     when torch really has an accelerator.
     """
-    if requested not in DEVICES:
-        raise InputError(f"未知设备 / unknown device {requested!r}: use auto, cpu, cuda or mps")
+    _check_device(requested)
     if runtime == TORCH or os.environ.get("CLIP_RETRIEVAL_RUNTIME") == TORCH:
         return Placement(TORCH, select_device(requested).type, "the torch runtime was asked for")
     if requested == "cpu":
@@ -100,8 +104,7 @@ def select_device(requested: str = "auto") -> torch.device:
     """The torch device: cuda, then mps, then cpu, unless told; asking for an absent one is an input error."""
     import torch
 
-    if requested not in DEVICES:
-        raise InputError(f"未知设备 / unknown device {requested!r}: use auto, cpu, cuda or mps")
+    _check_device(requested)
     if requested == "auto":
         return torch.device(_torch_accelerator() or "cpu")
     if requested == "cuda" and not torch.cuda.is_available():

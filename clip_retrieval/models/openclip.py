@@ -21,7 +21,7 @@ import torch
 from ..core.errors import InputError
 from .tokenizer import trim_padding
 from .torch_encoder import TorchEncoder
-from .weights import (download_failed, file_fingerprint, hf_endpoint, hf_file_url, hub_offline, invalid_checkpoint,
+from .weights import (clip_cache_dir, download_failed, file_fingerprint, hf_endpoint, hf_file_url, hub_offline, invalid_checkpoint,
                       reachable, unavailable)
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _find_tag(arch: str, tag: str, cache_dir: str | None) -> tuple[dict, str | N
         fetch.append(first + "".join(f" (or {o})" for o in others))
     url = cfg.get("url", "")
     if url:
-        local = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        local = clip_cache_dir(cache_dir) / os.path.basename(url)
         looked.append(str(local))
         if local.is_file():
             return cfg, str(local), looked, fetch

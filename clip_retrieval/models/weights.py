@@ -88,6 +88,16 @@ HF_MIRROR = "https://hf-mirror.com"
 CHINESE_MODEL = "cn_clip:ViT-B-16"
 
 
+def clip_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where OpenAI's CLIP files and Chinese-CLIP's downloads live (``~/.cache/clip``, as both upstreams use)."""
+    return Path(cache_dir or os.path.expanduser("~/.cache/clip"))
+
+
+def _direct_urls(entry) -> list[str]:
+    """The plain web addresses among a catalogue entry's other places (``modelscope:`` pages left out)."""
+    return [m.strip() for m in (entry.mirror or "").split(";") if m.strip().startswith("http")]
+
+
 def _address(place: str) -> str:
     """A catalogue place as a user opens it: ``modelscope:ORG/REPO/FILE`` becomes its page and file."""
     if place.startswith("modelscope:"):
@@ -110,10 +120,10 @@ def _advice(model: str) -> tuple[str, str]:
         places = "; ".join(_address(m.strip()) for m in entry.mirror.split(";"))
         zh.append(f"其他下载地址：{places}")
         en.append(f"Also published at: {places}")
-        direct = [m.strip() for m in entry.mirror.split(";") if m.strip().startswith("http")]
+        direct = _direct_urls(entry)
         file = os.path.basename(direct[0]) if direct else None
     if file:
-        target = Path(os.path.expanduser("~/.cache/clip")) / file
+        target = clip_cache_dir() / file
         zh.append(f"下载后放到 {target}（或用 --checkpoint 指定）")
         en.append(f"a downloaded file is found at {target} (or pass it as --checkpoint PATH)")
     if entry.family == "cn_clip":
@@ -198,8 +208,7 @@ def preflight(model: str) -> None:
     from huggingface_hub import constants
 
     repo = entry.download[3:]
-    clip_dir = Path(os.path.expanduser("~/.cache/clip"))
-    direct = [m.strip() for m in (entry.mirror or "").split(";") if m.strip().startswith("http")]
+    clip_dir = clip_cache_dir()
     if entry.family == "cn_clip":
         repo, _, file = repo.rpartition("/")
         local = [clip_dir / file]
@@ -208,7 +217,7 @@ def preflight(model: str) -> None:
         fetch = [f"{mirror}/{file}" if mirror else hf_file_url(repo, file)]
         also = [hf_file_url(repo, file)] if mirror else []
     else:
-        local = [clip_dir / os.path.basename(u) for u in direct]
+        local = [clip_dir / os.path.basename(u) for u in _direct_urls(entry)]
         host = hf_endpoint()
         first, *others = [hf_file_url(repo, f) for f in OPEN_CLIP_HUB_FILES]
         fetch, also = [first + "".join(f" (or {o})" for o in others)], []
