@@ -1,4 +1,4 @@
-"""``python -m benchmarks.log_stats [--records 1000000]``: peak memory of ``clip-retrieval log stats``.
+"""``python -m benchmarks.log_stats [--records 1000000]``: peak memory of ``clipsou log stats``.
 
 Writes a synthetic search log (5,000 distinct queries, top-5 results, three expansions,
 two models and three features fingerprints), then measures in fresh processes:

@@ -2,14 +2,14 @@
 
 Query side: synthetic 512-d feature folders (clustered unit vectors, a manifest of nested photo
 paths with Chinese captions) written through ``store.save``, the writer extraction uses; each
-one-shot query (``clip-retrieval search``) and each ``extract --update`` with nothing changed runs
+one-shot query (``clipsou search``) and each ``extract --update`` with nothing changed runs
 in a fresh process, timed end to end, with that process's peak memory (its ``ru_maxrss``). The
 model is a small open_clip network with 512-d output and seeded random weights, so the figures
 are the features format's, not a large model's.
 
 Extraction side: the same photos extracted by the local engine, by Ray with 1 worker and by Ray
 with 2 workers on a local 2-node cluster (``ray.cluster_utils.Cluster``, one CPU per node), each
-a fresh ``clip-retrieval extract`` process. ``--quick`` uses small sizes (same keys; the row
+a fresh ``clipsou extract`` process. ``--quick`` uses small sizes (same keys; the row
 counts are in ``scale_rows``) for CI's smoke run.
 """
 
@@ -85,13 +85,13 @@ _LAUNCH = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
 
 
 def _timed(args: list[str]) -> tuple[float, float]:
-    """Seconds and peak memory (MB) of one fresh ``clip-retrieval`` process."""
+    """Seconds and peak memory (MB) of one fresh ``clipsou`` process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     ran = subprocess.run([sys.executable, "-c", _LAUNCH, sys.executable, "-m", "clip_retrieval", *args], cwd=ROOT,
                          env=env, capture_output=True, text=True)
     code, seconds, peak_kb = ran.stdout.split()
     if code != "0":
-        raise RuntimeError(f"clip-retrieval {' '.join(args)} failed: {ran.stderr[-2000:]}")
+        raise RuntimeError(f"clipsou {' '.join(args)} failed: {ran.stderr[-2000:]}")
     return float(seconds), int(peak_kb) / 1024
 
 

@@ -1,4 +1,4 @@
-"""The ``clip-retrieval`` command: argument parsing and printing over ``clip_retrieval.api``.
+"""The ``clipsou`` command: argument parsing and printing over ``clip_retrieval.api``.
 
 Exit codes: 0 success, 2 bad input or usage (one line on stderr), 1 anything else;
 3 partial results: batch search and classify finished the good inputs and list each bad one with
@@ -22,14 +22,14 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERENT = 0, 1, 2, 3
 EXIT_PARTIAL = EXIT_DIFFERENT   # some inputs failed (listed), the others were done
 
 
-# What a person who just typed `clip-retrieval` needs next: the two commands, where to pick a model, the exit codes.
+# What a person who just typed `clipsou` needs next: the two commands, where to pick a model, the exit codes.
 FIRST_STEPS = """\
 入门 / first steps:
-  clip-retrieval extract --images ~/Pictures --model demo   index a folder (demo: bundled, offline, drawings only;
+  clipsou extract --images ~/Pictures --model demo   index a folder (demo: bundled, offline, drawings only;
                                                             for photos: --model cn_clip:ViT-B-16, see `models`)
-  clip-retrieval search 金毛                                top 5, the query expanded through the rules table
-  clip-retrieval search --image photo.jpg                   similar images
-  clip-retrieval SUBCOMMAND --help                          every option, with its default
+  clipsou search 金毛                                top 5, the query expanded through the rules table
+  clipsou search --image photo.jpg                   similar images
+  clipsou SUBCOMMAND --help                          every option, with its default
 
 退出码 / exit codes: 0 done; 2 bad input or usage (one line on stderr naming the file or value and the fix;
   a --where-path/--where-caption filter that no image passes is one: nothing is searched);
@@ -100,9 +100,9 @@ def _search_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .models.catalog import DEFAULT_MODEL, model_name_help, trainable_families
 
-    parser = _Parser(prog="clip-retrieval", description="以中文短查询检索图片 / Search images with short Chinese queries.",
+    parser = _Parser(prog="clipsou", description="以中文短查询检索图片 / Search images with short Chinese queries.",
                      epilog=FIRST_STEPS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"clip-retrieval {__version__}")
+    parser.add_argument("--version", action="version", version=f"clipsou {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("extract", help="encode a collection's images and captions")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --images: also follow symbolic links that lead outside the folder (default: off, "
                         "they are left out and counted)")
     p.add_argument("--model",
-                   help=f"model string: {model_name_help()}; `clip-retrieval models` lists them "
+                   help=f"model string: {model_name_help()}; `clipsou models` lists them "
                         f"(default: with --update the model of the features in --out, else {DEFAULT_MODEL})")
     p.add_argument("--checkpoint", help="local weights file or folder (offline use; with --update and no --model, "
                                         "the weights that built the features)")
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "images) and list them in the manifest (default: off, the first one is an error)")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="where the images are encoded: local, this process; ray, shards as Ray tasks on a cluster "
-                        "(needs pip install 'clip_retrieval[ray]'; images and --out on a path every node sees) "
+                        "(needs pip install 'clipsou[ray]'; images and --out on a path every node sees) "
                         "(default: local)")
     p.add_argument("--ray-address", metavar="HOST:PORT",
                    help="with --engine ray: join the Ray cluster at this address (default: $RAY_ADDRESS, "
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search the features with a text query, an image, or both")
     p.add_argument("query_text", nargs="?", metavar="QUERY",
-                   help="text query, as `clip-retrieval search 金毛`; the same as --query")
+                   help="text query, as `clipsou search 金毛`; the same as --query")
     _search_options(p)
     p.add_argument("--exact", action="store_true",
                    help="scan every vector even when index.json names another backend (default: off)")
@@ -383,7 +383,7 @@ def _stdin_lines(prompt: str):
         if not line or line.strip() in ("exit", "quit"):
             return
         if not line.strip():
-            print("clip-retrieval: 查询为空，已跳过 / empty query skipped", file=sys.stderr)
+            print("clipsou: 查询为空，已跳过 / empty query skipped", file=sys.stderr)
             continue
         yield line.rstrip("\n")
 
@@ -425,7 +425,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             if outcome.error is not None:
                 if single:
                     raise outcome.error
-                print(f"clip-retrieval: {outcome.error}", file=sys.stderr)
+                print(f"clipsou: {outcome.error}", file=sys.stderr)
                 if batch:   # the bad input keeps its place in the JSON Lines, with its reason
                     print(json.dumps({"query": outcome.query, "image": outcome.image, "error": str(outcome.error)},
                                      ensure_ascii=False), file=out, flush=True)
@@ -434,7 +434,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             done += 1
             result = outcome.result
             if result.notice:
-                print(f"clip-retrieval: {result.notice}", file=sys.stderr)
+                print(f"clipsou: {result.notice}", file=sys.stderr)
             if batch:
                 print(json.dumps(result.to_json(), ensure_ascii=False), file=out, flush=True)
             else:
@@ -463,7 +463,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     items = api.classify(args.images, labels, encoder, rules=None if args.no_expand else args.rules)
     for item in items:
         if "error" in item:
-            print(f"clip-retrieval: {item['error']}", file=sys.stderr)
+            print(f"clipsou: {item['error']}", file=sys.stderr)
         if args.json:
             print(json.dumps(item, ensure_ascii=False))
         elif "error" not in item:
@@ -739,7 +739,7 @@ class _StderrHandler(logging.StreamHandler):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:   # `clip-retrieval` alone: the usage and the list of subcommands, not a one-line error
+    if not argv:   # `clipsou` alone: the usage and the list of subcommands, not a one-line error
         print(parser.format_help(), file=sys.stderr, end="")
         return EXIT_USAGE
     args = parser.parse_args(argv)
@@ -751,10 +751,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"clip-retrieval: {exc}", file=sys.stderr)
+        print(f"clipsou: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("clip-retrieval: interrupted / 已中断", file=sys.stderr)
+        print("clipsou: interrupted / 已中断", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `| head` closed the pipe: not an error
         import os
@@ -763,11 +763,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: one line, the traceback only when asked
         known = missing_extra(exc) or torch_mismatch(exc)
         if known is not None:   # an optional library absent deep down, or a broken torch install: the fix
-            print(f"clip-retrieval: {known}", file=sys.stderr)
+            print(f"clipsou: {known}", file=sys.stderr)
             return EXIT_USAGE
         if args.verbose:
             raise
-        print(f"clip-retrieval: unexpected error / 意外错误: {type(exc).__name__}: {exc} "
+        print(f"clipsou: unexpected error / 意外错误: {type(exc).__name__}: {exc} "
               f"(run with --verbose for details)", file=sys.stderr)
         return EXIT_ERROR
     finally:   # in-process callers (tests, scripts) get their logging back as it was
@@ -776,7 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_subcommand(command: str, argv: Sequence[str] | None = None) -> int:
-    """Entry for the ``scripts`` wrappers: ``python -m scripts.X`` is ``clip-retrieval command``."""
+    """Entry for the ``scripts`` wrappers: ``python -m scripts.X`` is ``clipsou command``."""
     return main([command, *(sys.argv[1:] if argv is None else argv)])
 
 

@@ -1,4 +1,4 @@
-"""The web page: ``clip-retrieval serve``, one tab per search mode, over ``clip_retrieval.api``.
+"""The web page: ``clipsou serve``, one tab per search mode, over ``clip_retrieval.api``.
 
 Owns the Gradio layout and turning page events into API calls. Every search is logged
 exactly as the CLI logs it. Safety: binds to 127.0.0.1 unless told otherwise; result

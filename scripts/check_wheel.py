@@ -53,7 +53,7 @@ def build_wheel(work: Path) -> Path:
     except ImportError:
         pass
     _run(cmd, cwd=work)
-    return next((work / "dist").glob("clip_retrieval-*.whl"))
+    return next((work / "dist").glob("clipsou-*.whl"))
 
 
 def expected_files() -> set[str]:
@@ -136,6 +136,10 @@ def use_it(python: Path, work: Path) -> dict:
     where = _run([str(python), "-c", "import clip_retrieval; print(clip_retrieval.__file__)"], run, env).strip()
     if not where.startswith(str(work / "venv")):
         raise WheelCheckError(f"the fresh environment imported clip_retrieval from {where}, not from the wheel")
+    command = python.parent / ("clipsou.exe" if os.name == "nt" else "clipsou")
+    said = _run([str(command), "--version"], run, env).strip() if command.exists() else ""
+    if not said.startswith("clipsou "):
+        raise WheelCheckError(f"the wheel installs no working `clipsou` command ({command}: {said!r})")
     models = json.loads(_run([*cli, "models", "--json"], run, env))
     _run([str(python), "-c", "from clip_retrieval.models.openclip import arch_config; arch_config('demo-small')"],
          run, env)

@@ -1,4 +1,4 @@
-"""``python -m scripts.extract_embeddings``: same as ``clip-retrieval extract``."""
+"""``python -m scripts.extract_embeddings``: same as ``clipsou extract``."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""``python -m scripts.image_to_text_demo``: the best captions for an image, as ``clip-retrieval search --to text``.
+"""``python -m scripts.image_to_text_demo``: the best captions for an image, as ``clipsou search --to text``.
 
 ``[--image PATH] [--features DIR] [--top-k 5] [--json]``; without ``--image`` it asks for one
 image path per line until EOF or ``exit``. Each search is logged like the other scripts' searches.

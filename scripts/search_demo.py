@@ -1,4 +1,4 @@
-"""``python -m scripts.search_demo``: same as ``clip-retrieval search``."""
+"""``python -m scripts.search_demo``: same as ``clipsou search``."""
 
 import sys
 

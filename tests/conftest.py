@@ -118,7 +118,7 @@ class Ran:
 
 @pytest.fixture
 def cli(capsys, monkeypatch):
-    """``cli("search", "--query", "金毛")`` runs ``clip-retrieval search --query 金毛`` in this process.
+    """``cli("search", "--query", "金毛")`` runs ``clipsou search --query 金毛`` in this process.
 
     The CLI's own ``main`` parses, dispatches and maps errors to exit codes exactly as the
     console script does; only the interpreter start and the torch import are saved.

@@ -14,7 +14,7 @@ from types import ModuleType
 
 from .errors import InputError
 
-DISTRIBUTION = "clip_retrieval"
+DISTRIBUTION = "clipsou"
 # import name -> (extra, what it is for)
 EXTRAS = {
     "faiss": ("ann", "the faiss index backend and large dedup runs"),

@@ -3,7 +3,7 @@
 Owns the query sets (canonical and paraphrased queries for ``demo``; single, multi-term,
 Traditional and dictionary-only queries for the English-only ``demo-en``), the pipeline
 stages the language benchmark compares, and running them through the public API as a user
-would (``clip-retrieval eval --benchmark demo|demo-en``). It must not be imported by the
+would (``clipsou eval --benchmark demo|demo-en``). It must not be imported by the
 library's work modules: it sits above ``api``.
 """
 

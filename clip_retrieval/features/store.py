@@ -132,7 +132,7 @@ class Manifest:
         """
         ckpt = checkpoint if model else self.model.checkpoint
         model = model or self.model.name
-        parts = ["clip-retrieval extract", self.source_args(), f"--model {shlex.quote(model)}"]
+        parts = ["clipsou extract", self.source_args(), f"--model {shlex.quote(model)}"]
         if ckpt:
             parts.append(f"--checkpoint {shlex.quote(str(ckpt))}")
         parts.append(f"--out {shlex.quote(str(folder))}")
@@ -161,7 +161,7 @@ class Manifest:
 
 def _needs_rebuild(folder: Path, why: str, manifest: Manifest | None = None) -> FeatureStoreError:
     command = manifest.rebuild_command(folder) if manifest else \
-        f"clip-retrieval extract --csv FILE|--images DIR --out {shlex.quote(str(folder))}"
+        f"clipsou extract --csv FILE|--images DIR --out {shlex.quote(str(folder))}"
     return FeatureStoreError(f"{why}; 请重新提取 / rebuild with: {command}")
 
 
@@ -201,7 +201,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise FeatureStoreError(f"{folder}: 没有 {MANIFEST_FILE}，请先提取特征 / no {MANIFEST_FILE}; build features first: "
-                                f"clip-retrieval extract --csv FILE|--images DIR --out {shlex.quote(str(folder))}")
+                                f"clipsou extract --csv FILE|--images DIR --out {shlex.quote(str(folder))}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:

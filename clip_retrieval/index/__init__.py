@@ -55,7 +55,7 @@ def open_index(store: FeatureStore, exact: bool = False) -> VectorIndex:
         return ExactIndex(store)
     if config.get("features_fingerprint") != store.fingerprint:
         log.warning("索引与特征不符，改用精确检索 / ignoring %s: built from other features; rebuild with "
-                    "clip-retrieval index --backend %s --features %s", Path(store.folder) / INDEX_CONFIG,
+                    "clipsou index --backend %s --features %s", Path(store.folder) / INDEX_CONFIG,
                     config["backend"], store.folder)
         return ExactIndex(store)
     return backend(config["backend"]).open_index(store, config)

@@ -191,11 +191,11 @@ def read_config(folder: str | os.PathLike) -> dict | None:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise FeatureStoreError(f"{path}: 不是有效的 JSON / not valid JSON ({exc}); rebuild it with clip-retrieval index "
+        raise FeatureStoreError(f"{path}: 不是有效的 JSON / not valid JSON ({exc}); rebuild it with clipsou index "
                                 f"--features {folder}") from exc
     if not isinstance(config, dict) or "backend" not in config:
         raise FeatureStoreError(f"{path}: 未指明后端 / names no backend; "
-                                f"rebuild it with clip-retrieval index --features {folder}")
+                                f"rebuild it with clipsou index --features {folder}")
     return config
 
 

@@ -126,7 +126,7 @@ def load(folder: str | os.PathLike, meta: dict) -> AnnIndex:
     path = Path(folder) / INDEX_FILE
     if not path.is_file():
         raise InputError(f"{path}: 文件缺失 / is missing; "
-                         f"rebuild it with clip-retrieval index --backend faiss --features {folder}")
+                         f"rebuild it with clipsou index --backend faiss --features {folder}")
     faiss = _faiss()
     index = faiss.read_index(str(path))
     if meta["kind"] == "hnsw":

@@ -277,7 +277,7 @@ class QdrantIndex:
         for response in self.client.query_batch_points(self.collection, requests=requests):
             found = [(self._row[str(p.id)], p.score) for p in response.points if str(p.id) in self._row]
             if len(found) < len(response.points):
-                log.warning("collection %s holds points these features lack; re-run clip-retrieval index",
+                log.warning("collection %s holds points these features lack; re-run clipsou index",
                             self.collection)
             found.sort(key=lambda rs: (-rs[1], rs[0]))
             out.append((np.array([r for r, _ in found], dtype=np.int64),
@@ -293,6 +293,6 @@ def open_index(store: FeatureStore, config: dict) -> QdrantIndex:
     name = config["collection"]
     if not client.collection_exists(name):
         raise VectorDatabaseError(f"Qdrant 集合 {name} 不存在 / collection {name} is missing at {url or path}; "
-                                  f"rebuild it with clip-retrieval index --backend qdrant --features {store.folder}")
+                                  f"rebuild it with clipsou index --backend qdrant --features {store.folder}")
     _check_collection(client, name, store, url or path)
     return QdrantIndex(store, client, name, config.get("hnsw", {}).get("ef", HNSW_EF) if url else None)

@@ -87,7 +87,7 @@ def summary(record: dict) -> dict:
 
 
 def format_line(row: dict) -> str:
-    """The readable line ``clip-retrieval log`` prints for one search."""
+    """The readable line ``clipsou log`` prints for one search."""
     score = f"{row['top1_score']:.4f}" if isinstance(row["top1_score"], (int, float)) else "-"
     return (f"{row['time']}  {row['mode']:<10}  {row['query']}  扩展/exp {row['expansions']}  "
             f"#1 {score} {row['top1_path'] or '-'}  {row['model']}")

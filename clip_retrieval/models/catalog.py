@@ -3,7 +3,7 @@
 Owns what a user can ask for and what we know about it before anything is loaded:
 each family's help text and loader, each named model's languages, embedding size,
 parameter count, download location and the published Chinese retrieval figures with
-their sources. Error messages, ``--model`` help, ``clip-retrieval models`` and ``train``
+their sources. Error messages, ``--model`` help, ``clipsou models`` and ``train``
 read it, as open_clip's callers read ``pretrained.py``. Adding a model is adding an entry.
 
 It must not import torch or a model library: ``--help`` and ``models`` stay instant.
@@ -197,7 +197,7 @@ MODELS: dict[str, ModelEntry] = {m.name: m for m in (
                note="trained on generated pictures: for trying the tool offline, not for real photos"),
     ModelEntry(DEMO_EN_MODEL, ("en",), 64, 4.21, "counted", "bundled: clip_retrieval/models/demo-en (no download)",
                note="demo's architecture trained on English captions only: how Chinese queries fare on an "
-                    "English-only model (clip-retrieval eval --benchmark demo-en)"),
+                    "English-only model (clipsou eval --benchmark demo-en)"),
 )}
 
 
@@ -233,7 +233,7 @@ def demo_download_bytes(name: str = DEMO_MODEL) -> int | None:
 
 
 def catalogue() -> list[dict[str, Any]]:
-    """Every documented model as JSON-ready dicts (the default first), for ``clip-retrieval models --json``."""
+    """Every documented model as JSON-ready dicts (the default first), for ``clipsou models --json``."""
     rows = []
     for m in MODELS.values():
         row = m.to_json()

@@ -123,7 +123,7 @@ def parse_model_name(name: str) -> tuple[str, str]:
     if not sep or family not in FAMILIES or (family not in BUNDLED and not spec):
         raise InputError(
             f"未知模型 / unknown model {name!r}: use {model_name_help()} (e.g. {DEFAULT_MODEL}); "
-            f"`clip-retrieval models` lists the documented names")
+            f"`clipsou models` lists the documented names")
     return family, spec
 
 

@@ -143,8 +143,8 @@ class Expansion:
             return None
         words = "、".join(self.untranslated)
         words_en = ", ".join(self.untranslated)
-        fix_zh = "请在 rules/expansions.yaml 加一条规则，或换用能读中文的模型（见 clip-retrieval models）"
-        fix_en = "add a rule to rules/expansions.yaml, or pick a Chinese-capable model (see clip-retrieval models)"
+        fix_zh = "请在 rules/expansions.yaml 加一条规则，或换用能读中文的模型（见 clipsou models）"
+        fix_en = "add a rule to rules/expansions.yaml, or pick a Chinese-capable model (see clipsou models)"
         if not any(p.lang in self.languages for p in self.phrases):
             return (f"模型不读中文，这些词没有译法：{words}；按原文检索，结果不可靠。{fix_zh} / "
                     f"this model does not read Chinese and these words have no translation: {words_en}; "

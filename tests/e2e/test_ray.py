@@ -85,7 +85,7 @@ def _assert_same_features(folder: Path, want: store.FeatureStore) -> None:
 
 
 def _extract(photos: Path, checkpoint: Path, out: Path, *extra: str) -> subprocess.Popen:
-    """``clip-retrieval extract --engine ray`` as a user starts it: its own process, its own driver."""
+    """``clipsou extract --engine ray`` as a user starts it: its own process, its own driver."""
     args = [sys.executable, "-m", "clip_retrieval", "extract", "--csv", str(photos), "--model", "open_clip:tiny",
             "--checkpoint", str(checkpoint), "--out", str(out), "--engine", "ray", "--num-workers", "0",
             "--device", "cpu", "--exact-decode", "--rules", str(ROOT / "rules" / "expansions.yaml"), *extra]

@@ -1,7 +1,7 @@
 """The two scripts as a user runs them, over a small generated collection.
 
-``python -m scripts.extract_embeddings`` is ``clip-retrieval extract`` and ``scripts.search_demo`` is
-``clip-retrieval search`` (``cli.run_subcommand``), so most checks call the CLI in-process; one runs a
+``python -m scripts.extract_embeddings`` is ``clipsou extract`` and ``scripts.search_demo`` is
+``clipsou search`` (``cli.run_subcommand``), so most checks call the CLI in-process; one runs a
 real subprocess for what only a process shows (exit status, a single stderr line, no traceback).
 """
 
@@ -99,7 +99,7 @@ def test_bad_input_exit_2_one_line_and_outputs_untouched(tiny_features, tiny_ope
     proc = cli("search", "--features", str(out), "--query", "狗", "--model", "cn_clip:ViT-B-16")
     assert proc.returncode == 2 and "rebuild" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("search", "--features", str(tmp_path / "missing"), "--query", "狗")
-    assert proc.returncode == 2 and "clip-retrieval extract" in proc.stderr
+    assert proc.returncode == 2 and "clipsou extract" in proc.stderr
     proc = cli("search", "--top-k", "many")
     assert proc.returncode == 2 and "invalid int value" in proc.stderr
 

@@ -33,17 +33,17 @@ def test_every_subcommand_has_a_one_line_description_and_every_option_help_with_
 def test_bare_command_prints_usage_and_the_subcommands(capsys):
     assert main([]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: clip-retrieval")
+    assert err.startswith("usage: clipsou")
     for name, sub in _subcommands(build_parser()).items():
         assert name in err
     # a newcomer sees what to type first and what the exit codes mean
-    assert "clip-retrieval extract --images" in err and "clip-retrieval search 金毛" in err
+    assert "clipsou extract --images" in err and "clipsou search 金毛" in err
     assert "exit codes: 0 done; 2 bad input" in err and "3 partial" in err
     assert 'extract with unreadable images: 0, they are skipped and listed (stderr, manifest.json "skipped")' in err
 
 
 def test_search_takes_the_query_as_its_argument_as_people_type_it(tiny_features, tmp_path, cli):
-    """`clip-retrieval search 金毛` (rclip's habit) is the same search as `--query 金毛`; both at once is refused."""
+    """`clipsou search 金毛` (rclip's habit) is the same search as `--query 金毛`; both at once is refused."""
     common = ["search", "--features", tiny_features, "--log-dir", tmp_path, "--json", "--device", "cpu"]
     typed = cli(*common, "金毛")
     flagged = cli(*common, "--query", "金毛")
@@ -52,7 +52,7 @@ def test_search_takes_the_query_as_its_argument_as_people_type_it(tiny_features,
     assert json.loads(typed.stdout)["query"] == "金毛"
     both = cli(*common, "金毛", "--query", "灰猫")
     assert both.returncode == 2 and both.stdout == ""
-    assert both.stderr.strip() == "clip-retrieval: 查询只能给一次 / give the query once: '金毛' or --query '灰猫', not both"
+    assert both.stderr.strip() == "clipsou: 查询只能给一次 / give the query once: '金毛' or --query '灰猫', not both"
 
 
 def test_extract_images_help_names_every_type_the_scan_reads():

@@ -191,7 +191,7 @@ def test_missing_captions_file_says_how_to_name_one(tmp_path, cli):
     missing = tmp_path / "data" / "captions.csv"
     ran = cli("extract", "--csv", missing, "--model", "demo", "--out", tmp_path / "out", "--quiet")
     assert ran.returncode == 2 and not (tmp_path / "out").exists()
-    assert ran.stderr.strip() == (f"clip-retrieval: 找不到描述文件 / captions file not found: {missing}; pass --csv FILE with "
+    assert ran.stderr.strip() == (f"clipsou: 找不到描述文件 / captions file not found: {missing}; pass --csv FILE with "
                                   f"image_path,caption rows (extract also takes --images DIR, a folder without "
                                   f"captions)")
 

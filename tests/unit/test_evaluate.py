@@ -170,6 +170,6 @@ def test_query_rows_naming_no_image_are_refused_by_line(cli, tiny_features, tmp_
                        "\n小猪,photos/piglet.png\n", encoding="utf-8")
     ran = cli("eval", "--features", tiny_features, "--queries", queries, "--device", "cpu")
     assert ran.returncode == 2 and ran.stdout == ""
-    assert (f"clip-retrieval: {queries}: 2 行的图片不在特征中 / rows name no image of the features: "
+    assert (f"clipsou: {queries}: 2 行的图片不在特征中 / rows name no image of the features: "
             f"line 3 images/no_such_cat.png (not in the features); line 5 photos/piglet.png (not in the features); "
             f"write image paths relative to this file, to the collection root") in ran.stderr

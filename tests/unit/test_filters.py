@@ -40,7 +40,7 @@ def test_a_filter_that_matches_nothing_is_one_line_and_exit_2(cli, tiny_features
     ran = _search(cli, tiny_features, tmp_path, *flags)
     assert ran.returncode == 2 and ran.stdout == ""
     line, = ran.stderr.strip().splitlines()
-    assert line.startswith("clip-retrieval: 筛选条件没有匹配任何图片 / no image in the collection matches ") and says in line
+    assert line.startswith("clipsou: 筛选条件没有匹配任何图片 / no image in the collection matches ") and says in line
     assert not (tmp_path / "search_log.jsonl").exists()   # nothing was searched, so nothing is logged
 
 

@@ -84,7 +84,7 @@ def test_nothing_readable_searches_the_query_and_says_why_in_both_languages(tabl
     assert exp.untranslated == ["电动车"]
     notice = exp.notice
     assert "电动车" in notice and "不读中文" in notice and "does not read Chinese" in notice
-    assert "rules/expansions.yaml" in notice and "clip-retrieval models" in notice
+    assert "rules/expansions.yaml" in notice and "clipsou models" in notice
     assert "\n" not in notice
     partly = table.expand("草地上的电动车", languages={"en"})
     assert [p.text for p in partly.pooled] == ["on the grass"] and "电动车" in partly.notice

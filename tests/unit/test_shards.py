@@ -124,7 +124,7 @@ def test_engine_ray_without_ray_says_how_to_install_it(cli, monkeypatch, collect
     monkeypatch.setitem(sys.modules, "ray", None)        # import ray now fails as if it were not installed
     ran = cli("extract", "--csv", collection, "--model", "demo", "--out", tmp_path / "out", "--engine", "ray")
     assert ran.returncode == 2
-    assert "pip install 'clip_retrieval[ray]'" in ran.stderr and "缺少可选依赖 ray" in ran.stderr
+    assert "pip install 'clipsou[ray]'" in ran.stderr and "缺少可选依赖 ray" in ran.stderr
     assert not (tmp_path / "out").exists()
 
 

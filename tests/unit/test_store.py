@@ -199,7 +199,7 @@ def _set_version(folder, version):
 
 def test_missing_folder_names_the_extract_command(tmp_path):
     with pytest.raises(FeatureStoreError, match="^[^ ]*none: 没有 manifest.json，请先提取特征 / no manifest.json; "
-                                                "build features first: clip-retrieval extract"):
+                                                "build features first: clipsou extract"):
         store.load(tmp_path / "none")
 
 
@@ -230,7 +230,7 @@ def test_older_format_is_migrated_one_step_at_a_time(tmp_path, monkeypatch):
 def test_older_format_without_migration_asks_for_a_rebuild_from_its_source(tmp_path):
     store.save(tmp_path, _feats(2), _feats(2), _manifest(2, {"images": "/photos"}))
     _set_version(tmp_path, store.FORMAT_VERSION - 1)
-    with pytest.raises(FeatureStoreError, match=r"too old.*rebuild with: clip-retrieval extract --images /photos "
+    with pytest.raises(FeatureStoreError, match=r"too old.*rebuild with: clipsou extract --images /photos "
                                                 r"--model open_clip:tiny --out"):
         store.load(tmp_path)
 

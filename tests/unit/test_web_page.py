@@ -91,5 +91,5 @@ def test_serve_on_a_taken_port_says_so_before_claiming_to_serve(cli, tmp_path):
         port = holder.getsockname()[1]
         ran = cli("serve", "--features", tmp_path / "none", "--port", port)
     assert ran.returncode == 2 and "serving on" not in ran.stdout
-    assert ran.stderr.strip() == (f"clip-retrieval: 端口 {port} 已被占用 / port {port} on 127.0.0.1 is taken by another "
+    assert ran.stderr.strip() == (f"clipsou: 端口 {port} 已被占用 / port {port} on 127.0.0.1 is taken by another "
                                   f"program; pick another with --port, e.g. --port {port + 1}")
