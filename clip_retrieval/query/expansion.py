@@ -43,7 +43,7 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
 _SPACE_BETWEEN_CJK = re.compile(r"(?<=[\u3400-\u9fff])\s+(?=[\u3400-\u9fff])")
 DEFAULT_RULES = Path("rules") / "expansions.yaml"
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent     # clip_retrieval/, this module lives in clip_retrieval/query/
 # The table shipped with the tool, for runs from another working folder: inside an installed
 # wheel it is clip_retrieval/rules/ (pyproject maps rules/ there), in a source checkout the top-level rules/.
 SHIPPED_RULES = next((p for p in (_PACKAGE / "rules" / "expansions.yaml", _PACKAGE.parent / "rules" / "expansions.yaml")

@@ -101,3 +101,12 @@ def test_english_only_model_says_what_it_could_not_translate(demo_en_features, t
     captured = capsys.readouterr()
     notice = [line for line in captured.err.splitlines() if "不读中文" in line]
     assert len(notice) == 1 and "草、兔" in notice[0] and "does not read Chinese" in notice[0]
+
+
+def test_search_from_another_folder_uses_the_checkouts_rules_table(demo_collection, cli, tmp_path, monkeypatch):
+    """The source install run from a photo folder: no rules/ there, so the checkout's table expands."""
+    monkeypatch.chdir(tmp_path)
+    proc = cli("search", "--features", demo_collection / "out", "--query", "金毛", "--json", "--log-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert "golden retriever" in " ".join(found["expansions"]), found["expansions"]
