@@ -90,6 +90,8 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     if sharded is not None:
         sharded.finish()
         result.shards = sharded.summary()
+    if previous is not None:   # the index built over the old features would stop serving searches
+        result.index = backends.refresh(store.load(out, with_text=False), quiet=quiet)
     if previous is None:   # counted among the images read: a skipped file is reported as skipped, not as a photo
         _warn_demo_model_on_photos(model_slot.get(), [image["path"] for image in result.manifest.images])
     if rules is not None and find_rules(rules) is not None:

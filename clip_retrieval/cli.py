@@ -321,6 +321,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
           f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "
           f"reused {result.reused_images}{shards})")
+    if result.index is not None and result.index["rebuilt"]:
+        print(f"索引已更新 / index updated: {result.index['backend']} over {result.index['config']['count']} vectors")
+    elif result.index is not None:
+        print(f"clipsou: 索引与新特征不符，检索将用精确扫描 / the {result.index['backend']} index no longer matches the "
+              f"features and was built by an older version that did not record its options; searches use the exact "
+              f"scan until you rebuild it: clipsou index --backend {result.index['backend']} --features {args.out}",
+              file=sys.stderr)
     for entry in result.skipped:
         where = f" (line {entry['row']})" if entry.get("row") else ""   # folder mode has no CSV line
         print(f"  skipped / 跳过: {entry['path']}{where}: {entry['reason']}", file=sys.stderr)
@@ -348,9 +355,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_result(result, as_json: bool) -> None:
+def _print_result(result, as_json: bool, backend: str = "exact") -> None:
     if as_json:
-        print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
+        print(json.dumps(dict(result.to_json(), backend=backend), ensure_ascii=False), flush=True)
         return
     if result.image:
         print(f"图片 / image: {result.image}" + ("  -> captions / 图搜文" if result.to == "text" else ""))
@@ -370,6 +377,7 @@ def _print_result(result, as_json: bool) -> None:
             print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.image_path}  {hit.caption}")
     if result.excluded:     # a copy of the query in the collection answers "is it in my library already?"
         print(f"已排除（与查询图片是同一文件）/ excluded, the query's own file: {', '.join(result.excluded)}")
+    print(f"检索方式 / searched by: {'精确扫描 / exact scan' if backend == 'exact' else backend + ' index / 索引'}")
     print(flush=True)
 
 
@@ -438,7 +446,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             if batch:
                 print(json.dumps(result.to_json(), ensure_ascii=False), file=out, flush=True)
             else:
-                _print_result(result, args.json)
+                _print_result(result, args.json, searcher.index.name)
             if args.grid:
                 from .grid import render_grid
                 target = args.grid if not batch else _numbered(args.grid, outcome.n)

@@ -54,6 +54,7 @@ class ExtractResult:
     reused_images: int = 0
     encoded_captions: int = 0
     shards: dict = field(default_factory=dict)   # a sharded engine's {"planned", "resumed"}: empty for the local one
+    index: dict | None = None   # after --update: the index rebuilt to match (index.refresh), None when none serves them
 
 
 # encode_images' signature: (encoder, paths, batch_size, num_workers, quiet, max_pixels, exact_decode) -> its result

@@ -37,12 +37,35 @@ def backend(name: str) -> ModuleType:
     return importlib.import_module(BACKENDS[name])
 
 
+# options that describe one build rather than the index (kept out of index.json's "options")
+_ONE_OFF_OPTIONS = {"recreate"}
+
+
 def build(store: FeatureStore, name: str, options: dict | None = None, quiet: bool = True) -> dict:
-    """Make backend ``name`` serve these features; returns the config written to ``index.json``."""
-    config = {"backend": name, **backend(name).create(store, store.folder, dict(options or {}), quiet),
-              "features_fingerprint": store.fingerprint, "model": store.model}
+    """Make backend ``name`` serve these features; returns the config written to ``index.json``.
+
+    The options are recorded, so ``refresh`` can rebuild the same index after ``extract --update``."""
+    options = dict(options or {})
+    config = {"backend": name, **backend(name).create(store, store.folder, dict(options), quiet),
+              "features_fingerprint": store.fingerprint, "model": store.model,
+              "options": {k: v for k, v in options.items() if k not in _ONE_OFF_OPTIONS}}
     write_config(store.folder, config)
     return config
+
+
+def refresh(store: FeatureStore, quiet: bool = True) -> dict | None:
+    """After the features changed: rebuild the index ``index.json`` names with the options it was built with.
+
+    Returns ``{"backend", "rebuilt", "config"}``, or None when no index (or the exact scan) serves the
+    folder or it already matches. An index recorded without its options (built by an older version)
+    is not guessed at: ``rebuilt`` is False and searches use the exact scan, saying so."""
+    config = read_config(store.folder)
+    if config is None or config["backend"] == "exact" or config.get("features_fingerprint") == store.fingerprint:
+        return None
+    if "options" not in config:
+        return {"backend": config["backend"], "rebuilt": False, "config": config}
+    return {"backend": config["backend"], "rebuilt": True,
+            "config": build(store, config["backend"], config["options"], quiet=quiet)}
 
 
 def open_index(store: FeatureStore, exact: bool = False) -> VectorIndex:

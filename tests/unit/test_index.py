@@ -22,7 +22,7 @@ from PIL import Image
 from clip_retrieval import api, cli
 from clip_retrieval.features import store
 from clip_retrieval.core.errors import ModelMismatchError, VectorDatabaseError
-from clip_retrieval.index import BACKENDS, INDEX_CONFIG, Where, open_index
+from clip_retrieval.index import BACKENDS, INDEX_CONFIG, Where, open_index, read_config
 from clip_retrieval.index import qdrant as qd
 
 pytest.importorskip("qdrant_client")
@@ -190,16 +190,17 @@ def test_incremental_sync_writes_only_what_changed(encoder, foldered, tiny_open_
     lines = (coll / "captions.csv").read_text(encoding="utf-8").splitlines()
     changed = lines[5].split(",")[0]
     Image.new("RGB", (64, 64), (250, 0, 250)).save(coll / changed)
-    _extract(coll / "captions.csv", tiny_open_clip, out, update=True)
-    synced = api.build_index(out, "qdrant")
+    _extract(coll / "captions.csv", tiny_open_clip, out, update=True)   # --update syncs the index it had
+    synced = read_config(out)
     assert counts[-1] == 1 and synced["written"] == 1 and synced["deleted"] == 1
     # a caption edited and an image removed: one point rewritten, one deleted
     lines[9] = lines[9].split(",")[0] + ",改过的描述"
     removed = lines.pop(12).split(",")[0]
     (coll / "captions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _extract(coll / "captions.csv", tiny_open_clip, out, update=True)
-    synced = api.build_index(out, "qdrant")
+    synced = read_config(out)
     assert counts[-1] == 1 and synced["deleted"] == 1 and synced["count"] == 95
+    assert api.build_index(out, "qdrant")["written"] == 0 and counts[-1] == 0   # nothing left to sync
     searcher = api.open_searcher(out, rules=None, encoder=encoder)
     client = searcher.index.client
     assert client.count(qd.DEFAULT_COLLECTION, exact=True).count == 95
