@@ -73,7 +73,14 @@ class Page:
         return str(target)
 
     def _gallery(self, result) -> list:
-        return [(self._thumbnail_file(h.index), f"#{h.rank}  {h.score:.3f}  {h.caption}") for h in result.results]
+        """Thumbnails captioned with rank, score, the file's name and its caption (a folder has no captions)."""
+        return [(self._thumbnail_file(h.index),
+                 f"#{h.rank}  {h.score:.3f}  {Path(self._collection_path(h.index)).name}  {h.caption}".rstrip())
+                for h in result.results]
+
+    def paths_of(self, gallery: list) -> list[str]:
+        """The collection paths of a gallery this page made (its thumbnails are named by image number)."""
+        return [self._collection_path(int(Path(thumb).stem)) for thumb, _ in gallery]
 
     def _collection_path(self, image: int) -> str:
         """An image's path as written in the collection (relative to its root), never the server's own path."""
@@ -174,7 +181,27 @@ def _upload_tab(title: str, prefix: str, button: str, handler, make_option, make
         go = gr.Button(button, variant="primary", elem_id=f"{prefix}-go")
         status = gr.Markdown(elem_id=f"{prefix}-status")
         output = make_output()
-        go.click(handler, [upload, option], [status, output])
+        paths = getattr(output, "paths", None)   # a gallery with a path box also gets its images' paths
+        go.click(handler, [upload, option], [status, output] + ([paths] if paths is not None else []))
+
+
+def _copyable_paths(page: Page, gallery, prefix: str):
+    """Under a gallery: a box with the clicked picture's path in the collection and a copy button.
+
+    The paths ride along in a ``gr.State`` (``gallery.paths``) the search fills, so two people
+    using the page at once each see their own results' paths."""
+    import gradio as gr
+
+    gallery.paths = gr.State([])
+    box = gr.Textbox(label="路径（点击图片显示，相对于图库）/ path, relative to the collection (click a picture)",
+                     interactive=False, buttons=["copy"], elem_id=f"{prefix}-path")
+
+    def pick(paths: list[str], evt) -> str:
+        return paths[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(paths) else ""
+
+    pick.__annotations__["evt"] = gr.SelectData   # how Gradio knows to pass the event (a real type, not a string)
+    gallery.select(pick, [gallery.paths], [box])
+    return gallery
 
 
 HISTORY_LAST = 20
@@ -217,11 +244,23 @@ def build(page: Page):
             go = gr.Button("搜索 / Search", variant="primary", elem_id="search")
             used = gr.Markdown(elem_id="expansions")
             gallery = gr.Gallery(label="结果 / results", columns=6, elem_id="results")
-            go.click(page.text_search, [query, expand, k], [used, gallery])
-            query.submit(page.text_search, [query, expand, k], [used, gallery])
-        _upload_tab("以图搜图 / image to image", "i2i", "搜索 / Search", page.image_search,
+            _copyable_paths(page, gallery, "results")
+
+            def text_search(q, e, n):
+                status, found = page.text_search(q, e, n)
+                return status, found, page.paths_of(found)
+
+            go.click(text_search, [query, expand, k], [used, gallery, gallery.paths])
+            query.submit(text_search, [query, expand, k], [used, gallery, gallery.paths])
+
+        def image_search(upload, n):
+            status, found = page.image_search(upload, n)
+            return status, found, page.paths_of(found)
+
+        _upload_tab("以图搜图 / image to image", "i2i", "搜索 / Search", image_search,
                     lambda: gr.Slider(1, 20, value=6, step=1, label="top-k"),
-                    lambda: gr.Gallery(label="相似图片 / similar images", columns=6, elem_id="i2i-results"))
+                    lambda: _copyable_paths(page, gr.Gallery(label="相似图片 / similar images", columns=6,
+                                                             elem_id="i2i-results"), "i2i-results"))
         _upload_tab("以图搜文 / image to text", "i2t", "搜索 / Search", page.image_to_text,
                     lambda: gr.Slider(1, 20, value=5, step=1, label="top-k"),
                     lambda: gr.Dataframe(headers=["rank", "score", "caption", "image"], elem_id="i2t-results"))

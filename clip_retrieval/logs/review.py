@@ -14,6 +14,7 @@ import csv
 import hashlib
 import html
 import io
+import json
 import math
 import os
 from collections import deque
@@ -118,13 +119,23 @@ def _signature(results: list | None, to: str | None) -> str:
     return hashlib.blake2b("\x1e".join(parts).encode("utf-8"), digest_size=8).hexdigest()
 
 
+# what, beside the query, decides a top-k: a change in any of them explains a changed top-k
+SETUP_FIELDS = ("model", "model_fingerprint", "features_fingerprint", "k", "where", "backend", "to", "fuse",
+                "expand", "rules_sha256", "image_sha256", "text_weight")
+
+
+def _setup(record: dict) -> str:
+    """One string per setup: records that differ in any of ``SETUP_FIELDS`` are different setups."""
+    return json.dumps([record.get(name) for name in SETUP_FIELDS], sort_keys=True, ensure_ascii=False, default=str)
+
+
 def _flat(record: dict) -> dict:
     """The few fields the statistics need from one record (missing ones get neutral values)."""
     results = record.get("results") or []
     top = results[0].get("score") if results and isinstance(results[0], dict) else None
     return {"day": str(record.get("time", "?"))[:10], "query": str(record.get("query", "")),
             "model": str(record.get("model", "?")),
-            "setup": f"{record.get('model')} {record.get('model_fingerprint')} {record.get('features_fingerprint')}",
+            "setup": _setup(record),
             "top1": float(top) if isinstance(top, (int, float)) else math.nan,
             "topk": _signature(results, record.get("to"))}
 
@@ -221,9 +232,10 @@ def format_stats(report: dict) -> str:
     lines += ["", "low top-1 score for the model / 第一名得分偏低 (below the model's 10th percentile):"]
     lines += [f"  {r['mean_top1']:.4f}  {r['query']}  ({r['model']}, {r['searches']}x, threshold "
               f"{r['model_threshold']:.4f})" for r in report["low_top1"]] or ["  (none / 无)"]
-    lines += ["", "repeated queries / 重复查询: top-k changed? (setups = model, weights and features fingerprints)"]
+    lines += ["", "repeated queries / 重复查询: top-k changed? (setup / 配置 = model and weights, features, k, "
+                  "filter, backend, expansion table, search mode)"]
     for r in report["repeated"]:
-        state = ("changed across setups / 随模型或特征变化" if r["across_setups"] else
+        state = ("changed across setups / 随配置变化" if r["across_setups"] else
                  "changed, same setup / 同一配置下变化" if r["changed"] else "stable / 稳定")
         lines.append(f"  {r['query']}  {r['searches']}x, {r['setups']} setup(s), "
                      f"{r['topk_variants']} top-k variant(s): {state}")
@@ -293,6 +305,10 @@ def search_html(record: dict, outcome: searchlog.ReplayOutcome | None = None) ->
         parts.append(f"<p>query image / 查询图片: <img class='q' alt='query' src='{_data_uri(query_image)}'> "
                      f"{html.escape(query_image.name)}</p>")
     parts.append(_expansions_html(record))
+    where = record.get("where") or {}
+    setup = [f"k={record.get('k')}", f"backend / 后端: {record.get('backend') or 'exact'}"]
+    setup += [f"{key}={value}" for key, value in where.items() if value not in (None, "", [], {})]
+    parts.append(f"<p class='setup'>{html.escape(' · '.join(setup))}</p>")
     if outcome is not None:
         cls = {"identical": "ok", "different": "diff"}.get(outcome.status, "skip")
         details = "".join(f"<li>{html.escape(c)}</li>" for c in outcome.changes + ([outcome.reason] if outcome.reason
@@ -303,8 +319,13 @@ def search_html(record: dict, outcome: searchlog.ReplayOutcome | None = None) ->
     for hit in record.get("results") or []:
         score = hit.get("score")
         shown = f"{score:.4f}" if isinstance(score, (int, float)) else "-"
-        cards.append(f"<figure><img alt='#{hit.get('rank')}' src='{_data_uri(result_file(record, hit))}'>"
-                     f"<figcaption>#{hit.get('rank')} {shown}<br>"
+        file = result_file(record, hit)
+        shown_path = str(hit.get("path") or hit.get("image_path") or "")
+        link = html.escape(file.resolve().as_uri() if file.is_absolute() or file.exists() else shown_path, quote=True)
+        cards.append(f"<figure><a href='{link}' title='{html.escape(str(file), quote=True)}'>"
+                     f"<img alt='#{hit.get('rank')}' src='{_data_uri(file)}'></a>"
+                     f"<figcaption>#{hit.get('rank')} {shown}<br><span class='name' title='"
+                     f"{html.escape(str(file), quote=True)}'>{html.escape(Path(shown_path).name)}</span><br>"
                      f"{html.escape(str(hit.get('caption') or ''))}</figcaption></figure>")
     parts.append("<div class='hits'>" + "".join(cards) + "</div></section>")
     return "".join(parts)
@@ -317,6 +338,7 @@ section.search{border:1px solid #ddd;border-radius:8px;padding:.6em 1em;margin:0
 .hits{display:flex;flex-wrap:wrap;gap:8px} figure{margin:0;width:110px;font-size:.8em}
 figure img{width:96px;height:96px;object-fit:cover;border-radius:4px} img.q{height:48px;vertical-align:middle}
 table.exp{border-collapse:collapse;font-size:.9em;margin:.3em 0} table.exp th{text-align:left;padding-right:.8em}
+.name{word-break:break-all;color:#345} p.setup{color:#666;font-size:.85em;margin:.2em 0}
 .src{color:#888} .muted{color:#888} .replay.ok{color:#176c2f} .replay.diff{color:#a33} .replay.skip{color:#a60}
 """
 

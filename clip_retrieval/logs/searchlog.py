@@ -106,7 +106,10 @@ def format_block(record: dict) -> str:
     if record.get("untranslated"):
         lines.append("  untranslated / 未翻译: " + "、".join(record["untranslated"]))
     lines.append(f"  model: {record['model']} ({record['model_fingerprint']})  k={record['k']}  "
-                 f"features: {record['features_fingerprint']}")
+                 f"features: {record['features_fingerprint']}  backend / 后端: {record.get('backend', 'exact')}")
+    if record.get("where"):
+        lines.append("  filter / 筛选: " + "  ".join(f"{key}={value}" for key, value in record["where"].items()
+                                                      if value not in (None, "", [], {})))
     if record.get("collection_root"):
         # paths inside the collection read the same whichever folder the search ran from
         lines.append(f"  collection / 图库: {record['collection_root']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -110,6 +111,23 @@ def test_text_query_shows_the_expected_image_first_and_logs_it(server, browser):
     records = list(searchlog.read_records(server["features"] / searchlog.JSON_LOG))
     assert records[-1]["query"] == "金毛" and records[-1]["expand"] is True
     page.close()
+
+
+def test_results_name_their_files_and_a_click_gives_the_path_to_copy(server, browser):
+    page = _text_search(server, browser, "金毛", "golden retriever")
+    captions = _captions(page, "#results")
+    assert all(re.match(r"#\d+\s+\d\.\d{3}\s+golden_retriever_\w+\.png", c) for c in captions[:3]), captions
+    page.locator("#results img").first.click()
+    page.wait_for_function("document.querySelector('#results-path textarea').value.length > 0", timeout=30_000)
+    path = page.locator("#results-path textarea").input_value()
+    shown = captions[0].split()[2]
+    assert path.endswith("/" + shown) or path == shown, (path, shown)
+    assert (server["features"] / "manifest.json").read_text(encoding="utf-8").count(json_string(path)) == 1
+    page.close()
+
+
+def json_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 def test_expansions_are_grouped_by_language_with_dictionary_marked(server, browser):

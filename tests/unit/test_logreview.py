@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,21 @@ def test_stats_agree_whatever_the_chunk_size(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["records"] == 521
 
 
+@pytest.mark.parametrize("change", [{"k": 10}, {"where": {"path_prefix": "宠物"}}, {"backend": "faiss"}])
+def test_a_filter_k_or_backend_is_another_setup_not_a_change_under_the_same_one(tmp_path, change):
+    log = tmp_path / "search_log.jsonl"
+    base = {"time": "2026-03-01T09:00:00+08:00", "query": "金毛", "mode": "text", "to": "image", "model": "demo",
+            "model_fingerprint": "m", "features_fingerprint": "f", "k": 5, "where": None, "backend": "exact"}
+    hits = lambda name: [{"rank": 1, "score": 0.5, "image_path": name, "path": name, "caption": ""}]  # noqa: E731
+    rows = [dict(base, results=hits("a.png")), dict(base, results=hits("a.png")),
+            dict(base, **change, results=hits("b.png"))]
+    log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    (row,) = logreview.stats(log)["repeated"]
+    assert (row["searches"], row["setups"], row["topk_variants"]) == (3, 2, 2)
+    assert row["across_setups"], row
+    assert "changed across setups" in logreview.format_stats(logreview.stats(log))
+
+
 def test_stats_skip_and_name_damaged_and_newer_lines(tmp_path, capsys):
     log = tmp_path / "search_log.jsonl"
     _synthetic(log, 5)
@@ -130,6 +146,13 @@ def test_html_report_is_self_contained_with_replay_and_csv(logged, tmp_path):
     assert "golden retriever" in text and "<th>en</th>" in text and "[rule 金毛]" in text  # expansions by language, source
     assert text.count("replay / 重放: identical") == 4
     assert text.index("2026-03-05") < text.index("2026-03-01")  # newest first
+    first = json.loads(logged.read_text(encoding="utf-8").splitlines()[0])
+    top = first["results"][0]
+    on_disk = Path(first["collection_root"]) / top["path"]
+    # each hit names its file, with the whole path on hover and a link that opens it
+    assert f"<span class='name' title='{on_disk}'>{Path(top['path']).name}</span>" in text
+    assert f"<a href='{on_disk.resolve().as_uri()}' title='{on_disk}'>" in text
+    assert text.count("k=3 · backend / 后端: exact") == 4
     rows = list(csv.DictReader(open(table, encoding="utf-8-sig")))
     assert [r["query"] for r in rows] == ["金毛", "灰猫", str(rows[2]["query"]), "金毛"]
     assert all(r["replay"] == "identical" for r in rows) and float(rows[0]["top1_score"]) != 0

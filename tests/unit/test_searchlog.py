@@ -120,3 +120,13 @@ def test_many_damaged_lines_are_named_up_to_a_limit_then_counted(tmp_path, caplo
         assert list(searchlog.read_records(log)) == []
     assert len(caplog.messages) == searchlog.MAX_NAMED_LINES + 1
     assert caplog.messages[-1].startswith("5 more lines")
+
+
+def test_the_text_log_shows_the_filter_and_the_backend(tiny_features, tmp_path):
+    searcher = api.open_searcher(tiny_features, rules=None, device="cpu")
+    first = searcher.store.manifest.images[0]["path"].split("/")[0]
+    api.search(searcher, "金毛", k=2, expand=False, log_dir=tmp_path,
+               where=api.where_filter(searcher, first, None))
+    block = (tmp_path / searchlog.TEXT_LOG).read_text(encoding="utf-8")
+    assert "k=2" in block and "backend / 后端: exact" in block
+    assert f"filter / 筛选: path_prefix={first}" in block
