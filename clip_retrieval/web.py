@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 THUMB = 256
 MAX_UPLOAD = "20mb"
+UPLOAD_TTL_S = 600        # an upload not searched within ten minutes is not going to be
+EMPTY_UPLOAD_S = 5        # a zero-byte file this old is a request that never sent its body
+SWEEP_EVERY_S = 60
 
 
 def _expansions(result) -> str:
@@ -100,11 +104,7 @@ class Page:
         return path
 
     def _discard(self, path: str) -> None:
-        """Delete a finished or rejected upload now, with Gradio's other copies of it and empty leftovers.
-
-        Zero-byte files older than a few seconds (uploads that never arrived) go too; a file
-        still being written is younger than that.
-        """
+        """Delete a finished or rejected upload now, with Gradio's other copies of it and stale leftovers."""
         upload = Path(path)
         try:
             size = upload.stat().st_size
@@ -112,10 +112,19 @@ class Page:
         except OSError:
             size, data = -1, None
         upload.unlink(missing_ok=True)
-        if not upload.resolve().is_relative_to(self.work_dir.resolve()):
-            return
-        now = time.time()
-        for folder, dirs, files in os.walk(self.work_dir, topdown=False):
+        if upload.resolve().is_relative_to(self.work_dir.resolve()):
+            self.sweep(same=(upload.name, size, data))
+
+    def sweep(self, same: tuple[str, int, bytes | None] | None = None, now: float | None = None) -> int:
+        """Delete uploads nobody will search any more; returns how many files went.
+
+        Zero-byte files older than a few seconds (uploads that never arrived), files posted but
+        never searched for ``UPLOAD_TTL_S``, copies of ``same`` (name, size, bytes) and then-empty
+        folders go; thumbnails stay. A file still being written is younger than any of these.
+        """
+        now = time.time() if now is None else now
+        removed = 0
+        for folder, _dirs, files in os.walk(self.work_dir, topdown=False):
             here = Path(folder)
             if here == self.thumbs:
                 continue
@@ -123,10 +132,13 @@ class Page:
                 other = here / name
                 try:
                     st = other.stat()
-                    stale_empty = st.st_size == 0 and now - st.st_mtime > 5
-                    same = name == upload.name and st.st_size == size and data is not None and other.read_bytes() == data
-                    if stale_empty or same:
+                    age = now - st.st_mtime
+                    stale = (st.st_size == 0 and age > EMPTY_UPLOAD_S) or age > UPLOAD_TTL_S
+                    copy = (same is not None and name == same[0] and st.st_size == same[1] and same[2] is not None
+                            and other.read_bytes() == same[2])
+                    if stale or copy:
                         other.unlink()
+                        removed += 1
                 except OSError:
                     continue
             if here != self.work_dir:
@@ -134,6 +146,21 @@ class Page:
                     here.rmdir()   # only succeeds when empty
                 except OSError:
                     pass
+        return removed
+
+    def start_sweeper(self, every_s: float = SWEEP_EVERY_S) -> threading.Event:
+        """Sweep the upload folder in the background every ``every_s``; set the returned event to stop."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(every_s):
+                try:
+                    self.sweep()
+                except OSError as exc:   # a folder vanishing under us must not end the page
+                    log.debug("upload sweep: %s", exc)
+
+        threading.Thread(target=run, name="upload-sweeper", daemon=True).start()
+        return stop
 
     def _with_upload(self, upload, work, empty):
         """Run ``work(path)`` on a checked upload; a problem becomes the tab's status line, not a crash."""
@@ -301,7 +328,9 @@ def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, 
     os.environ["GRADIO_TEMP_DIR"] = upload_dir
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        app = build(Page(features, rules, device, dictionary=dictionary, work_dir=upload_dir))
+        page = Page(features, rules, device, dictionary=dictionary, work_dir=upload_dir)
+        page.start_sweeper()
+        app = build(page)
         print(f"serving on http://{host}:{port}  (uploads: {upload_dir}; Ctrl-C to stop)", flush=True)
         app.launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True,
                    max_file_size=MAX_UPLOAD, ssr_mode=False)

@@ -93,3 +93,24 @@ def test_serve_on_a_taken_port_says_so_before_claiming_to_serve(cli, tmp_path):
     assert ran.returncode == 2 and "serving on" not in ran.stdout
     assert ran.stderr.strip() == (f"clipsou: 端口 {port} 已被占用 / port {port} on 127.0.0.1 is taken by another "
                                   f"program; pick another with --port, e.g. --port {port + 1}")
+
+
+def test_uploads_never_searched_are_swept_in_the_background_and_thumbnails_stay(page):
+    from clip_retrieval import web
+
+    old = _upload(page, "posted_then_abandoned.png", b"x" * 100, folder="e")
+    past = time.time() - web.UPLOAD_TTL_S - 1
+    os.utime(old, (past, past))
+    recent = _upload(page, "about_to_be_searched.png", b"y" * 100, folder="f")
+    thumb = page.thumbs / "0.png"
+    thumb.write_bytes(b"z")
+    os.utime(thumb, (past, past))
+    stop = page.start_sweeper(every_s=0.05)
+    try:
+        deadline = time.time() + 10
+        while Path(old).exists() and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+    assert not Path(old).exists() and not (page.work_dir / "e").exists()
+    assert Path(recent).exists() and thumb.exists()
