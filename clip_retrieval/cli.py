@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
+from .cli_zh import bilingual
 from .core.errors import InputError, UserError
 from .core.extras import missing_extra, require, torch_mismatch
 
@@ -300,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     for choice in sub._choices_actions:   # each subcommand's own --help opens with its one-line description
         sub.choices[choice.dest].description = sub.choices[choice.dest].description or choice.help
+    bilingual(parser)
     return parser
 
 

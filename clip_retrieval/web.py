@@ -331,7 +331,8 @@ def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, 
         page = Page(features, rules, device, dictionary=dictionary, work_dir=upload_dir)
         page.start_sweeper()
         app = build(page)
-        print(f"serving on http://{host}:{port}  (uploads: {upload_dir}; Ctrl-C to stop)", flush=True)
+        print(f"网页已启动 / serving on http://{host}:{port}  (上传文件夹 / uploads: {upload_dir}; "
+              f"Ctrl-C 停止 / to stop)", flush=True)
         app.launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True,
                    max_file_size=MAX_UPLOAD, ssr_mode=False)
     except KeyboardInterrupt:

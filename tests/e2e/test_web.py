@@ -82,7 +82,7 @@ def _captions(page, gallery: str) -> list[str]:
 
 
 def test_binds_to_loopback_and_serves_no_other_file(server):
-    assert "http://127.0.0.1:" in server["banner"]
+    assert "网页已启动 / serving on http://127.0.0.1:" in server["banner"]
     base = server["url"] + "gradio_api/file="
     for path in ("/etc/passwd", str(ROOT / "data" / "captions.csv"), str(ROOT / "data" / "images" / "husky_snow_00.png"),
                  str(server["features"] / "manifest.json"), "../../../../etc/passwd"):
