@@ -49,18 +49,23 @@ def server(tmp_path_factory, demo_collection):
                              "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
-    banner = proc.stdout.readline()
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    else:
+    try:   # a failed start must not leave the server running after the tests
+        banner = proc.stdout.readline()
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"server did not start: {banner}")
+        found = re.search(r"uploads: (\S+);", banner)
+        assert found, f"the banner names no upload folder: {banner}"
+        uploads = Path(found.group(1))
+    except BaseException:
         proc.kill()
-        pytest.fail(f"server did not start: {banner}")
-    uploads = Path(re.search(r"uploads: (\S+);", banner).group(1))
+        raise
     yield {"url": url, "features": features, "banner": banner, "uploads": uploads}
     proc.terminate()
     proc.wait(20)
