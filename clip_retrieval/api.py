@@ -62,7 +62,8 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     default model.
     ``engine="ray"`` encodes the images in shards of ``shard_size`` as Ray tasks (``workers`` at a time) on the
     cluster at ``ray_address`` (or ``RAY_ADDRESS``), else on a local Ray; the features saved are those the local
-    engine saves, and a rerun after an interruption encodes only the missing shards (``engines``).
+    engine saves. Every engine works in shards (the local one in small ones, ``engines.local_shard_size``), so a
+    rerun after an interruption or a crash encodes only the shards not finished.
     ``follow_links`` follows symbolic links in ``images`` that lead outside it (``scan_images`` has the policy).
     """
     if csv is not None and images is not None:
@@ -86,10 +87,9 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     # an --update with nothing new loads no model; a first extraction opens it at once
     result = extract(model_slot if previous is not None else model_slot.get(), coll, out, batch_size=batch_size,
                      num_workers=num_workers, quiet=quiet, max_pixels=max_pixels, checkpoint=checkpoint,
-                     previous=previous, exact_decode=exact_decode, encode=sharded.encode if sharded else None)
-    if sharded is not None:
-        sharded.finish()
-        result.shards = sharded.summary()
+                     previous=previous, exact_decode=exact_decode, encode=sharded.encode)
+    sharded.finish()
+    result.shards = sharded.summary()
     if previous is not None:   # the index built over the old features would stop serving searches
         result.index = backends.refresh(store.load(out, with_text=False), quiet=quiet)
     if previous is None:   # counted among the images read: a skipped file is reported as skipped, not as a photo

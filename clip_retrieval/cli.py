@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "when the cluster has GPUs, else one per node)")
     p.add_argument("--shard-size", type=int, default=None,
                    help="images per shard; an interrupted run re-encodes only the shards not finished "
-                        "(default: 1000 with --engine ray; local: no shards unless given)")
+                        "(default: 1000 with --engine ray; local: about 1%% of the images in whole batches, "
+                        "at most 1000)")
     _common(p)
 
     p = sub.add_parser("search", help="search the features with a text query, an image, or both")
@@ -319,7 +320,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                   follow_links=args.follow_links)
     counts = result.manifest.counts
     shards = (f"; shards: {result.shards['planned']}, {result.shards['resumed']} resumed from an earlier run"
-              if result.shards else "")
+              if result.shards and (result.shards["resumed"] or args.engine != "local" or args.shard_size) else "")
     print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
           f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "
           f"reused {result.reused_images}{shards})")
@@ -765,6 +766,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("clipsou: interrupted / 已中断", file=sys.stderr)
+        if args.command == "extract":   # every engine keeps the shards it finished
+            print(f"clipsou: 已编码的部分保留在 {args.out} 中，重新运行同一命令即可继续 / what was encoded is kept in "
+                  f"{args.out}: run the same command again to go on from there", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `| head` closed the pipe: not an error
         import os

@@ -18,7 +18,9 @@ Ray is imported only when the Ray engine runs.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import math
 import os
 import socket
 from collections import deque
@@ -80,18 +82,38 @@ class Runner(Protocol):
 
 
 class InProcessRunner:
-    """The shards one after another in this process, with the encoder already loaded here."""
+    """The shards in this process as one continuous pipeline, each saved the moment its last image is encoded.
+
+    One ``encode_images`` call over all the shards' files keeps decoding ahead across shard
+    boundaries (no restart per shard), so small shards cost a file write each and nothing more;
+    an interrupted run keeps every shard finished before it."""
 
     def run(self, encoder: Encoder, shards: Sequence[Shard], journal: ShardJournal, decoding: Decoding,
             settings: WorkerSettings, bar: tqdm) -> None:
-        for shard in shards:
-            encode_shard(encoder, shard, journal, decoding, settings, bar=bar, node=socket.gethostname())
+        ends = list(itertools.accumulate(len(s.paths) for s in shards))
+        saved = 0
+        node = socket.gethostname()
+
+        def save_finished(done: int, so_far: tuple) -> None:
+            nonlocal saved
+            feats, kept, hashes, skipped = so_far
+            while saved < len(shards) and ends[saved] <= done:
+                end = ends[saved]
+                start = end - len(shards[saved].paths)
+                mine = [(i - start, h, r) for i, h, r in sorted(skipped) if start <= i < end]
+                journal.write(shards[saved], ShardResult(features=feats[start:end].copy(), kept=kept[start:end].copy(),
+                                                         hashes=hashes[start:end], skipped=mine), decoding, node)
+                saved += 1
+
+        encode_images(encoder, [Path(p) for s in shards for p in s.paths], settings.batch_size,
+                      settings.num_workers, True, decoding.max_pixels, settings.exact_decode, bar=bar,
+                      after_batch=save_finished)
 
 
 class ShardedEngine:
     """Plan, skip what the journal holds, run the rest through a runner, assemble; ``encode`` is ``encode_images``'s stand-in."""
 
-    def __init__(self, out: str | os.PathLike, runner: Runner, shard_size: int, model: str,
+    def __init__(self, out: str | os.PathLike, runner: Runner, shard_size: int | None, model: str,
                  checkpoint: str | None, device: str):
         self.journal = ShardJournal(out)
         self.runner = runner
@@ -104,7 +126,8 @@ class ShardedEngine:
                ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
         decoding = Decoding(fingerprint=encoder.fingerprint, dim=encoder.dim,
                             image_size=None if exact_decode else encoder.image_size, max_pixels=max_pixels)
-        shards = plan(paths, [p.stat() for p in paths], decoding, self.shard_size)
+        size = self.shard_size or local_shard_size(len(paths), batch_size)
+        shards = plan(paths, [p.stat() for p in paths], decoding, size)
         done = self.journal.finished(shards, decoding)
         todo = [s for s in shards if s.index not in done]
         self.planned, self.resumed = len(shards), len(done)
@@ -125,10 +148,20 @@ class ShardedEngine:
         return {"planned": self.planned, "resumed": self.resumed} if self.planned else {}
 
 
+def local_shard_size(images: int, batch_size: int) -> int:
+    """The local engine's shard: about a hundredth of the run in whole batches, one batch to 1000 images.
+
+    Small enough that a Ctrl-C loses at most a few batches, large enough that a million images
+    make a thousand journal files, not a million."""
+    batches = math.ceil(max(1, images) / 100 / max(1, batch_size))
+    return max(batch_size, min(DEFAULT_SHARD_SIZE, batches * batch_size))
+
+
 def make_engine(name: str, out: str | os.PathLike, model: str, checkpoint: str | None, device: str,
                 shard_size: int | None = None, ray_address: str | None = None, workers: int | None = None,
-                encoder_given: bool = False) -> ShardedEngine | None:
-    """The engine a user named; None for today's local pipeline (no shards unless ``shard_size`` is given).
+                encoder_given: bool = False) -> ShardedEngine:
+    """The engine a user named. Local extraction is sharded too (``local_shard_size`` unless ``shard_size``
+    is given), so a rerun after a Ctrl-C or a crash encodes only what was not finished.
 
     Checked before anything is read or loaded, so a missing Ray or a bad option fails at once.
     """
@@ -142,8 +175,7 @@ def make_engine(name: str, out: str | os.PathLike, model: str, checkpoint: str |
         if ray_address or workers is not None:
             raise InputError("--ray-address 和 --workers 只用于 --engine ray / --ray-address and --workers need "
                              "--engine ray")
-        return None if shard_size is None else ShardedEngine(out, InProcessRunner(), shard_size, model,
-                                                             checkpoint, device)
+        return ShardedEngine(out, InProcessRunner(), shard_size, model, checkpoint, device)
     require("ray")      # absent: the install hint, as for every optional library
     if encoder_given:
         raise InputError("Ray 引擎在每个工作进程里加载模型，请传 model= 和 checkpoint=，不要传 encoder= / the Ray engine "

@@ -92,7 +92,8 @@ def _batches_in_processes(dataset: ImageFiles, batch_size: int, workers: int, pi
 
 def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num_workers: int | None = None,
                   quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, exact_decode: bool = False,
-                  bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
+                  bar: tqdm | None = None, after_batch: Callable[[int, tuple], None] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
     """Encode image files in batches, decoding ahead while the model runs.
 
     JPEGs decode in draft mode (libjpeg's reduced-size decoding, several times cheaper on phone
@@ -100,7 +101,10 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
     which decodes every pixel as plain PIL does, for parity with upstream pipelines.
     Returns (features with a row per path, mask of rows encoded, content hashes, skipped as
     (position, hash, reason)). ``bar``: a progress bar to advance instead of opening one (an
-    engine that encodes the images shard by shard keeps one bar over them all).
+    engine that encodes the images shard by shard keeps one bar over them all). ``after_batch(n,
+    so_far)``: called after each batch with how many leading positions are final (batches come
+    back in order) and the four results as filled so far, so an engine can save finished shards
+    while the pipeline keeps running.
     """
     feats = np.zeros((len(paths), encoder.dim), dtype=np.float32)
     kept = np.zeros(len(paths), dtype=bool)
@@ -115,6 +119,7 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
         batches = _batches_in_threads(dataset, batch_size, workers)
     else:
         batches = _batches_in_processes(dataset, batch_size, workers, encoder.device.type == "cuda")
+    done = 0
     with contextlib.nullcontext(bar) if bar is not None else image_bar(len(paths), quiet) as bar:
         for idx, pixels, digests, bad in batches:
             if pixels is not None:
@@ -126,6 +131,9 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
                 hashes[i] = h
                 skipped.append((i, h, reason))
             bar.update(len(idx) + len(bad))
+            done += len(idx) + len(bad)
+            if after_batch is not None:
+                after_batch(done, (feats, kept, hashes, skipped))
     return feats, kept, hashes, sorted(skipped)
 
 

@@ -116,8 +116,47 @@ def test_sharded_local_extract_saves_what_the_local_engine_saves(collection, tin
     np.testing.assert_allclose(b.image_features, a.image_features, atol=1e-6)
     assert b.manifest.images == a.manifest.images and b.manifest.captions == a.manifest.captions
     assert b.manifest.skipped == a.manifest.skipped and len(a.manifest.skipped) == 1
-    assert sharded.shards == {"planned": 7, "resumed": 0} and plain.shards == {}
+    # the local engine is sharded by default too: 33 images in batches of 32 make two shards of one batch
+    assert sharded.shards == {"planned": 7, "resumed": 0} and plain.shards == {"planned": 2, "resumed": 0}
     assert not (tmp_path / "sharded" / JOURNAL_DIR).exists()
+
+
+class _Interrupted:
+    """The real encoder, with a Ctrl-C arriving while batch ``stop_at`` encodes; counts the images it encoded."""
+
+    def __init__(self, encoder, stop_at: int | None = None):
+        self._encoder, self.stop_at, self.calls, self.images = encoder, stop_at, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_images(self, pixels):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        self.images += len(pixels)
+        return self._encoder.encode_images(pixels)
+
+
+def test_an_interrupted_local_extraction_resumes_from_what_was_encoded(collection, encoder, tmp_path):
+    """Ctrl-C in the fourth batch of four: the rerun encodes only the images after the first three batches,
+    and saves what one uninterrupted run saves."""
+    common = dict(csv=collection, num_workers=0, quiet=True, rules=None, batch_size=4)
+    clean = api.extract_features(out=tmp_path / "clean", encoder=encoder, **common)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        api.extract_features(out=out, encoder=_Interrupted(encoder, stop_at=4), **common)
+    assert not (out / store.MANIFEST_FILE).exists()          # nothing half-saved
+    assert len(list((out / JOURNAL_DIR).glob("shard-*.pt"))) == 3
+    again = _Interrupted(encoder)
+    resumed = api.extract_features(out=out, encoder=again, **common)
+    images = len(clean.manifest.images) + len(clean.manifest.skipped)
+    assert resumed.shards == {"planned": 9, "resumed": 3}    # shards of one batch each
+    assert again.images == images - 12      # the 21 files after the first 12 (the broken one is among those 12)
+    a, b = store.load(tmp_path / "clean"), store.load(out)
+    np.testing.assert_allclose(b.image_features, a.image_features, atol=1e-6)
+    assert b.manifest.images == a.manifest.images and b.manifest.skipped == a.manifest.skipped
+    assert images == 33 and not (out / JOURNAL_DIR).exists()
 
 
 def test_engine_ray_without_ray_says_how_to_install_it(cli, monkeypatch, collection, tmp_path):
