@@ -30,6 +30,7 @@ from .collection.dataset import DEFAULT_MAX_PIXELS, open_user_image, thumbnail
 from .core.errors import UserError
 from .query.expansion import DEFAULT_RULES
 from .core.files import write_atomic
+from .relevance import BANDS, shown
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ MAX_UPLOAD = "20mb"
 UPLOAD_TTL_S = 600        # an upload not searched within ten minutes is not going to be
 EMPTY_UPLOAD_S = 5        # a zero-byte file this old is a request that never sent its body
 SWEEP_EVERY_S = 60
+
+
+def _band(hit) -> str:
+    """The hit's relevance band, as the caption under its thumbnail shows it."""
+    return f"  {BANDS[hit.band]}/{hit.band}" if hit.band else ""
 
 
 def _expansions(result) -> str:
@@ -77,10 +83,12 @@ class Page:
         return str(target)
 
     def _gallery(self, result) -> list:
-        """Thumbnails captioned with rank, score, the file's name and its caption (a folder has no captions)."""
+        """Thumbnails of the relevant hits (else the closest few), captioned with rank, score, band, the
+        file's name and its caption (a folder has no captions)."""
+        hits, _ = shown(result.results, result.relevance)
         return [(self._thumbnail_file(h.index),
-                 f"#{h.rank}  {h.score:.3f}  {Path(self._collection_path(h.index)).name}  {h.caption}".rstrip())
-                for h in result.results]
+                 f"#{h.rank}  {h.score:.3f}{_band(h)}  {Path(self._collection_path(h.index)).name}  "
+                 f"{h.caption}".rstrip()) for h in hits]
 
     def paths_of(self, gallery: list) -> list[str]:
         """The collection paths of a gallery this page made (its thumbnails are named by image number)."""
@@ -180,7 +188,8 @@ class Page:
             result = api.search(self.searcher, query=query, k=int(k), expand=expand)[0]
         except UserError as exc:   # an empty query and the like: a line on the page, no server traceback
             return f"⚠️ {exc}", []
-        return _expansions(result), self._gallery(result)
+        notes = shown(result.results, result.relevance)[1]
+        return "\n\n".join([_expansions(result), *notes]).strip(), self._gallery(result)
 
     def image_search(self, upload, k: float):
         return self._with_upload(upload, lambda p: self._gallery(api.search(self.searcher, image=p, k=int(k))[0]), [])
