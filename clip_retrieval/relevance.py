@@ -6,9 +6,10 @@ and from its images (each image against its nearest other image), and the verdic
 hits (``judge``). A fixed cosine does not survive a change of model (the demo model's matching
 captions score about 0.87, demo-en's about 0.76), so the cutoff is a low quantile of the
 collection's own matching pairs; a model whose matching pairs score no higher than random pairs
-(random or wrong weights) marks nothing relevant and says so. Without captions, text queries are
-judged by how far the hit stands above the query's scores over the whole collection (a robust
-z-score). It must not search, print or write files: the searcher hands it vectors and scores.
+(random or wrong weights) marks nothing relevant and says so. Without captions or a bank, text queries
+are judged by how far the hit stands above the query's scores over the whole collection (a robust
+z-score), or, better, against the best scores the rules table's phrasings reach in it (a query bank).
+It must not search, print or write files: the searcher hands it vectors and scores.
 docs/relevance.md explains the method.
 """
 
@@ -26,7 +27,7 @@ CUTOFF_QUANTILE = {"captions": 0.1, "images": 0.0}
 HIGH_QUANTILE = 0.5        # at or above a typical matching pair: high
 MIN_SEPARATION = 0.75      # below this AUC the model does not tell matching pairs from random ones
 MIN_SPREAD = 0.02          # images whose random pairs all score within this of each other: an uninformative model
-Z_CUTOFF, Z_HIGH = 3.0, 5.0    # no captions: robust z-scores over the collection for medium and high
+Z_CUTOFF, Z_HIGH = 2.5, 4.0    # no captions: robust z-scores over the collection for medium and high
 SAMPLE = 4096              # rows a calibration reads at most (a fixed, seeded sample of larger collections)
 NEGATIVES_PER_PAIR = 4
 
@@ -61,18 +62,12 @@ class Calibration:
     text: Reference | None
     image: Reference
 
-    def reference(self, mode: str, to: str = "image", text_weight: float | None = None) -> Reference:
+    def reference(self, mode: str, to: str = "image") -> Reference:
         """The reference for a search mode: text (and fusion, and image-to-text) read the caption pairs,
-        image-to-image the image pairs, image plus text their mixture in the query's proportions."""
+        image-to-image and image plus text the image pairs (``judge_image_text`` adds the words' part)."""
         text = self.text if self.text is not None else replace(_z_reference(), informative=self.image.informative)
         if mode == "text" or to == "text":
             return text
-        if mode == "image+text" and text.kind == "cosine":
-            w = 0.5 if text_weight is None else text_weight
-            return Reference("cosine", (1 - w) * self.image.cutoff + w * text.cutoff,
-                             (1 - w) * self.image.high + w * text.high, "images+captions",
-                             min(self.image.pairs, text.pairs), min(self.image.separation, text.separation),
-                             self.image.informative and text.informative)
         return self.image
 
 
@@ -120,12 +115,32 @@ def _reference(pos: np.ndarray, neg: np.ndarray, source: str) -> Reference:
     return Reference("cosine", cutoff, max(high, cutoff), source, int(pos.size), separation, informative)
 
 
+BANK_CUTOFF_QUANTILE, BANK_HIGH_QUANTILE = 0.75, 0.95
+
+
+def bank_reference(images: np.ndarray, bank: np.ndarray, image_ref: Reference, seed: int = 0) -> Reference:
+    """Without captions: a query bank (the expansion table's phrasings, encoded for this model anyway).
+
+    Each phrase's best score over the collection is what "the closest picture" reaches for words the
+    collection mostly does not show (a table names far more things than one collection holds), so a
+    hit must beat most of them (QB-Norm's idea of a probe query bank, used for a cutoff rather than a
+    re-ranking).
+    """
+    rows = sample_rows(images.shape[0], seed)
+    tops = (np.asarray(bank, dtype=np.float32) @ np.asarray(images, dtype=np.float32)[rows].T).max(axis=1)
+    return Reference("cosine", float(np.quantile(tops, BANK_CUTOFF_QUANTILE)),
+                     float(np.quantile(tops, BANK_HIGH_QUANTILE)), "query bank", int(tops.size),
+                     image_ref.separation, image_ref.informative)
+
+
 def fit(images: np.ndarray, captions: np.ndarray | None = None, caption_images: np.ndarray | None = None,
-        seed: int = 0) -> Calibration:
+        seed: int = 0, bank: np.ndarray | None = None) -> Calibration:
     """Fit the references from a features folder's own vectors (unit rows; a seeded sample of large ones).
 
     ``captions``/``caption_images``: caption vectors and the image row each describes. The image
     reference pairs each image with its nearest other image; random pairs are its negatives.
+    ``bank``: phrase vectors for a collection without captions (``bank_reference``); with neither,
+    text queries are judged by their robust z-score over the collection.
     """
     rng = np.random.default_rng(seed)
     images = np.asarray(images, dtype=np.float32)
@@ -151,6 +166,8 @@ def fit(images: np.ndarray, captions: np.ndarray | None = None, caption_images: 
         others = rng.integers(0, n, (len(picked), NEGATIVES_PER_PAIR))
         neg = np.einsum("ij,ikj->ik", caps, images[others])[others != own[:, None]]
         text_ref = _reference(pos, neg, "captions")
+    elif bank is not None and len(bank) and n:
+        text_ref = bank_reference(images, bank, image_ref, seed)
     return Calibration(text_ref, image_ref)
 
 
@@ -194,6 +211,21 @@ def shown(hits: list, reference: dict | None, show_all: bool = False) -> tuple[l
                          f"{len(closest)} shown are below the cutoff; --all shows all {len(hits)}"]
     rest = len(hits) - len(relevant)
     return relevant, ([f"另有 {rest} 张相关度较低 / {rest} more below the cutoff: --all"] if rest else [])
+
+
+TEXT_AGREES_Z = 1.0   # image plus text: the words must favour the hit this much over the typical picture
+
+
+def judge_image_text(image_scores: np.ndarray, text_scores: np.ndarray, text_collection: np.ndarray,
+                     reference: Reference) -> list[Verdict]:
+    """Image plus text ("this picture, but ..."): the picture decides against the image reference, and
+    the words must agree, standing ``TEXT_AGREES_Z`` robust deviations above their collection median.
+
+    The words are a modifier ("in the snow"), which no caption-calibrated cutoff expects to match alone.
+    """
+    verdicts = judge(image_scores, reference)
+    agrees = robust_z(text_scores, text_collection) >= TEXT_AGREES_Z
+    return [v if ok else Verdict(False, "low") for v, ok in zip(verdicts, agrees.tolist())]
 
 
 def fixed_verdicts(scores: np.ndarray, threshold: float) -> list[bool]:

@@ -332,11 +332,12 @@ class Searcher:
         if not 0.0 <= text_weight <= 1.0:
             raise InputError(f"--text-weight 须在 0 到 1 之间 / --text-weight must be between 0 and 1, got {text_weight}")
         vector, digest = self.image_vector(path)
-        expansion, truncated, clean = None, False, None
+        expansion, truncated, clean, parts = None, False, None, None
         if text:
             clean, truncated = clean_query(text)
             expansion = self.expand(clean, expand)
-            vector = pool(np.stack([vector, self.query_vector(expansion)]), [1.0 - text_weight, text_weight])
+            parts = np.stack([vector, self.query_vector(expansion)])
+            vector = pool(parts, [1.0 - text_weight, text_weight])
         same: set[int] = set()
         if to == "text":
             rows, matrix = self._captions()
@@ -355,7 +356,7 @@ class Searcher:
                               to=to, image=str(path), image_sha256=digest, text_weight=text_weight if text else None,
                               expansion=expansion, raw_query=text,
                               where=where, excluded=[self.store.image_path(i) for i in sorted(same)])
-        return self.judge(result, vector)
+        return self.judge(result, vector, parts)
 
     @property
     def calibration(self) -> relevance.Calibration:
@@ -364,24 +365,34 @@ class Searcher:
             captions = self.store.manifest.captions
             feats = self.store.caption_features() if captions else None
             owners = np.asarray([c["image"] for c in captions], dtype=np.int64) if captions else None
-            self._calibration = relevance.fit(self._matrix, feats, owners)
+            bank = self.bank_vectors() if self.bank_vectors().size else None
+            self._calibration = relevance.fit(self._matrix, feats, owners, bank=bank)
         return self._calibration
 
-    def judge(self, result: SearchResult, vector: np.ndarray) -> SearchResult:
+    def bank_vectors(self) -> np.ndarray:
+        """The rules table's phrasings as encoded in the expansion cache (the query bank of a calibration)."""
+        return self._cache_vectors
+
+    def use_calibration(self, calibration: relevance.Calibration) -> None:
+        """Judge later searches by this calibration instead of the one fitted from these features."""
+        self._calibration = calibration
+
+    def judge(self, result: SearchResult, vector: np.ndarray, parts: np.ndarray | None = None) -> SearchResult:
         """Mark each hit relevant or not, with its band, against this collection's calibration.
 
-        Fused hits are judged by their image's cosine with the query (a rank-fusion score is no cosine).
+        Fused hits are judged by their image's cosine with the query (a rank-fusion score is no cosine);
+        image plus text (``parts``: the image and text vectors) by each part (``relevance.judge_image_text``).
         """
-        reference = self.calibration.reference(result.mode, result.to, result.text_weight)
+        reference = self.calibration.reference(result.mode, result.to)
         vector = np.asarray(vector, dtype=np.float32)
-        if result.fuse:
-            scores = self._matrix[[h.index for h in result.results]] @ vector if result.results else np.empty(0)
+        rows = self._matrix[[h.index for h in result.results]] if result.results else self._matrix[:0]
+        sample = self._matrix[relevance.sample_rows(self._matrix.shape[0])]
+        if parts is not None:
+            verdicts = relevance.judge_image_text(rows @ parts[0], rows @ parts[1], sample @ parts[1], reference)
         else:
-            scores = np.asarray([h.score for h in result.results])
-        collection = None
-        if reference.kind == "z":
-            collection = self._matrix[relevance.sample_rows(self._matrix.shape[0])] @ vector
-        for hit, verdict in zip(result.results, relevance.judge(scores, reference, collection)):
+            scores = rows @ vector if result.fuse else np.asarray([h.score for h in result.results])
+            verdicts = relevance.judge(scores, reference, sample @ vector if reference.kind == "z" else None)
+        for hit, verdict in zip(result.results, verdicts):
             hit.relevant, hit.band = verdict.relevant, verdict.band
         result.relevance = reference.to_json()
         return result
