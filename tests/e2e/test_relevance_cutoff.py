@@ -70,3 +70,21 @@ def test_random_weights_say_nothing_relevant_in_one_line(cli, tiny_features, tmp
     lines = [line for line in ran.stdout.splitlines() if "nothing relevant" in line]
     assert len(lines) == 1 and "random or wrong weights" in lines[0]
     assert ".png" not in ran.stdout                  # no arbitrary pictures
+
+
+def test_the_page_shows_the_relevant_hits_and_all_on_request(no_husky, tmp_path):
+    import shutil
+
+    from clip_retrieval.query.expansion import DEFAULT_RULES, find_rules
+    from clip_retrieval.web import Page
+
+    features = tmp_path / "f"
+    shutil.copytree(no_husky / "out", features)
+    page = Page(str(features), str(find_rules(DEFAULT_RULES)), device="cpu")
+    status, gallery = page.text_search("雪地里的黑猫", True, 8)
+    assert len(gallery) == 2 and all("black_cat_snow" in caption for _, caption in gallery)
+    assert "6 more below the cutoff" in status and ("中/medium" in gallery[0][1] or "高/high" in gallery[0][1])
+    status, gallery = page.text_search("雪地里的黑猫", True, 8, True)
+    assert len(gallery) == 8 and "below the cutoff" not in status
+    status, gallery = page.text_search("哈士奇", True, 8)
+    assert len(gallery) == 3 and "nothing relevant" in status and all("低/low" in c for _, c in gallery)
