@@ -386,12 +386,15 @@ class Searcher:
         reference = self.calibration.reference(result.mode, result.to)
         vector = np.asarray(vector, dtype=np.float32)
         rows = self._matrix[[h.index for h in result.results]] if result.results else self._matrix[:0]
-        sample = self._matrix[relevance.sample_rows(self._matrix.shape[0])]
+        def collection(v: np.ndarray) -> np.ndarray:   # the query's scores over the (sampled) collection
+            n = self._matrix.shape[0]
+            return (self._matrix if n <= relevance.SAMPLE else self._matrix[relevance.sample_rows(n)]) @ v
+
         if parts is not None:
-            verdicts = relevance.judge_image_text(rows @ parts[0], rows @ parts[1], sample @ parts[1], reference)
+            verdicts = relevance.judge_image_text(rows @ parts[0], rows @ parts[1], collection(parts[1]), reference)
         else:
             scores = rows @ vector if result.fuse else np.asarray([h.score for h in result.results])
-            verdicts = relevance.judge(scores, reference, sample @ vector if reference.kind == "z" else None)
+            verdicts = relevance.judge(scores, reference, collection(vector) if reference.kind == "z" else None)
         for hit, verdict in zip(result.results, verdicts):
             hit.relevant, hit.band = verdict.relevant, verdict.band
         result.relevance = reference.to_json()
