@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="batch: write the JSON Lines here instead of stdout")
     p.add_argument("--grid", help="also draw the query and its results into this PNG "
                                   "(batch: one file per query, numbered)")
+    p.add_argument("--all", action="store_true",
+                   help="show the whole top-k, also hits below the relevance cutoff (default: off, the relevant "
+                        "hits and how many more are below the cutoff; --json always gives the whole top-k)")
 
     p = sub.add_parser("serve", help="the web page: every search mode in a browser")
     _features_arg(p)
@@ -246,9 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="Recall@K, mAP, NDCG@10 and ranks over captions, a query file or the demo benchmark")
     _features_arg(p)
     p.add_argument("--queries", help="query,image_path rows (several rows per query give its relevant set)")
-    p.add_argument("--benchmark", choices=["demo", "demo-en"],
-                   help="run a held-out benchmark instead: demo (zh+en model, with/without expansion) or demo-en "
-                        "(English-only model, Chinese query sets by pipeline stage)")
+    p.add_argument("--benchmark", choices=["demo", "demo-en", "relevance"],
+                   help="run a held-out benchmark instead: demo (zh+en model, with/without expansion), demo-en "
+                        "(English-only model, Chinese query sets by pipeline stage) or relevance (the relevance "
+                        "cutoff on both, against a fixed cosine threshold)")
     p.add_argument("--compare-expansion", action="store_true", help="with and without expansion side by side")
     p.add_argument("--fuse", action="store_true",
                    help="also score reciprocal-rank fusion of image and caption rankings (expansion_fused)")
@@ -358,7 +362,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_result(result, as_json: bool, backend: str = "exact") -> None:
+def _print_result(result, as_json: bool, backend: str = "exact", show_all: bool = False) -> None:
     if as_json:
         print(json.dumps(dict(result.to_json(), backend=backend), ensure_ascii=False), flush=True)
         return
@@ -370,18 +374,29 @@ def _print_result(result, as_json: bool, backend: str = "exact") -> None:
         print("扩展 / expansions:")
         for line in result.expansion_lines():
             print("  " + line)
-    if result.to == "text":
-        print(f"{'rank':>4}  {'score':>6}  caption / 描述  (image / 图片)")
-        for hit in result.results:
-            print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.caption}  ({hit.image_path})")
-    else:
-        print(f"{'rank':>4}  {'score':>6}  image / 图片  caption / 描述")
-        for hit in result.results:
-            print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.image_path}  {hit.caption}")
+    from .relevance import shown
+
+    hits, notes = shown(result.results, result.relevance, show_all)
+    if hits and result.to == "text":
+        print(f"{'rank':>4}  {'score':>6}  {'band':<9}  caption / 描述  (image / 图片)")
+        for hit in hits:
+            print(f"{hit.rank:>4}  {hit.score:6.4f}  {_band_text(hit):<9}  {hit.caption}  ({hit.image_path})")
+    elif hits:
+        print(f"{'rank':>4}  {'score':>6}  {'band':<9}  image / 图片  caption / 描述")
+        for hit in hits:
+            print(f"{hit.rank:>4}  {hit.score:6.4f}  {_band_text(hit):<9}  {hit.image_path}  {hit.caption}")
+    for note in notes:
+        print(note)
     if result.excluded:     # a copy of the query in the collection answers "is it in my library already?"
         print(f"已排除（与查询图片是同一文件）/ excluded, the query's own file: {', '.join(result.excluded)}")
     print(f"检索方式 / searched by: {'精确扫描 / exact scan' if backend == 'exact' else backend + ' index / 索引'}")
     print(flush=True)
+
+
+def _band_text(hit) -> str:
+    from .relevance import BANDS
+
+    return f"{BANDS[hit.band]}/{hit.band}" if hit.band else ""
 
 
 def _stdin_lines(prompt: str):
@@ -449,7 +464,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             if batch:
                 print(json.dumps(result.to_json(), ensure_ascii=False), file=out, flush=True)
             else:
-                _print_result(result, args.json, searcher.index.name)
+                _print_result(result, args.json, searcher.index.name, show_all=args.all)
             if args.grid:
                 from .grid import render_grid
                 target = args.grid if not batch else _numbered(args.grid, outcome.n)
@@ -583,6 +598,17 @@ def _metric_table(title: str, columns: dict[str, dict]) -> None:
             print(f"  {metric:<12}" + "".join(f"{m[metric]:>18.4f}" for m in columns.values()))
 
 
+def _relevance_benchmark(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .demo import relevance_benchmark as bench
+
+    with tempfile.TemporaryDirectory(prefix="clip_retrieval_bench_") as work:
+        report = bench.relevance_benchmark(work, rules=args.rules, device=args.device, quiet=args.quiet)
+    print(json.dumps(report, ensure_ascii=False) if args.json else bench.format_report(report))
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -592,6 +618,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.benchmark and args.per_query:
         raise UserError("--per-query 不能与 --benchmark 同用 / --per-query works on --features (its captions or --queries), "
                         "not with --benchmark")
+    if args.benchmark == "relevance":
+        return _relevance_benchmark(args)
     if args.benchmark:
         from .demo import benchmark
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from . import relevance
 from .collection.dataset import open_user_image
 from .core.errors import InputError
 from .query.dictionary import Dictionary
@@ -45,6 +46,8 @@ class Hit:
     caption: str
     index: int
     caption_row: int | None = None           # image-to-text: the caption's row in the captions file
+    relevant: bool | None = None             # above the query's relevance cutoff (``relevance.judge``)
+    band: str | None = None                  # high, medium, low (``relevance.BANDS``)
 
 
 @dataclass
@@ -74,6 +77,12 @@ class SearchResult:
         return format_grouped(self.expansion.grouped()) if self.expansion is not None else []
     where: Where | None = None               # the filters results had to pass
     excluded: list[str] = field(default_factory=list)   # image->image: indexed files that are the query itself
+    relevance: dict | None = None            # the reference the hits were judged by (``Reference.to_json``)
+
+    @property
+    def relevant_hits(self) -> list[Hit]:
+        """The hits above the cutoff, what the CLI and the page show by default."""
+        return [h for h in self.results if h.relevant]
 
     def to_json(self) -> dict:
         """The ``--json`` object: query, expansions (flat, and grouped by language with sources), model, results."""
@@ -82,8 +91,10 @@ class SearchResult:
             "expansions": [p.text for p in self.expansions],
             "model": self.model,
             "results": [{"rank": h.rank, "score": round(h.score, 6), "image_path": h.image_path,
-                         "caption": h.caption} for h in self.results],
+                         "caption": h.caption, **_relevance_json(h)} for h in self.results],
         }
+        if self.relevance is not None:
+            out["relevance"] = self.relevance
         if self.expansion is not None:
             out["normalized_query"] = self.expansion.normalized or self.query
             out["expansions_by_language"] = self.expansion.grouped()
@@ -92,6 +103,10 @@ class SearchResult:
         if self.excluded:
             out["excluded"] = self.excluded
         return out
+
+
+def _relevance_json(hit: Hit) -> dict:
+    return {} if hit.band is None else {"relevant": hit.relevant, "band": hit.band, "band_zh": relevance.BANDS[hit.band]}
 
 
 def pool(embeddings, weights) -> np.ndarray:
@@ -164,6 +179,7 @@ class Searcher:
         self.index = index
         self._caption_rows: list[tuple[str, int, int]] | None = None
         self._caption_matrix: np.ndarray | None = None
+        self._calibration: relevance.Calibration | None = None
 
     def _accept(self, encoder: Encoder) -> None:
         self.store.check_model(encoder.name, encoder.fingerprint, self.checkpoint)
@@ -246,9 +262,10 @@ class Searcher:
         expansion = self.expand(text, expand)
         vector = self.query_vector(expansion)
         hits = self.fused(vector, k, where) if fuse else self.search_vector(vector, k, where)
-        return SearchResult(query=text, expansions=expansion.expansions, results=hits,
-                            model=self.store.model, k=k, expand=expand, truncated=truncated,
-                            fuse=fuse, expansion=expansion, raw_query=query, where=where)
+        result = SearchResult(query=text, expansions=expansion.expansions, results=hits,
+                              model=self.store.model, k=k, expand=expand, truncated=truncated,
+                              fuse=fuse, expansion=expansion, raw_query=query, where=where)
+        return self.judge(result, vector)
 
     def _captions(self) -> tuple[list[tuple[str, int, int]], np.ndarray]:
         """Distinct (caption, image, captions-file row) triples and their vectors, for image-to-text and fusion."""
@@ -315,11 +332,12 @@ class Searcher:
         if not 0.0 <= text_weight <= 1.0:
             raise InputError(f"--text-weight 须在 0 到 1 之间 / --text-weight must be between 0 and 1, got {text_weight}")
         vector, digest = self.image_vector(path)
-        expansion, truncated, clean = None, False, None
+        expansion, truncated, clean, parts = None, False, None, None
         if text:
             clean, truncated = clean_query(text)
             expansion = self.expand(clean, expand)
-            vector = pool(np.stack([vector, self.query_vector(expansion)]), [1.0 - text_weight, text_weight])
+            parts = np.stack([vector, self.query_vector(expansion)])
+            vector = pool(parts, [1.0 - text_weight, text_weight])
         same: set[int] = set()
         if to == "text":
             rows, matrix = self._captions()
@@ -332,12 +350,55 @@ class Searcher:
             ids, scores = self.nearest(vector, k + len(same), where)
             keep = [(i, sc) for i, sc in zip(ids.tolist(), scores.tolist()) if i not in same][:k]
             hits = [self._hit(r, i, sc) for r, (i, sc) in enumerate(keep, start=1)]
-        return SearchResult(query=clean or str(path), expansions=expansion.expansions if expansion else [], results=hits,
-                            model=self.store.model, k=k, expand=expand and bool(text), truncated=truncated,
-                            mode="image+text" if text else "image",
-                            to=to, image=str(path), image_sha256=digest, text_weight=text_weight if text else None,
-                            expansion=expansion, raw_query=text,
-                            where=where, excluded=[self.store.image_path(i) for i in sorted(same)])
+        result = SearchResult(query=clean or str(path), expansions=expansion.expansions if expansion else [],
+                              results=hits, model=self.store.model, k=k, expand=expand and bool(text),
+                              truncated=truncated, mode="image+text" if text else "image",
+                              to=to, image=str(path), image_sha256=digest, text_weight=text_weight if text else None,
+                              expansion=expansion, raw_query=text,
+                              where=where, excluded=[self.store.image_path(i) for i in sorted(same)])
+        return self.judge(result, vector, parts)
+
+    @property
+    def calibration(self) -> relevance.Calibration:
+        """What matching pairs score in this collection under this model, fitted once from its own vectors."""
+        if self._calibration is None:
+            captions = self.store.manifest.captions
+            feats = self.store.caption_features() if captions else None
+            owners = np.asarray([c["image"] for c in captions], dtype=np.int64) if captions else None
+            bank = self.bank_vectors() if self.bank_vectors().size else None
+            self._calibration = relevance.fit(self._matrix, feats, owners, bank=bank)
+        return self._calibration
+
+    def bank_vectors(self) -> np.ndarray:
+        """The rules table's phrasings as encoded in the expansion cache (the query bank of a calibration)."""
+        return self._cache_vectors
+
+    def use_calibration(self, calibration: relevance.Calibration) -> None:
+        """Judge later searches by this calibration instead of the one fitted from these features."""
+        self._calibration = calibration
+
+    def judge(self, result: SearchResult, vector: np.ndarray, parts: np.ndarray | None = None) -> SearchResult:
+        """Mark each hit relevant or not, with its band, against this collection's calibration.
+
+        Fused hits are judged by their image's cosine with the query (a rank-fusion score is no cosine);
+        image plus text (``parts``: the image and text vectors) by each part (``relevance.judge_image_text``).
+        """
+        reference = self.calibration.reference(result.mode, result.to)
+        vector = np.asarray(vector, dtype=np.float32)
+        rows = self._matrix[[h.index for h in result.results]] if result.results else self._matrix[:0]
+        def collection(v: np.ndarray) -> np.ndarray:   # the query's scores over the (sampled) collection
+            n = self._matrix.shape[0]
+            return (self._matrix if n <= relevance.SAMPLE else self._matrix[relevance.sample_rows(n)]) @ v
+
+        if parts is not None:
+            verdicts = relevance.judge_image_text(rows @ parts[0], rows @ parts[1], collection(parts[1]), reference)
+        else:
+            scores = rows @ vector if result.fuse else np.asarray([h.score for h in result.results])
+            verdicts = relevance.judge(scores, reference, collection(vector) if reference.kind == "z" else None)
+        for hit, verdict in zip(result.results, verdicts):
+            hit.relevant, hit.band = verdict.relevant, verdict.band
+        result.relevance = reference.to_json()
+        return result
 
 
 def _check_k(k: int) -> None:

@@ -30,6 +30,7 @@ from .collection.dataset import DEFAULT_MAX_PIXELS, open_user_image, thumbnail
 from .core.errors import UserError
 from .query.expansion import DEFAULT_RULES
 from .core.files import write_atomic
+from .relevance import BANDS, shown
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ MAX_UPLOAD = "20mb"
 UPLOAD_TTL_S = 600        # an upload not searched within ten minutes is not going to be
 EMPTY_UPLOAD_S = 5        # a zero-byte file this old is a request that never sent its body
 SWEEP_EVERY_S = 60
+
+
+def _band(hit) -> str:
+    """The hit's relevance band, as the caption under its thumbnail shows it."""
+    return f"  {BANDS[hit.band]}/{hit.band}" if hit.band else ""
 
 
 def _expansions(result) -> str:
@@ -76,11 +82,13 @@ class Page:
             write_atomic(target, lambda tmp: picture.save(tmp, format="PNG"))
         return str(target)
 
-    def _gallery(self, result) -> list:
-        """Thumbnails captioned with rank, score, the file's name and its caption (a folder has no captions)."""
+    def _gallery(self, result, show_all: bool = False) -> list:
+        """Thumbnails of the relevant hits (else the closest few; ``show_all``: the whole top-k), captioned
+        with rank, score, band, the file's name and its caption (a folder has no captions)."""
+        hits, _ = shown(result.results, result.relevance, show_all)
         return [(self._thumbnail_file(h.index),
-                 f"#{h.rank}  {h.score:.3f}  {Path(self._collection_path(h.index)).name}  {h.caption}".rstrip())
-                for h in result.results]
+                 f"#{h.rank}  {h.score:.3f}  {Path(self._collection_path(h.index)).name}  {h.caption}".rstrip()
+                 + _band(h)) for h in hits]
 
     def paths_of(self, gallery: list) -> list[str]:
         """The collection paths of a gallery this page made (its thumbnails are named by image number)."""
@@ -175,12 +183,13 @@ class Page:
         finally:
             self._discard(path)
 
-    def text_search(self, query: str, expand: bool, k: float):
+    def text_search(self, query: str, expand: bool, k: float, show_all: bool = False):
         try:
             result = api.search(self.searcher, query=query, k=int(k), expand=expand)[0]
         except UserError as exc:   # an empty query and the like: a line on the page, no server traceback
             return f"⚠️ {exc}", []
-        return _expansions(result), self._gallery(result)
+        notes = [note.replace("--all", "“全部 / all”") for note in shown(result.results, result.relevance, show_all)[1]]
+        return "\n\n".join([_expansions(result), *notes]).strip(), self._gallery(result, show_all)
 
     def image_search(self, upload, k: float):
         return self._with_upload(upload, lambda p: self._gallery(api.search(self.searcher, image=p, k=int(k))[0]), [])
@@ -268,17 +277,19 @@ def build(page: Page):
                 query = gr.Textbox(label="查询 / query", placeholder="金毛、灰猫、雪地里的哈士奇…", elem_id="query")
                 expand = gr.Checkbox(value=True, label="扩展 / expand", elem_id="expand")
                 k = gr.Slider(1, 20, value=6, step=1, label="top-k", elem_id="topk")
+                every = gr.Checkbox(value=False, label="全部 / all (也显示低于阈值的 / also below the cutoff)",
+                                    elem_id="show-all")
             go = gr.Button("搜索 / Search", variant="primary", elem_id="search")
             used = gr.Markdown(elem_id="expansions")
             gallery = gr.Gallery(label="结果 / results", columns=6, elem_id="results")
             _copyable_paths(page, gallery, "results")
 
-            def text_search(q, e, n):
-                status, found = page.text_search(q, e, n)
+            def text_search(q, e, n, a):
+                status, found = page.text_search(q, e, n, a)
                 return status, found, page.paths_of(found)
 
-            go.click(text_search, [query, expand, k], [used, gallery, gallery.paths])
-            query.submit(text_search, [query, expand, k], [used, gallery, gallery.paths])
+            go.click(text_search, [query, expand, k, every], [used, gallery, gallery.paths])
+            query.submit(text_search, [query, expand, k, every], [used, gallery, gallery.paths])
 
         def image_search(upload, n):
             status, found = page.image_search(upload, n)

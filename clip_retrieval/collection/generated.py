@@ -198,11 +198,14 @@ def english_caption_for(subject: Subject, scene: Scene, rng: random.Random) -> s
 
 
 def make_collection(out_dir: str | Path, per_pair: int = 2, seed: int = 0, size: int = 224,
-                    english: bool = False, fmt: str = "png", varied: bool = True, chinese: bool = True) -> Path:
+                    english: bool = False, fmt: str = "png", varied: bool = True, chinese: bool = True,
+                    pairs: set[tuple[str, str]] | None = None) -> Path:
     """Write images/ and captions.csv under ``out_dir``; returns the CSV path.
 
     Each image gets its Chinese caption, and its English one too when ``english`` is set;
     ``chinese=False`` gives English captions only, in the wider wording of ``english_caption_for``.
+    ``pairs``: only these (subject key, scene key) pairs are drawn (default: all), so a collection
+    can lack a subject or a scene (the relevance benchmark's absent queries).
     """
     if not (chinese or english):
         raise ValueError("a collection needs Chinese or English captions")
@@ -212,6 +215,8 @@ def make_collection(out_dir: str | Path, per_pair: int = 2, seed: int = 0, size:
     rows = []
     for subject in SUBJECTS:
         for scene in SCENES:
+            if pairs is not None and (subject.key, scene.key) not in pairs:
+                continue
             for n in range(per_pair):
                 name = f"images/{subject.key}_{scene.key}_{n:02d}.{fmt}"
                 img = render(subject, scene, rng, size)

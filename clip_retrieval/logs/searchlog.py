@@ -79,7 +79,8 @@ def make_record(result, store, *, model_fingerprint: str, rules_sha256: str | No
         "tool_version": __version__,
         "results": [{"rank": h.rank, "score": round(h.score, 6), "image_path": h.image_path,
                      "path": manifest.images[h.index]["path"], "caption": h.caption,
-                     "row": h.caption_row} for h in result.results],
+                     "row": h.caption_row, "relevant": h.relevant, "band": h.band} for h in result.results],
+        "relevance": result.relevance,
     }
 
 
@@ -114,7 +115,9 @@ def format_block(record: dict) -> str:
         # paths inside the collection read the same whichever folder the search ran from
         lines.append(f"  collection / 图库: {record['collection_root']}")
     for hit in record["results"]:
-        lines.append(f"  {hit['rank']:>3}. {hit['score']:.4f}  {hit.get('path') or hit['image_path']}  {hit['caption']}")
+        band = f"  [{hit['band']}]" if hit.get("band") else ""
+        lines.append(f"  {hit['rank']:>3}. {hit['score']:.4f}{band}  {hit.get('path') or hit['image_path']}  "
+                     f"{hit['caption']}")
     return "\n".join(lines) + "\n\n"
 
 
@@ -162,7 +165,7 @@ RECORD_FIELDS = frozenset({
     "record_version", "time", "mode", "to", "fuse", "image", "image_sha256", "text_weight", "query", "raw_query",
     "normalized_query", "expand", "expansions", "untranslated", "k", "where", "backend", "model",
     "model_fingerprint", "features_dir", "collection_root", "features_fingerprint", "caption_features_fingerprint",
-    "captions_sha256", "rules_path", "rules_sha256", "tool_version", "results", "dictionary"})
+    "captions_sha256", "rules_path", "rules_sha256", "tool_version", "results", "dictionary", "relevance"})
 MAX_NAMED_LINES = 20   # skipped lines named one by one; past this, one line counts the rest
 
 

@@ -66,7 +66,7 @@ def test_extract_then_search_then_replay(messy_collection, tiny_open_clip, tmp_p
     assert obj["query"] == "草地上的小猪" and "piglet on the grass" in obj["expansions"]
     assert not any("piglet" in e and "小猪" in e for e in obj["expansions"])      # no mixed-script phrasing
     assert [r["rank"] for r in obj["results"]] == [1, 2, 3]
-    assert set(obj["results"][0]) == {"rank", "score", "image_path", "caption"}
+    assert set(obj["results"][0]) == {"rank", "score", "image_path", "caption", "relevant", "band", "band_zh"}
 
     proc = cli("search", "--features", str(out), "--no-expand", "--top-k", "2",
                stdin="灰猫\n\n雪地里的哈士奇\nexit\n这一行不会被搜索\n")

@@ -250,7 +250,7 @@ def test_twenty_concurrent_queries_with_repeated_texts_are_all_answered(server):
     client = Client(server["url"], verbose=False)
 
     def ask(query: str):
-        return client.predict(query, True, 6, api_name="/text_search")
+        return client.predict(query, True, 6, True, api_name="/text_search")   # all six, below the cutoff too
 
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(ask, ["金毛", "灰猫", "小猪", "雪地里的哈士奇"] * 5))

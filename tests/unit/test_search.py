@@ -95,7 +95,8 @@ def test_search_appends_a_reproducible_record(tiny_features, tmp_path, monkeypat
     assert "灰猫" in text and "灰色的猫" in text
     # collection-relative paths under the collection's root: the same lines from whichever folder it ran
     assert f"collection / 图库: {record['collection_root']}" in text
-    assert f"  1. {record['results'][0]['score']:.4f}  {record['results'][0]['path']}  " in text
+    first = record["results"][0]
+    assert f"  1. {first['score']:.4f}  [{first['band']}]  {first['path']}  " in text
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
