@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from . import api
-    from .collection.dataset import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+    from .collection.dataset import DEFAULT_MAX_PIXELS, PHOTO_EXTENSIONS
 
     result = api.extract_features(csv=args.csv, images=args.images, model=args.model, checkpoint=args.checkpoint,
                                   out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -340,7 +340,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if ignored:
         kinds = ", ".join(f"{suffix} {n}" for suffix, n in ignored.items())
         print(f"  未读取的文件类型 / files of other types not read: {sum(ignored.values())} ({kinds}); "
-              f"convert the photos among them to JPEG or PNG (we read {', '.join(sorted(IMAGE_EXTENSIONS))})",
+              f"convert the photos among them to JPEG or PNG (we read {', '.join(sorted(PHOTO_EXTENSIONS))})",
               file=sys.stderr)
     if source.get("excluded"):
         shown = ", ".join(source["excluded"][:5]) + (" …" if len(source["excluded"]) > 5 else "")
@@ -350,6 +350,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
         shown = ", ".join(source["outside_links"][:3]) + (" …" if len(source["outside_links"]) > 3 else "")
         print(f"  未跟随指向文件夹外的链接 / symbolic links leading outside the folder not followed: "
               f"{len(source['outside_links'])} ({shown}); --follow-links includes them", file=sys.stderr)
+    if source.get("raw_beside_jpeg"):
+        shown = ", ".join(source["raw_beside_jpeg"][:3]) + (" …" if len(source["raw_beside_jpeg"]) > 3 else "")
+        print(f"  RAW 与同名 JPEG 只索引 JPEG / RAW files beside a JPEG of the same name, indexed once as the JPEG: "
+              f"{len(source['raw_beside_jpeg'])} ({shown})", file=sys.stderr)
     duplicates = source.get("duplicate_rows", {})
     if duplicates.get("count"):
         lines = ", ".join(map(str, duplicates["lines"][:10])) + (" …" if duplicates["count"] > 10 else "")
