@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     _rules_arg(p, "expansion table")
     p.add_argument("--no-dict", action="store_true", help="no CC-CEDICT renderings (default: dictionary on)")
     p.add_argument("--watch", metavar="DIR",
-                   help="监视这个图片文件夹，新照片无需重启即可检索（同 clipsou watch）/ keep --features current with "
+                   help="监视这个图片文件夹，新照片无需重启即可检索（同 clipsou watch） / keep --features current with "
                         "this photo folder while the page runs, as clipsou watch does (default: off)")
     _common(p)
 
@@ -744,7 +744,7 @@ def _watch_parser(sub) -> None:
     p = sub.add_parser("watch", help="让特征（和索引）随图片文件夹自动更新 / keep a features folder (and its index) "
                                      "current while photos are added, changed, moved or deleted")
     p.add_argument("--images", required=True,
-                   help="要监视的图片文件夹（含子文件夹）/ the photo folder to follow, subfolders included")
+                   help="要监视的图片文件夹（含子文件夹） / the photo folder to follow, subfolders included")
     p.add_argument("--out", default="outputs", help="特征文件夹 / features folder kept current (default: outputs)")
     p.add_argument("--model", help="model string (default: the model that built --out, else the default model)")
     p.add_argument("--checkpoint", help="local weights file or folder")
@@ -777,7 +777,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     watcher.start()
     try:
         while watcher.running():
-            watcher.join(0.5)
+            time.sleep(0.5)   # not Thread.join: Ctrl-C inside a join can leave the thread marked as ended
     except KeyboardInterrupt:
         print("clipsou: 正在完成当前批次 / finishing the batch in progress, then stopping", file=sys.stderr, flush=True)
         watcher.stop()

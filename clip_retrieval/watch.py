@@ -85,6 +85,7 @@ class Watcher:
         self._observer = None
         self._thread: threading.Thread | None = None
         self.idle = threading.Event()       # set while no update runs and none is waiting (tests wait on it)
+        self._done = threading.Event()      # run() has returned (a join interrupted by Ctrl-C may not say so)
 
     # -- noticing changes -------------------------------------------------------------------
     def changed(self, path: str | os.PathLike | None = None) -> None:
@@ -179,6 +180,7 @@ class Watcher:
             if self._observer is not None:
                 self._observer.stop()
                 self._observer.join(timeout=5)
+            self._done.set()
 
     def start(self, initial: bool = True) -> Watcher:
         """Run in a daemon thread (the page's)."""
@@ -191,20 +193,19 @@ class Watcher:
         self._stop.set()
         self._changed.set()
         if self._thread is not None:
+            # waited on an event, not only Thread.join: a join that Ctrl-C interrupted can later report a
+            # thread still writing as finished, and the process would end under it
+            self._done.wait(timeout)
             self._thread.join(timeout)
 
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        return self._thread is not None and not self._done.is_set()
 
     def wait_updates(self, count: int, timeout: float = 30.0) -> bool:
         """Block until ``count`` updates have finished since the start (for tests and scripts)."""
         deadline = time.monotonic() + timeout
         while self.status.updates < count:
-            if time.monotonic() > deadline or (self._thread is not None and not self._thread.is_alive()):
+            if time.monotonic() > deadline or self._done.is_set():
                 return False
             time.sleep(0.05)
         return True
