@@ -457,7 +457,7 @@ def watcher(images: str | os.PathLike, out: str | os.PathLike = "outputs", model
     """A ``Watcher`` keeping the features in ``out`` (and the index beside them) current with ``images``.
 
     Each batch of changes runs ``extract_features(images=..., update=True)``: only new and changed
-    photos are encoded (moved ones are found by content and reused), deleted ones leave the set,
+    photos are encoded (a moved one under its new path), deleted ones leave the set,
     and the whole set is replaced at once. ``.start()`` runs it in a thread, ``.run()`` blocks,
     ``.stop()`` waits for the batch in progress. The model (``model=None``: the one that built
     ``out``, else the default) is opened once, at the first update, and kept.
