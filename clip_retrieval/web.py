@@ -355,6 +355,8 @@ def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, 
     os.environ["GRADIO_TEMP_DIR"] = upload_dir
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
+        if watch is not None and not (Path(features) / "manifest.json").is_file():   # a first extraction
+            api.watcher(watch, features, device=device, rules=rules, quiet=False).update()
         page = Page(features, rules, device, dictionary=dictionary, work_dir=upload_dir)
         page.start_sweeper()
         if watch is not None:

@@ -173,3 +173,26 @@ def test_the_page_follows_the_folder_and_says_when_and_how_many(tmp_path, demo_e
         assert page.paths_of(gallery) == ["dog.png"]
     finally:
         page.watcher.stop()
+
+
+def test_the_faiss_index_beside_the_features_follows_them(tmp_path, demo_encoder):
+    pytest.importorskip("faiss")
+    from clip_retrieval.index.base import read_config
+
+    photos, out = tmp_path / "photos", tmp_path / "features"
+    photos.mkdir()
+    shutil.copy(DRAWINGS / "black_cat_beach_00.png", photos / "a.png")
+    api.extract_features(images=photos, out=out, encoder=demo_encoder, rules=None, quiet=True, num_workers=0)
+    api.build_index(out, "faiss", kind="flat")
+    watcher = api.watcher(photos, out, encoder=demo_encoder, rules=None, settle_s=0.3).start()
+    try:
+        done = _step(watcher, 0)
+        shutil.copy(DRAWINGS / "golden_retriever_grass_00.png", photos / "dog.png")
+        _step(watcher, done)
+    finally:
+        watcher.stop()
+    config = read_config(out)
+    assert config["backend"] == "faiss" and config["count"] == 2
+    assert config["features_fingerprint"] == store.load(out).fingerprint
+    searcher = api.open_searcher(out, encoder=demo_encoder, rules=None, dictionary=False)   # served by FAISS
+    assert Path(api.search(searcher, query="草地上的金毛", k=1, expand=False)[0].results[0].image_path).name == "dog.png"
