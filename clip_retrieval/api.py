@@ -1,5 +1,5 @@
 """The Python API the CLI and the web page wrap: extract, open a searcher, search (and
-log), batch search, replay, evaluate, index, classify, dedup.
+log), batch search, replay, evaluate, index, classify, dedup, and the watcher that keeps features current.
 
 Library first, CLI second: every subcommand is a thin layer over these functions, which
 tests call directly. This module wires the owners together (choosing the model for a
@@ -36,6 +36,7 @@ from .search import Searcher, SearchResult, build_expansion_cache  # noqa: F401 
 from .models import OnDemand, open_encoder
 from .models.onnx import weights_fingerprint
 from .zeroshot import classify_images, parse_labels
+from .watch import RESCAN_S, SETTLE_S, Watcher
 
 if TYPE_CHECKING:
     from .models import Encoder
@@ -446,3 +447,33 @@ def dedup(features: str | os.PathLike = "outputs", threshold: float = 0.95, bloc
     groups = [[{"path": feats.image_path(i), "similarity": round(sim, 6)} for i, sim in group]
               for group in near_duplicate_groups(feats.image_features, threshold, block)]
     return sorted(groups, key=lambda g: (-len(g), g[0]["path"]))
+
+
+def watcher(images: str | os.PathLike, out: str | os.PathLike = "outputs", model: str | None = None,
+            checkpoint: str | None = None, device: str = "auto", encoder: Encoder | None = None,
+            batch_size: int = 32, num_workers: int | None = None, rules: str | os.PathLike | None = DEFAULT_RULES,
+            follow_links: bool = False, quiet: bool = True, rescan_s: float = RESCAN_S, settle_s: float = SETTLE_S,
+            on_update=None) -> Watcher:
+    """A ``Watcher`` keeping the features in ``out`` (and the index beside them) current with ``images``.
+
+    Each batch of changes runs ``extract_features(images=..., update=True)``: only new and changed
+    photos are encoded (a moved one under its new path), deleted ones leave the set,
+    and the whole set is replaced at once. ``.start()`` runs it in a thread, ``.run()`` blocks,
+    ``.stop()`` waits for the batch in progress. The model (``model=None``: the one that built
+    ``out``, else the default) is opened once, at the first update, and kept.
+    """
+    if not Path(images).is_dir():
+        raise InputError(f"找不到图片文件夹 / image folder not found: {images}; watch follows an existing folder")
+    if model is None and encoder is None:
+        model, checkpoint = _model_of(out, checkpoint)
+    slot = OnDemand(encoder or (lambda: open_encoder(model, checkpoint, device)))
+
+    def update() -> int:
+        result = extract_features(images=images, out=out, model=model, checkpoint=checkpoint, encoder=slot.get(),
+                                  batch_size=batch_size, num_workers=num_workers, device=device, quiet=quiet,
+                                  rules=rules, update=True, follow_links=follow_links)
+        log.info("updated %s: %d photos (%d encoded, %d reused)", out, len(result.manifest.images),
+                 result.encoded_images, result.reused_images)
+        return len(result.manifest.images)
+
+    return Watcher(images, update, exclude=(out,), rescan_s=rescan_s, settle_s=settle_s, on_update=on_update)

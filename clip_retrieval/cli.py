@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     _rules_arg(p, "expansion table")
     p.add_argument("--no-dict", action="store_true", help="no CC-CEDICT renderings (default: dictionary on)")
+    p.add_argument("--watch", metavar="DIR",
+                   help="监视这个图片文件夹，新照片无需重启即可检索（同 clipsou watch） / keep --features current with "
+                        "this photo folder while the page runs, as clipsou watch does (default: off)")
     _common(p)
 
     p = sub.add_parser("classify", help="zero-shot classification of images among labels")
@@ -304,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: the folder each record names)")
     p.add_argument("--json", action="store_true", help="one JSON object per record")
     _common(p)
+    _watch_parser(sub)
     for choice in sub._choices_actions:   # each subcommand's own --help opens with its one-line description
         sub.choices[choice.dest].description = sub.choices[choice.dest].description or choice.help
     bilingual(parser)
@@ -312,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from . import api
-    from .collection.dataset import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+    from .collection.dataset import DEFAULT_MAX_PIXELS, PHOTO_EXTENSIONS
 
     result = api.extract_features(csv=args.csv, images=args.images, model=args.model, checkpoint=args.checkpoint,
                                   out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -345,7 +349,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if ignored:
         kinds = ", ".join(f"{suffix} {n}" for suffix, n in ignored.items())
         print(f"  未读取的文件类型 / files of other types not read: {sum(ignored.values())} ({kinds}); "
-              f"convert the photos among them to JPEG or PNG (we read {', '.join(sorted(IMAGE_EXTENSIONS))})",
+              f"convert the photos among them to JPEG or PNG (we read {', '.join(sorted(PHOTO_EXTENSIONS))})",
               file=sys.stderr)
     if source.get("excluded"):
         shown = ", ".join(source["excluded"][:5]) + (" …" if len(source["excluded"]) > 5 else "")
@@ -355,6 +359,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
         shown = ", ".join(source["outside_links"][:3]) + (" …" if len(source["outside_links"]) > 3 else "")
         print(f"  未跟随指向文件夹外的链接 / symbolic links leading outside the folder not followed: "
               f"{len(source['outside_links'])} ({shown}); --follow-links includes them", file=sys.stderr)
+    if source.get("raw_beside_jpeg"):
+        shown = ", ".join(source["raw_beside_jpeg"][:3]) + (" …" if len(source["raw_beside_jpeg"]) > 3 else "")
+        print(f"  RAW 与同名 JPEG 只索引 JPEG / RAW files beside a JPEG of the same name, indexed once as the JPEG: "
+              f"{len(source['raw_beside_jpeg'])} ({shown})", file=sys.stderr)
     duplicates = source.get("duplicate_rows", {})
     if duplicates.get("count"):
         lines = ", ".join(map(str, duplicates["lines"][:10])) + (" …" if duplicates["count"] > 10 else "")
@@ -751,12 +759,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require("gradio")
     from .web import serve
 
-    serve(args.features, args.host, args.port, args.rules, args.device, dictionary=not args.no_dict)
+    serve(args.features, args.host, args.port, args.rules, args.device, dictionary=not args.no_dict, watch=args.watch)
     return EXIT_OK
 
 
 COMMANDS = {"serve": cmd_serve, "classify": cmd_classify, "dedup": cmd_dedup, "index": cmd_index, "extract": cmd_extract, "search": cmd_search, "train": cmd_train, "eval": cmd_eval,
             "replay": cmd_replay, "models": cmd_models, "log": cmd_log}
+
+
+# --- clipsou watch (issue 26) ---------------------------------------------------------------------
+
+def _watch_parser(sub) -> None:
+    p = sub.add_parser("watch", help="让特征（和索引）随图片文件夹自动更新 / keep a features folder (and its index) "
+                                     "current while photos are added, changed, moved or deleted")
+    p.add_argument("--images", required=True,
+                   help="要监视的图片文件夹（含子文件夹） / the photo folder to follow, subfolders included")
+    p.add_argument("--out", default="outputs", help="特征文件夹 / features folder kept current (default: outputs)")
+    p.add_argument("--model", help="model string (default: the model that built --out, else the default model)")
+    p.add_argument("--checkpoint", help="local weights file or folder")
+    p.add_argument("--batch-size", type=int, default=32, help="每批图片数 / images per model call (default: 32)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="解码线程数 / image decoding workers (default: cores-1, 1 to 4)")
+    p.add_argument("--rescan", type=float, default=30.0, metavar="SECONDS",
+                   help="兜底的定期重新扫描间隔 / rescan the folder this often, besides filesystem events (default: 30)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="也跟随指向文件夹外的符号链接 / also follow symbolic links leading outside --images "
+                        "(default: only links that stay inside)")
+    _rules_arg(p, "expansion table")
+    _common(p)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Update now, then after each batch of changes, until Ctrl-C; Ctrl-C lets the batch in progress finish."""
+    import time
+
+    from . import api
+
+    def report(status) -> None:
+        print(f"已更新 / updated {time.strftime('%H:%M:%S', time.localtime(status.updated_at))}: "
+              f"{status.images} photos -> {args.out}", flush=True)
+
+    watcher = api.watcher(args.images, args.out, model=args.model, checkpoint=args.checkpoint, device=args.device,
+                          batch_size=args.batch_size, num_workers=args.num_workers, rules=args.rules,
+                          follow_links=args.follow_links, quiet=args.quiet, rescan_s=args.rescan, on_update=report)
+    print(f"监视中 / watching {args.images} -> {args.out} (Ctrl-C 停止 / to stop)", file=sys.stderr, flush=True)
+    watcher.start()
+    try:
+        while watcher.running():
+            time.sleep(0.5)   # not Thread.join: Ctrl-C inside a join can leave the thread marked as ended
+    except KeyboardInterrupt:
+        print("clipsou: 正在完成当前批次 / finishing the batch in progress, then stopping", file=sys.stderr, flush=True)
+        watcher.stop()
+    if watcher.status.updates == 0 and watcher.status.last_error:
+        raise UserError(watcher.status.last_error)
+    return EXIT_OK
+
+
+COMMANDS["watch"] = cmd_watch
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -74,6 +74,29 @@ class Page:
         self.thumbs = self.work_dir / "thumbnails"
         self.thumbs.mkdir(parents=True, exist_ok=True)
 
+    # -- serve --watch: the features follow a photo folder, the page follows the features --------
+    def follow(self, images: str | os.PathLike, features: str | os.PathLike) -> None:
+        """Keep ``features`` current with ``images`` (``api.watcher``) and show each update without a restart."""
+        self.features = str(features)
+        self.watcher = api.watcher(images, features, encoder=self.searcher.encoder, rules=self.rules,
+                                   on_update=self.reload).start()
+
+    def reload(self, status=None) -> None:
+        """Open the features as they are now; thumbnails of the old set (named by image number) are not reused."""
+        searcher = api.open_searcher(self.features, rules=self.rules, encoder=self.searcher.encoder, dictionary=False)
+        searcher.dictionary = self.searcher.dictionary   # read once, at the page's start
+        self.thumbs = self.work_dir / f"thumbnails-{searcher.store.manifest.generation[:12]}"
+        self.thumbs.mkdir(parents=True, exist_ok=True)
+        self.searcher = searcher
+
+    def status_line(self) -> str:
+        """When the features were last written and how many photos they hold (the page's header line)."""
+        manifest = self.searcher.store.manifest
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(
+            (Path(self.searcher.store.folder) / "manifest.json").stat().st_mtime))
+        watching = " · 正在监视 / watching for new photos" if getattr(self, "watcher", None) is not None else ""
+        return f"{len(manifest.images)} 张照片 / photos · 索引更新于 / index updated {when}{watching}"
+
     def _thumbnail_file(self, image: int) -> str:
         """Image ``image``'s thumbnail as a file, rendered once; concurrent requests never see it half-written."""
         target = self.thumbs / f"{image}.png"
@@ -272,6 +295,8 @@ def build(page: Page):
     with gr.Blocks(title="clip_retrieval", analytics_enabled=False) as app:
         gr.Markdown(f"## clip_retrieval · 以中文短查询检索图片\n模型 / model: `{page.searcher.store.model}` · "
                     f"{page.searcher.store.image_features.shape[0]} images")
+        status = gr.Markdown(page.status_line(), elem_id="index-status")
+        gr.Timer(2).tick(page.status_line, None, status)
         with gr.Tab("文搜图 / text to image"):
             with gr.Row():
                 query = gr.Textbox(label="查询 / query", placeholder="金毛、灰猫、雪地里的哈士奇…", elem_id="query")
@@ -327,8 +352,10 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, rules: str | os.PathLike = DEFAULT_RULES,
-          device: str = "auto", dictionary: bool = True) -> None:
-    """Start the page and block until interrupted; the upload folder is removed on the way out."""
+          device: str = "auto", dictionary: bool = True, watch: str | os.PathLike | None = None) -> None:
+    """Start the page and block until interrupted; the upload folder is removed on the way out.
+
+    ``watch``: a photo folder the features follow while the page runs (``Page.follow``)."""
     check_port_free(host, port)
     upload_dir = tempfile.mkdtemp(prefix="clip_retrieval_uploads_")
 
@@ -339,8 +366,12 @@ def serve(features: str = "outputs", host: str = "127.0.0.1", port: int = 7860, 
     os.environ["GRADIO_TEMP_DIR"] = upload_dir
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
+        if watch is not None and not (Path(features) / "manifest.json").is_file():   # a first extraction
+            api.watcher(watch, features, device=device, rules=rules, quiet=False).update()
         page = Page(features, rules, device, dictionary=dictionary, work_dir=upload_dir)
         page.start_sweeper()
+        if watch is not None:
+            page.follow(watch, features)
         app = build(page)
         print(f"网页已启动 / serving on http://{host}:{port}  (上传文件夹 / uploads: {upload_dir}; "
               f"Ctrl-C 停止 / to stop)", flush=True)

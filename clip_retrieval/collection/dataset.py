@@ -13,6 +13,8 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import functools
+import importlib.util
 import io
 import os
 import re
@@ -26,10 +28,19 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..core.errors import InputError
+from ..core.extras import install_hint
 from ..core.hashing import sha256_bytes
 from ..core.paths import resolve_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# The file-type table beyond Pillow's own formats: each needs an extra (or a Pillow built with it).
+HEIF_EXTENSIONS = frozenset({".heic", ".heif", ".hif"})          # iPhone photos; the heic extra (pi-heif)
+AVIF_EXTENSIONS = frozenset({".avif"})                           # Pillow 11.3+ wheels read AVIF themselves
+RAW_EXTENSIONS = frozenset({".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf",
+                            ".rw2", ".pef", ".srw"})             # camera RAW; the raw extra (rawpy, LibRaw)
+PHOTO_EXTENSIONS = IMAGE_EXTENSIONS | HEIF_EXTENSIONS | AVIF_EXTENSIONS | RAW_EXTENSIONS   # what --images lists
+# A RAW file's embedded preview is used when its shorter side is at least this (and the model's input size).
+RAW_PREVIEW_MIN_SIDE = 256
 # About 89 megapixels: PIL's own default warns there; bigger files are skipped, not decoded.
 DEFAULT_MAX_PIXELS = 89_478_485
 CSV_ENCODINGS = ("utf-8-sig", "gb18030")
@@ -223,7 +234,7 @@ def read_captions(csv_path: str | os.PathLike, check_images: bool = True, skip_b
         if not columns or len(cells) < len(columns) or not cells[ip].strip():
             return False
         image = cells[ip].strip()
-        return Path(image).suffix.lower() in IMAGE_EXTENSIONS or resolve_path(root, image).is_file()
+        return Path(image).suffix.lower() in PHOTO_EXTENSIONS or resolve_path(root, image).is_file()
 
     rows = _csv_lines(text, looks_like_row)
     for line, header, problem in rows:
@@ -363,10 +374,10 @@ def scan_images(folder: str | os.PathLike, follow_links: bool = False,
             suffix = Path(name).suffix.lower()
             full = here / name
             if full.is_symlink() and not full.exists():   # dead or looping: no file, so no type to count
-                if suffix in IMAGE_EXTENSIONS:
+                if suffix in PHOTO_EXTENSIONS:
                     skipped.append((str(full.relative_to(root)), BROKEN_LINK))
                 continue
-            if suffix not in IMAGE_EXTENSIONS:
+            if suffix not in PHOTO_EXTENSIONS:
                 ignored[suffix or "(none)"] = ignored.get(suffix or "(none)", 0) + 1
                 continue
             if leads_outside(full):
@@ -378,10 +389,18 @@ def scan_images(folder: str | os.PathLike, follow_links: bool = False,
                 excluded.append(str(full.relative_to(root)))
             elif full.is_file():
                 found.append(str(full.relative_to(root)))
+    found, beside_jpeg = raw_beside_jpeg(found)
+    readable = [(path, type_reason(Path(path).suffix)) for path in found]
+    found = [path for path, reason in readable if not reason]
+    skipped += [(path, reason) for path, reason in readable if reason]
     if not found:
         others = f"; found only {', '.join(ignored)}: convert those photos to JPEG or PNG" if ignored else ""
-        raise InputError(f"{root}: 没有找到图片 / no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){others}")
+        needs = next((f"; {len(skipped)} not readable here, e.g. {p}: {r}" for p, r in skipped if "pip install" in r), "")
+        raise InputError(f"{root}: 没有找到图片 / no images found (looked for "
+                         f"{', '.join(sorted(PHOTO_EXTENSIONS))}){needs}{others}")
     source: dict = {"images": str(root)}
+    if beside_jpeg:
+        source["raw_beside_jpeg"] = beside_jpeg
     if ignored:
         source["ignored_types"] = dict(sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0])))
     if outside:
@@ -389,6 +408,110 @@ def scan_images(folder: str | os.PathLike, follow_links: bool = False,
     if excluded:
         source["excluded"] = excluded
     return Collection(root=root, images=found, image_rows=[0] * len(found), source=source, skipped=skipped)
+
+
+def raw_beside_jpeg(paths: list[str]) -> tuple[list[str], list[str]]:
+    """The listed files without RAW files that have a JPEG (or HEIC) of the same name in the same folder,
+    and those RAW files.
+
+    A camera set to RAW+JPEG writes both; the photo is indexed once, as the JPEG: it is the camera's
+    own rendering (its white balance and picture style, what the photographer saw and shared), it
+    decodes in a fraction of the time, and a RAW's embedded preview is that same picture anyway.
+    """
+    rendered = {str(Path(p).with_suffix("")).lower() for p in paths
+                if Path(p).suffix.lower() in {".jpg", ".jpeg"} | HEIF_EXTENSIONS}
+    beside = [p for p in paths if Path(p).suffix.lower() in RAW_EXTENSIONS
+              and str(Path(p).with_suffix("")).lower() in rendered]
+    dropped = set(beside)
+    return [p for p in paths if p not in dropped], beside
+
+
+@functools.cache
+def _heif_opener() -> str:
+    """Register a HEIF opener with Pillow once; the library that serves it ('' when none is installed).
+
+    pi-heif (the heic extra: libheif and the libde265 decoder, no encoder) comes first; pillow-heif,
+    which a user may have for its encoders, serves as well.
+    """
+    for module in ("pi_heif", "pillow_heif"):
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register_heif_opener()
+            return module
+    return ""
+
+
+@functools.cache
+def _avif_in_pillow() -> bool:
+    from PIL import features
+
+    return bool(features.check("avif"))
+
+
+@functools.cache
+def _rawpy_installed() -> bool:
+    return importlib.util.find_spec("rawpy") is not None
+
+
+def type_reason(suffix: str) -> str:
+    """'' when files of this type decode here; else why not and the extra that reads them (a skip reason)."""
+    suffix = suffix.lower()
+    if suffix in HEIF_EXTENSIONS and not _heif_opener():
+        return f"HEIC/HEIF 照片需要可选依赖 / HEIC/HEIF photos need the heic extra: {install_hint('heic')}"
+    if suffix in AVIF_EXTENSIONS and not _avif_in_pillow():
+        return (f"AVIF 需要带 AVIF 的 Pillow (11.3+) / AVIF needs a Pillow built with AVIF (11.3+ wheels): "
+                f"{install_hint('heic')}")
+    if suffix in RAW_EXTENSIONS and not _rawpy_installed():
+        return f"RAW 照片需要可选依赖 / camera RAW files need the raw extra: {install_hint('raw')}"
+    return ""
+
+
+def _open_raw(data: bytes | str | os.PathLike, target_size: int | None, max_pixels: int) -> Image.Image:
+    """A camera RAW file as RGB: its embedded preview when that is large enough, else a half-size decode.
+
+    "Large enough": the shorter side at least ``RAW_PREVIEW_MIN_SIDE`` and the model's input size
+    (``target_size``), so the model never sees an upscaled thumbnail. The half-size decode
+    (LibRaw, camera white balance, 8 bits) is four times cheaper than a full one and still larger
+    than any model input. The camera's rotation is applied to both.
+    """
+    import rawpy
+
+    try:
+        with rawpy.imread(io.BytesIO(data) if isinstance(data, bytes) else str(data)) as raw:
+            sizes = raw.sizes
+            if sizes.width * sizes.height > max_pixels:
+                raise TooManyPixels(f"{sizes.width}x{sizes.height}", max_pixels)
+            preview = _raw_preview(raw, max(RAW_PREVIEW_MIN_SIDE, target_size or 0), max_pixels)
+            if preview is not None:
+                return preview
+            return Image.fromarray(raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8))
+    except rawpy.LibRawError as exc:
+        raise ValueError(f"not a readable RAW file ({type(exc).__name__}: {exc}); copy it again from the "
+                         f"camera's card") from exc
+
+
+_RAW_FLIP = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
+
+
+def _raw_preview(raw, need: int, max_pixels: int) -> Image.Image | None:
+    """The embedded preview, upright, when its shorter side is at least ``need``; else None."""
+    import rawpy
+
+    try:
+        thumb = raw.extract_thumb()
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+        return None
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        img = Image.open(io.BytesIO(thumb.data))
+        if img.size[0] * img.size[1] > max_pixels or min(img.size) < need:
+            return None
+        img.draft("RGB", (need, need))
+        img = img.convert("RGB")
+    else:
+        img = Image.fromarray(thumb.data).convert("RGB")
+        if min(img.size) < need:
+            return None
+    flip = _RAW_FLIP.get(raw.sizes.flip)
+    return img.transpose(flip) if flip is not None else img
 
 
 def read_query_lines(path: str | os.PathLike) -> list[str]:
@@ -413,8 +536,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+               max_pixels: int = DEFAULT_MAX_PIXELS, suffix: str = "") -> Image.Image:
     """Decode to RGB, honouring EXIF orientation; with ``target_size``, JPEGs decode at reduced size via draft mode.
+
+    HEIC/HEIF (the heic extra) and AVIF open through Pillow with the same limits; camera RAW files
+    (the raw extra; ``suffix`` names the type of ``data`` given as bytes) through ``_open_raw``.
 
     Without ``target_size`` every pixel is decoded (what ``extract --exact-decode`` asks for).
     ``max_pixels`` is the one size limit: PIL's own decompression-bomb limit neither skips
@@ -424,6 +550,12 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
     """
     if (len(data) if isinstance(data, bytes) else os.path.getsize(data)) == 0:
         raise ValueError("empty file (0 bytes); copy it again or delete it")
+    suffix = (suffix or ("" if isinstance(data, bytes) else Path(data).suffix)).lower()
+    _heif_opener()   # a HEIC named .jpg opens too
+    if type_reason(suffix):
+        raise ValueError(type_reason(suffix))
+    if suffix in RAW_EXTENSIONS:
+        return _open_raw(data, target_size, max_pixels)
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
@@ -444,6 +576,9 @@ def open_image(data: bytes | str | os.PathLike, target_size: int | None = None,
         found = re.search(r"\((\d+) pixels\)", str(exc))
         raise TooManyPixels(found.group(1) if found else "more", max_pixels) from exc
     except Image.UnidentifiedImageError as exc:
+        if suffix in HEIF_EXTENSIONS | AVIF_EXTENSIONS:   # the extra is there, so the file is damaged or misnamed
+            raise ValueError(f"not a readable image: damaged, cut short, or not really a {suffix} file; "
+                             f"copy it again from its source") from exc
         raise ValueError("not a readable image: unknown or unsupported format; convert it to JPEG or PNG") from exc
     except (OSError, SyntaxError) as exc:
         reason = "truncated or corrupt" if "truncated" in str(exc) or "broken" in str(exc) else "not a readable image"
@@ -494,7 +629,7 @@ def open_user_image(path: str | os.PathLike, target_size: int | None = None, max
     except OSError as exc:
         raise InputError(f"无法读取图片 / {what} not readable: {name} ({exc.strerror or exc})") from exc
     try:
-        return open_image(data, target_size, max_pixels), data
+        return open_image(data, target_size, max_pixels, suffix=Path(path).suffix), data
     except TooManyPixels as exc:   # no option raises the limit for a query image or an upload
         raise InputError(f"{what} {name}: 图片像素过多 / "
                          f"{TooManyPixels(exc.size, exc.max_pixels, 'use a smaller copy')}") from exc
@@ -539,7 +674,7 @@ class ImageFiles:
             return i, None, "", f"unreadable: {exc.strerror or exc}"
         digest = sha256_bytes(data)
         try:
-            pixels = self.preprocess(open_image(data, self.target_size, self.max_pixels))
+            pixels = self.preprocess(open_image(data, self.target_size, self.max_pixels, Path(self.paths[i]).suffix))
         except ValueError as exc:
             return i, None, digest, str(exc)
         return i, pixels, digest, ""

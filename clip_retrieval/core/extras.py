@@ -23,6 +23,9 @@ EXTRAS = {
     "qdrant_client": ("qdrant", "the qdrant index backend"),
     "transformers": ("multilingual", "XLM-R / NLLB / SigLIP 2 text towers"),
     "ray": ("ray", "extract --engine ray"),
+    "pi_heif": ("heic", "HEIC/HEIF photos"),
+    "rawpy": ("raw", "camera RAW files"),
+    "watchdog": ("watch", "filesystem events for clipsou watch"),
 }
 
 

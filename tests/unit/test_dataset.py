@@ -175,15 +175,28 @@ def test_indexing_the_working_folder_leaves_out_the_tools_own_outputs(tmp_path):
 
 
 def test_folder_scan_counts_the_files_it_cannot_read_by_type(tmp_path):
-    """An iPhone library of HEIC photos must not vanish silently: the types left out are counted and named."""
+    """A library of Photoshop files must not vanish silently: the types left out are counted and named."""
     _img(tmp_path / "a.jpg")
-    for name in ("IMG_1.HEIC", "sub/IMG_2.heic", "clip.mov", "README"):
+    for name in ("IMG_1.PSD", "sub/IMG_2.psd", "clip.mov", "README"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    assert scan_images(tmp_path).source["ignored_types"] == {".heic": 2, "(none)": 1, ".mov": 1}
+    assert scan_images(tmp_path).source["ignored_types"] == {".psd": 2, "(none)": 1, ".mov": 1}
     (tmp_path / "a.jpg").unlink()
-    with pytest.raises(InputError, match=r": 没有找到图片 / no images found .*; found only \.heic, \(none\), \.mov: convert"):
+    with pytest.raises(InputError, match=r": 没有找到图片 / no images found .*; found only \.psd, \(none\), \.mov: convert"):
         scan_images(tmp_path)
+
+
+def test_heic_and_raw_are_listed_and_a_raw_beside_its_jpeg_is_indexed_once_as_the_jpeg(tmp_path):
+    """A camera set to RAW+JPEG writes IMG_1.CR2 and IMG_1.JPG: one photo, indexed as the JPEG."""
+    for name in ("IMG_1.JPG", "IMG_1.CR2", "IMG_2.NEF", "sub/IMG_3.heic", "sub/IMG_3.dng", "other/IMG_3.arw",
+                 "IMG_4.avif"):
+        _img(tmp_path / name) if name.endswith(".JPG") else (tmp_path / name).parent.mkdir(exist_ok=True)
+        if not name.endswith(".JPG"):
+            (tmp_path / name).write_bytes(b"x")
+    coll = scan_images(tmp_path)
+    assert coll.images == ["IMG_1.JPG", "IMG_2.NEF", "IMG_4.avif", "other/IMG_3.arw", "sub/IMG_3.heic"]
+    assert coll.source["raw_beside_jpeg"] == ["IMG_1.CR2", "sub/IMG_3.dng"]
+    assert "ignored_types" not in coll.source
 
 
 def test_missing_captions_file_says_how_to_name_one(tmp_path, cli):
