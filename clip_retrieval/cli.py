@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=None,
                    help="images per shard; an interrupted run re-encodes only the shards not finished "
                         "(default: 1000 with --engine ray; local: no shards unless given)")
+    p.add_argument("--ocr", action="store_true",
+                   help="也识别图片中的文字（截图、发票、车票、招牌），供检索匹配；需 pip install 'clipsou[ocr]' / also read "
+                        "the text in the images (screenshots, receipts, tickets, signs) so searches match it; needs "
+                        "pip install 'clipsou[ocr]' (default: off; --update of features with text keeps reading it)")
     _common(p)
 
     p = sub.add_parser("search", help="search the features with a text query, an image, or both")
@@ -173,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="batch: write the JSON Lines here instead of stdout")
     p.add_argument("--grid", help="also draw the query and its results into this PNG "
                                   "(batch: one file per query, numbered)")
+    ocr = p.add_mutually_exclusive_group()
+    ocr.add_argument("--ocr-only", action="store_true",
+                     help="只按图中识别出的文字检索（需 extract --ocr），不用画面 / rank by the text read in the images "
+                          "alone (needs features made with extract --ocr), not by the picture (default: off; with "
+                          "such features the text is fused with the picture ranking)")
+    ocr.add_argument("--no-ocr", action="store_true",
+                     help="忽略图中文字，只按画面检索 / ignore the text read in the images, rank by the picture alone "
+                          "(default: off)")
 
     p = sub.add_parser("serve", help="the web page: every search mode in a browser")
     _features_arg(p)
@@ -314,13 +326,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                   update=args.update, exact_decode=args.exact_decode,
                                   skip_bad_rows=args.skip_bad_rows, engine=args.engine,
                                   ray_address=args.ray_address, workers=args.workers, shard_size=args.shard_size,
-                                  follow_links=args.follow_links)
+                                  follow_links=args.follow_links, ocr=args.ocr)
     counts = result.manifest.counts
     shards = (f"; shards: {result.shards['planned']}, {result.shards['resumed']} resumed from an earlier run"
               if result.shards else "")
     print(f"已提取 / extracted: {counts['images']} images, {counts['captions']} captions, "
           f"{counts['skipped']} skipped -> {args.out} (encoded {result.encoded_images} images, "
           f"reused {result.reused_images}{shards})")
+    if result.ocr is not None:
+        _print_ocr_summary(result)
     for entry in result.skipped:
         where = f" (line {entry['row']})" if entry.get("row") else ""   # folder mode has no CSV line
         print(f"  skipped / 跳过: {entry['path']}{where}: {entry['reason']}", file=sys.stderr)
@@ -348,6 +362,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_ocr_summary(result) -> None:
+    text = result.ocr
+    print(f"文字识别 / OCR: {text.with_text} of {len(text.images)} images have text (read {result.ocr_read}, "
+          f"reused {len(text.images) - result.ocr_read}, failed {len(text.failed)})")
+    for entry in text.failed:
+        print(f"  OCR failed / 文字识别失败: {entry['path']}: {entry['reason']} (picture features kept)", file=sys.stderr)
+
+
+def _print_ocr_of(hit) -> None:
+    """Under a hit: what matched it and the line (features with OCR text only)."""
+    if hit.matched_by:
+        line = f"  text / 文字: {hit.ocr_line}" if hit.ocr_line else ""
+        print(f"{'':>14}matched by / 匹配: {hit.matched_by}{line}")
+    elif hit.ocr_text:
+        print(f"{'':>14}text / 图中文字: {hit.ocr_text}")
+
+
 def _print_result(result, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.to_json(), ensure_ascii=False), flush=True)
@@ -364,10 +395,12 @@ def _print_result(result, as_json: bool) -> None:
         print(f"{'rank':>4}  {'score':>6}  caption / 描述  (image / 图片)")
         for hit in result.results:
             print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.caption}  ({hit.image_path})")
+            _print_ocr_of(hit)
     else:
         print(f"{'rank':>4}  {'score':>6}  image / 图片  caption / 描述")
         for hit in result.results:
             print(f"{hit.rank:>4}  {hit.score:6.4f}  {hit.image_path}  {hit.caption}")
+            _print_ocr_of(hit)
     if result.excluded:     # a copy of the query in the collection answers "is it in my library already?"
         print(f"已排除（与查询图片是同一文件）/ excluded, the query's own file: {', '.join(result.excluded)}")
     print(flush=True)
@@ -421,7 +454,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         for outcome in api.search_many(searcher, items, k=args.top_k, expand=not args.no_expand,
                                        log_dir=args.log_dir, to=args.to, text_weight=args.text_weight,
-                                       fuse=args.fuse, where=where):
+                                       fuse=args.fuse, where=where,
+                                       ocr="only" if args.ocr_only else "off" if args.no_ocr else "fuse"):
             if outcome.error is not None:
                 if single:
                     raise outcome.error

@@ -32,7 +32,7 @@ from . import __version__
 from .collection.dataset import DEFAULT_MAX_PIXELS
 from .core.extras import require
 from .core.errors import ClusterError, InputError, UserError
-from .extract import encode_images, image_bar
+from .extract import encode_images, image_bar, read_texts, text_bar
 from .features.shards import DEFAULT_SHARD_SIZE, Decoding, Shard, ShardJournal, ShardResult, assemble, plan
 
 if TYPE_CHECKING:
@@ -87,6 +87,14 @@ class InProcessRunner:
         for shard in shards:
             encode_shard(encoder, shard, journal, decoding, settings, bar=bar, node=socket.gethostname())
 
+    def read_text(self, ocr, blocks: list[list[Path]], quiet: bool, max_pixels: int,
+                  num_workers: int | None) -> tuple[list, list[str]]:
+        return read_texts(ocr, [p for block in blocks for p in block], quiet, max_pixels, num_workers)
+
+
+def _chunks(paths: list[Path], size: int) -> list[list[Path]]:
+    return [paths[start:start + size] for start in range(0, len(paths), size)]
+
 
 class ShardedEngine:
     """Plan, skip what the journal holds, run the rest through a runner, assemble; ``encode`` is ``encode_images``'s stand-in."""
@@ -116,6 +124,12 @@ class ShardedEngine:
                 self.runner.run(encoder, todo, self.journal, decoding, settings, bar)
         results = {s.index: self.journal.read(s, decoding) for s in shards}
         return assemble(shards, results, len(paths), decoding.dim)
+
+    def read_text(self, ocr, paths: list[Path], quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  num_workers: int | None = None) -> tuple[list, list[str]]:
+        """``extract.read_texts``' stand-in: the OCR of the images, in blocks of the shard size, where the
+        runner runs (Ray tasks each open their own OCR engine). Not journaled: text is cheap to read again."""
+        return self.runner.read_text(ocr, _chunks(paths, self.shard_size), quiet, max_pixels, num_workers)
 
     def finish(self) -> None:
         """The features are saved: the journal has done its job."""
@@ -214,6 +228,29 @@ class RayRunner:
             if started:
                 ray.shutdown()
 
+    def read_text(self, ocr, blocks: list[list[Path]], quiet: bool, max_pixels: int,
+                  num_workers: int | None) -> tuple[list, list[str]]:
+        """Each block a Ray task (one CPU, retried like the encoding's), results back in order."""
+        import ray
+
+        started = self._connect(ray)
+        lines: list = []
+        reasons: list[str] = []
+        try:
+            task = ray.remote(_read_text_task).options(num_cpus=1, scheduling_strategy="SPREAD",
+                                                       max_retries=TASK_RETRIES)
+            refs = [task.remote([str(p) for p in block], max_pixels) for block in blocks]
+            with text_bar(sum(map(len, blocks)), quiet) as bar:
+                for ref, block in zip(refs, blocks):
+                    block_lines, block_reasons = ray.get(ref)
+                    lines += block_lines
+                    reasons += block_reasons
+                    bar.update(len(block))
+        finally:
+            if started:
+                ray.shutdown()
+        return lines, reasons
+
     def _connect(self, ray) -> bool:
         """Join the cluster at the address, else start a local Ray; True when this run must shut it down."""
         if ray.is_initialized():
@@ -259,3 +296,16 @@ def _encode_shard_task(shard: Shard, out: str, decoding: Decoding, settings: Wor
                          f"weights (--checkpoint on a shared path)")
     encode_shard(encoder, shard, ShardJournal(out), decoding, settings, node=host)
     return host
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_ocr():
+    """The OCR engine of this Ray worker process, opened once for all its blocks (one thread: one CPU a task)."""
+    from .models.ocr import open_ocr
+
+    return open_ocr(threads=1)
+
+
+def _read_text_task(paths: list[str], max_pixels: int) -> tuple[list, list[str]]:
+    """A Ray task: the OCR of one block of images, read on this node."""
+    return read_texts(_worker_ocr(), [Path(p) for p in paths], True, max_pixels, 1)

@@ -25,14 +25,16 @@ import numpy as np
 from tqdm import tqdm
 
 from .features import store
-from .collection.dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images
-from .core.errors import InputError
+from .features.ocrtext import OCR_FILE, OcrImage, OcrLine, OcrText, read_ocr, reusable_lines
+from .collection.dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images, open_image
+from .core.errors import InputError, UserError
 from .core.cpus import usable_cpus
 from .core.hashing import sha256_file
 from .models.encoder import OnDemand
 
 if TYPE_CHECKING:
     from .models import Encoder
+    from .models.ocr import OcrEngine
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class ExtractResult:
     reused_images: int = 0
     encoded_captions: int = 0
     shards: dict = field(default_factory=dict)   # a sharded engine's {"planned", "resumed"}: empty for the local one
+    ocr: OcrText | None = None                   # the text read in the images (extract --ocr)
+    ocr_read: int = 0                            # images OCR read this run (the rest were reused)
 
 
 # encode_images' signature: (encoder, paths, batch_size, num_workers, quiet, max_pixels, exact_decode) -> its result
@@ -128,6 +132,65 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
     return feats, kept, hashes, sorted(skipped)
 
 
+# read_texts' signature: (ocr, paths, quiet, max_pixels) -> (lines per path, None where OCR failed; reasons)
+TextReading = Callable[..., "tuple[list[list[OcrLine] | None], list[str]]"]
+
+
+def _probe(path: Path, max_pixels: int):
+    """A file's bytes and its small copy for the first detection pass (a JPEG decodes in draft mode)."""
+    from .models.ocr import PROBE_SIDE
+
+    data = path.read_bytes()
+    return data, open_image(data, PROBE_SIDE // 2, max_pixels)
+
+
+def read_texts(ocr: OcrEngine | Callable[[], OcrEngine], paths: list[Path], quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+               num_workers: int | None = None, bar: tqdm | None = None
+               ) -> tuple[list[list[OcrLine] | None], list[str]]:
+    """The lines of text in each image: small copies decode ahead in threads while the detector runs.
+
+    Detection runs first on the small copy; only an image where it finds text is decoded
+    larger and recognised, so a photo without text costs one draft decode and one small
+    detection. A file OCR cannot read gets ``None`` and its reason (its picture features stay).
+    ``ocr``: the engine, or the function that opens it (called here, once).
+    """
+    from .models.ocr import READ_SIDE
+
+    ocr = ocr if hasattr(ocr, "read_found") else ocr()
+    lines: list[list[OcrLine] | None] = [None] * len(paths)
+    reasons = [""] * len(paths)
+    workers = default_workers() if num_workers is None else max(1, num_workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            (contextlib.nullcontext(bar) if bar is not None else text_bar(len(paths), quiet)) as bar:
+        pending: deque = deque()
+        todo = iter(enumerate(paths))
+        for i, path in todo:
+            pending.append((i, pool.submit(_probe, path, max_pixels)))
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            i, future = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt[0], pool.submit(_probe, nxt[1], max_pixels)))
+            try:
+                data, probe = future.result()
+                found = ocr.read_found(open_image(data, READ_SIDE // 2, max_pixels)) if ocr.has_text(probe) else []
+                lines[i] = [line.to_json() for line in found]
+            except (OSError, ValueError, RuntimeError) as exc:   # ORT raises RuntimeError subclasses
+                reasons[i] = f"OCR failed: {exc}"
+                log.warning("文字识别失败 / OCR failed on %s: %s (its picture features are kept)", paths[i], exc)
+            bar.update(1)
+            if lines[i]:
+                bar.set_postfix(with_text=sum(1 for x in lines if x), refresh=False)
+    return lines, reasons
+
+
+def text_bar(total: int, quiet: bool, initial: int = 0) -> tqdm:
+    """The OCR progress bar, the same in every engine."""
+    return tqdm(total=total, initial=initial, desc="text / 文字", unit="img", disable=quiet)
+
+
 def image_bar(total: int, quiet: bool, initial: int = 0) -> tqdm:
     """The images progress bar, the same in every engine."""
     return tqdm(total=total, initial=initial, desc="images / 图片", unit="img", disable=quiet)
@@ -178,7 +241,9 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
             num_workers: int | None = None, quiet: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, checkpoint: str | None = None,
             previous: store.FeatureStore | None = None, exact_decode: bool = False,
-            encode: ImageEncoding | None = None) -> ExtractResult:
+            encode: ImageEncoding | None = None,
+            ocr: OcrEngine | Callable[[], OcrEngine] | None = None,
+            read_text: TextReading | None = None) -> ExtractResult:
     """Encode a collection and save features + manifest under ``out`` (atomically).
 
     With ``previous`` (features made by the same model), only new or changed images and
@@ -188,6 +253,9 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
     exact, see ``encode_images``) is recorded too; ``previous`` image vectors made in the
     other mode are not reused. ``encode`` is where the images are encoded (``encode_images``,
     here, by default; an engine from ``engines`` runs it in shards, on a Ray cluster for one).
+    ``ocr`` (an engine, or the function that opens one when an image needs reading) reads the text
+    in the images into the OCR sidecar saved with the features; ``read_text`` is where (``read_texts``
+    here by default). Without ``ocr`` an old sidecar in ``out`` is removed, as it no longer matches.
     """
     if batch_size < 1:
         raise InputError(f"--batch-size 至少为 1 / --batch-size must be at least 1, got {batch_size}")
@@ -245,9 +313,48 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
         source=source, root=coll.root, images=images, captions=caption_entries, skipped=skipped_entries,
         image_decode=decode,
         environment=_environment(model, previous))
-    written = store.save(out, image_feats, text_feats, manifest)
+    ocr_text, ocr_read = None, 0
+    if ocr is not None:
+        ocr_text, ocr_read = _ocr_text(ocr, [paths[i] for i in keep], [hashes[i] for i in keep],
+                                       [coll.images[i] for i in keep], previous, quiet, max_pixels, num_workers,
+                                       read_text or read_texts)
+    written = store.save(out, image_feats, text_feats, manifest,
+                         sidecars={OCR_FILE: ocr_text.to_text} if ocr_text is not None else None)
+    if ocr_text is None and (Path(out) / OCR_FILE).is_file():
+        (Path(out) / OCR_FILE).unlink()
+        log.info("removed %s: extracted without --ocr, the old text no longer matches the features", OCR_FILE)
     return ExtractResult(manifest=written, skipped=skipped_entries, encoded_images=int(new_kept.sum()),
-                         reused_images=len(reuse), encoded_captions=encoded_captions)
+                         reused_images=len(reuse), encoded_captions=encoded_captions,
+                         ocr=ocr_text, ocr_read=ocr_read)
+
+
+def _ocr_text(ocr: OcrEngine | Callable[[], OcrEngine], paths: list[Path], hashes: list[str], shown: list[str],
+              previous: store.FeatureStore | None, quiet: bool, max_pixels: int, num_workers: int | None,
+              read_text: TextReading) -> tuple[OcrText, int]:
+    """The sidecar for the kept images: lines of unchanged files reused, the rest read; (text, how many read)."""
+    from .models.ocr import engine_identity
+
+    identity = engine_identity()
+    old = None
+    if previous is not None:
+        try:
+            old = read_ocr(previous.folder, previous.manifest.generation)
+        except UserError as exc:   # a damaged or stale sidecar is read again, not trusted
+            log.warning("%s", exc)
+    known = reusable_lines(old, identity)
+    todo = [i for i, digest in enumerate(hashes) if digest not in known]
+    found: dict[int, list[OcrLine] | None] = {}
+    reasons: dict[int, str] = {}
+    if todo:
+        lines, why = read_text(ocr, [paths[i] for i in todo], quiet, max_pixels, num_workers)
+        found = dict(zip(todo, lines))
+        reasons = {i: r for i, r in zip(todo, why) if r}
+    # a failed image keeps no hash here, so the next --update tries it again
+    images: list[OcrImage] = [{"sha256": "" if i in reasons else digest,
+                               "lines": known[digest] if i not in found else found[i] or []}
+                              for i, digest in enumerate(hashes)]
+    failed = [{"path": shown[i], "reason": reason} for i, reason in sorted(reasons.items())]
+    return OcrText(engine=identity, images=images, failed=failed), len(todo)
 
 
 def _skipped_entry(path: str, row: int, reason: str, sha256: str | None = None) -> store.SkippedEntry:

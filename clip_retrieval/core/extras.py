@@ -23,6 +23,7 @@ EXTRAS = {
     "qdrant_client": ("qdrant", "the qdrant index backend"),
     "transformers": ("multilingual", "XLM-R / NLLB / SigLIP 2 text towers"),
     "ray": ("ray", "extract --engine ray"),
+    "rapidocr_onnxruntime": ("ocr", "extract --ocr (reading the text in images)"),
 }
 
 

@@ -40,8 +40,8 @@ def _declared(reqs) -> set[str]:
 
 
 @pytest.mark.parametrize("folder, extras", [
-    ("clip_retrieval", ["ann", "web", "multilingual", "qdrant", "ray"]),
-    ("tests", ["ann", "web", "multilingual", "qdrant", "ray", "dev"]),
+    ("clip_retrieval", ["ann", "web", "multilingual", "qdrant", "ray", "ocr"]),
+    ("tests", ["ann", "web", "multilingual", "qdrant", "ray", "ocr", "dev"]),
     ("benchmarks", ["ann", "qdrant", "ray"]),
     ("scripts", ["dev"]),
 ])
