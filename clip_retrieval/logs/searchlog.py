@@ -165,6 +165,7 @@ RECORD_FIELDS = frozenset({
     "normalized_query", "expand", "expansions", "untranslated", "k", "where", "backend", "model",
     "model_fingerprint", "features_dir", "collection_root", "features_fingerprint", "caption_features_fingerprint",
     "captions_sha256", "rules_path", "rules_sha256", "tool_version", "results", "dictionary"})
+RECORD_FIELDS |= {"ocr", "ocr_fingerprint"}   # api.record_for, for features with OCR text
 MAX_NAMED_LINES = 20   # skipped lines named one by one; past this, one line counts the rest
 
 
