@@ -29,6 +29,11 @@ PROBE_SIDE = 640        # the first detection pass: photos without text stop her
 DETECT_SIDE = 1280      # the second pass, where text was found: 12 px screenshot text stays detectable
 READ_SIDE = 2000        # lines are cut from a copy this large for the recogniser (48 px high input)
 MIN_CONFIDENCE = 0.5    # RapidOCR's own text_score: lines below it are mostly noise
+# A probe box counts as a line of text only when it is a line's shape: longer than high (or, written
+# vertically, higher than long) and not a large part of the picture. The detector also outlines
+# big smooth shapes in photos (a pet, a car), which recognition would then read for nothing.
+LINE_ASPECT = 1.5
+LINE_MAX_THICKNESS = 0.25  # of the picture's long side
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,15 @@ def _shrunk(img: Image.Image, side: int) -> tuple[Image.Image, float]:
         return img, 1.0
     small = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
     return small, img.width / small.width
+
+
+def _line_shaped(box: np.ndarray, long_side: int) -> bool:
+    """Whether a detected quadrilateral has the shape of a line of text (see ``LINE_ASPECT``)."""
+    corners = np.asarray(box, dtype=np.float32)
+    width = float(np.linalg.norm(corners[1] - corners[0]))
+    height = float(np.linalg.norm(corners[3] - corners[0]))
+    long, thick = max(width, height), max(1.0, min(width, height))
+    return long / thick >= LINE_ASPECT and thick <= LINE_MAX_THICKNESS * long_side
 
 
 def _bgr(img: Image.Image) -> np.ndarray:
@@ -76,7 +90,8 @@ class OcrEngine:
 
     def has_text(self, probe: Image.Image) -> bool:
         """The cheap first pass on a small copy: does anything look like a line of text?"""
-        return bool(self._detect(_shrunk(probe, PROBE_SIDE)[0]))
+        small = _shrunk(probe, PROBE_SIDE)[0]
+        return any(_line_shaped(box, max(small.size)) for box in self._detect(small))
 
     def read(self, img: Image.Image, probe: Image.Image | None = None) -> list[TextLine]:
         """The lines of text in ``img`` (boxes in ``img``'s pixels), top to bottom; [] when there are none.
@@ -123,7 +138,8 @@ def engine_identity() -> dict:
     return {"name": ENGINE_NAME, "version": installed,
             "fingerprint": fingerprint("".join(sha256_file(p) for p in models)),
             "models": [p.name for p in models], "probe_side": PROBE_SIDE, "detect_side": DETECT_SIDE,
-            "read_side": READ_SIDE, "min_confidence": MIN_CONFIDENCE}
+            "read_side": READ_SIDE, "min_confidence": MIN_CONFIDENCE,
+            "line_aspect": LINE_ASPECT, "line_max_thickness": LINE_MAX_THICKNESS}
 
 
 def open_ocr(threads: int | None = None) -> OcrEngine:
