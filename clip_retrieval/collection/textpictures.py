@@ -90,16 +90,15 @@ def _content(kind: str, rng: random.Random, keys: _Keys) -> tuple[list[str], str
                  f"{rng.randint(1, 16):02d}车{rng.randint(1, 20):02d}{rng.choice('ABCDF')}号  二等座",
                  f"票价：¥{money}", "火车票 仅供报销使用"], f"{code}次", code)
     if kind == "notice":
-        community = rng.choice(_COMMUNITIES)
-        topic = rng.choice(_TOPICS)
-        key = keys.unique(lambda: f"{community}{topic}")
-        return ([f"关于{topic}的通知", f"{community}全体业主：", f"{date}上午九点起进行{topic}，",
+        pair = keys.unique(lambda: f"{rng.choice(_COMMUNITIES)}|{rng.choice(_TOPICS)}")
+        community, topic = pair.split("|")
+        key = f"{community}{topic}"
+        return ([f"{key}通知", f"{community}全体业主：", f"{date}上午九点起进行{topic}，",
                  "请大家提前做好准备。", "特此通知", f"{community}物业服务中心"], key, None)
     if kind == "chat":
         friend = rng.choice(_FRIENDS)
-        place = rng.choice(_PLACES)
         time_said = f"{rng.choice(['上午', '下午', '晚上'])}{rng.randint(1, 11)}点"
-        key = keys.unique(lambda: f"{rng.choice(_CITIES)}{place}")
+        key = keys.unique(lambda: f"{rng.choice(_CITIES)}{rng.choice(_PLACES)}")
         return ([friend, f"明天{time_said}在{key}门口见？", "好的，不见不散", f"记得带上{rng.choice(_GOODS)}",
                  "收到"], key, None)
     key = keys.unique(lambda: rng.choice(_SURNAMES) + "家" + rng.choice(_SHOPS))
