@@ -250,3 +250,16 @@ def test_words_split_over_two_lines_match_and_a_picture_phrase_does_not():
     assert hit.image == 0 and 0.6 <= hit.score < 1.0 and "上海虹桥站" in hit.line
     assert matcher.match("海边的猫") == []        # 海边 alone is half the query: not a text match
     assert [m.image for m in matcher.match("咖啡館")] == [1]
+
+
+def test_photos_without_text_stop_after_the_small_detection(tmp_path):
+    """The detector outlines pets and cars in photos; only line-shaped boxes may send a photo to the full read."""
+    from benchmarks.peers import make_photos
+    from clip_retrieval.collection.dataset import open_image
+    from clip_retrieval.models.ocr import PROBE_SIDE, open_ocr
+
+    engine = open_ocr()
+    photos = make_photos(tmp_path, 4, (1008, 756))
+    assert not any(engine.has_text(open_image(p.read_bytes(), PROBE_SIDE // 2)) for p in photos)
+    sign = make_text_pictures(tmp_path / "sign", 6, seed=5)[5]
+    assert sign.kind == "sign" and engine.has_text(Image.open(tmp_path / "sign" / sign.name))
