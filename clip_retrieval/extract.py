@@ -95,7 +95,8 @@ def _batches_in_processes(dataset: ImageFiles, batch_size: int, workers: int, pi
 
 def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num_workers: int | None = None,
                   quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, exact_decode: bool = False,
-                  bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
+                  bar: tqdm | None = None, seen: Callable | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
     """Encode image files in batches, decoding ahead while the model runs.
 
     JPEGs decode in draft mode (libjpeg's reduced-size decoding, several times cheaper on phone
@@ -103,7 +104,8 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
     which decodes every pixel as plain PIL does, for parity with upstream pipelines.
     Returns (features with a row per path, mask of rows encoded, content hashes, skipped as
     (position, hash, reason)). ``bar``: a progress bar to advance instead of opening one (an
-    engine that encodes the images shard by shard keeps one bar over them all).
+    engine that encodes the images shard by shard keeps one bar over them all). ``seen(position, picture)``
+    is shown each decoded picture in the decoding threads (ONNX Runtime only): the OCR probe reuses the decode.
     """
     feats = np.zeros((len(paths), encoder.dim), dtype=np.float32)
     kept = np.zeros(len(paths), dtype=bool)
@@ -111,10 +113,12 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
     skipped: list[tuple[int, str, str]] = []
     if not paths:
         return feats, kept, hashes, skipped
-    dataset = ImageFiles(paths, encoder.preprocess, None if exact_decode else encoder.image_size, max_pixels)
+    threads = encoder.runtime == "onnxruntime"
+    dataset = ImageFiles(paths, encoder.preprocess, None if exact_decode else encoder.image_size, max_pixels,
+                         seen=seen if threads else None)
     workers = default_workers() if num_workers is None else num_workers
     encoder.prefetch("visual")      # an ONNX session opens while the first batch decodes
-    if encoder.runtime == "onnxruntime":
+    if threads:
         batches = _batches_in_threads(dataset, batch_size, workers)
     else:
         batches = _batches_in_processes(dataset, batch_size, workers, encoder.device.type == "cuda")
@@ -184,6 +188,31 @@ def read_texts(ocr: OcrEngine | Callable[[], OcrEngine], paths: list[Path], quie
             if lines[i]:
                 bar.set_postfix(with_text=sum(1 for x in lines if x), refresh=False)
     return lines, reasons
+
+
+class _ProbeDuringDecode:
+    """The OCR probe run on the picture the model's decoding thread already decoded (``encode_images``' ``seen``).
+
+    A phone photo decodes once, not twice: that decode is as large as the probe's own (JPEG draft
+    mode keeps each side at least the model's input size, 1/8 of a 12 MP photo is 504x378). Only
+    "no text here" is kept (a set of positions, no pictures held): those images need no OCR pass at
+    all; a picture too small to judge, or with text, is read by ``read_texts`` as usual.
+    """
+
+    MIN_SIDE = 480      # a decode smaller than this is left to read_texts' own probe
+
+    def __init__(self, ocr: OcrEngine | Callable[[], OcrEngine]):
+        self.engine = ocr if hasattr(ocr, "read_found") else ocr()
+        self.no_text: set[int] = set()
+
+    def __call__(self, position: int, img) -> None:
+        if max(img.size) < self.MIN_SIDE:
+            return
+        try:
+            if not self.engine.has_text(img):
+                self.no_text.add(position)
+        except Exception as exc:  # noqa: BLE001  a probe failure only means read_texts looks again
+            log.debug("OCR probe during decoding failed on position %d: %s", position, exc)
 
 
 def text_bar(total: int, quiet: bool, initial: int = 0) -> tqdm:
@@ -266,9 +295,13 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
     reuse = _reusable(coll, paths, stats, previous) if same_decode else {}
     todo = [i for i in range(len(paths)) if i not in reuse]
     model = encoder if isinstance(encoder, OnDemand) else OnDemand(encoder)
+    probe = _ProbeDuringDecode(ocr) if ocr is not None and todo and encode is None else None
+    if probe is not None:
+        ocr = probe.engine
     if todo:
         new_feats, new_kept, new_hashes, new_skipped = (encode or encode_images)(
-            model.get(), [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels, exact_decode)
+            model.get(), [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels, exact_decode,
+            **({"seen": probe} if probe is not None else {}))
     else:
         new_feats, new_kept, new_hashes, new_skipped = None, np.zeros(0, dtype=bool), [], []
     dim = _model_info(model, previous, checkpoint).dim
@@ -315,9 +348,10 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
         environment=_environment(model, previous))
     ocr_text, ocr_read = None, 0
     if ocr is not None:
+        no_text = {todo[j] for j in probe.no_text} if probe is not None else set()
         ocr_text, ocr_read = _ocr_text(ocr, [paths[i] for i in keep], [hashes[i] for i in keep],
                                        [coll.images[i] for i in keep], previous, quiet, max_pixels, num_workers,
-                                       read_text or read_texts)
+                                       read_text or read_texts, {n for n, i in enumerate(keep) if i in no_text})
     written = store.save(out, image_feats, text_feats, manifest,
                          sidecars={OCR_FILE: ocr_text.to_text} if ocr_text is not None else None)
     if ocr_text is None and (Path(out) / OCR_FILE).is_file():
@@ -330,8 +364,11 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
 
 def _ocr_text(ocr: OcrEngine | Callable[[], OcrEngine], paths: list[Path], hashes: list[str], shown: list[str],
               previous: store.FeatureStore | None, quiet: bool, max_pixels: int, num_workers: int | None,
-              read_text: TextReading) -> tuple[OcrText, int]:
-    """The sidecar for the kept images: lines of unchanged files reused, the rest read; (text, how many read)."""
+              read_text: TextReading, no_text: set[int] = frozenset()) -> tuple[OcrText, int]:
+    """The sidecar for the kept images: lines of unchanged files reused, the rest read; (text, how many read).
+
+    ``no_text``: positions whose probe, run on the picture decoded for the model, found no line of text.
+    """
     from .models.ocr import engine_identity
 
     identity = engine_identity()
@@ -342,19 +379,19 @@ def _ocr_text(ocr: OcrEngine | Callable[[], OcrEngine], paths: list[Path], hashe
         except UserError as exc:   # a damaged or stale sidecar is read again, not trusted
             log.warning("%s", exc)
     known = reusable_lines(old, identity)
-    todo = [i for i, digest in enumerate(hashes) if digest not in known]
-    found: dict[int, list[OcrLine] | None] = {}
+    todo = [i for i, digest in enumerate(hashes) if digest not in known and i not in no_text]
+    found: dict[int, list[OcrLine] | None] = {i: [] for i in no_text if hashes[i] not in known}
     reasons: dict[int, str] = {}
     if todo:
         lines, why = read_text(ocr, [paths[i] for i in todo], quiet, max_pixels, num_workers)
-        found = dict(zip(todo, lines))
+        found.update(zip(todo, lines))
         reasons = {i: r for i, r in zip(todo, why) if r}
     # a failed image keeps no hash here, so the next --update tries it again
     images: list[OcrImage] = [{"sha256": "" if i in reasons else digest,
                                "lines": known[digest] if i not in found else found[i] or []}
                               for i, digest in enumerate(hashes)]
     failed = [{"path": shown[i], "reason": reason} for i, reason in sorted(reasons.items())]
-    return OcrText(engine=identity, images=images, failed=failed), len(todo)
+    return OcrText(engine=identity, images=images, failed=failed), len(found)
 
 
 def _skipped_entry(path: str, row: int, reason: str, sha256: str | None = None) -> store.SkippedEntry:

@@ -39,6 +39,10 @@ RRF_K = 60          # the constant of reciprocal-rank fusion (Cormack et al.)
 RRF_DEPTH = 200     # how deep each ranking is read before fusing
 OCR_MODES = ("fuse", "off", "only")   # the text read in images: fused with the picture ranking, ignored, alone
 OCR_TEXT_SHOWN = 200                  # characters of an image's recognised text a hit carries
+# Only text matches this close to the best one join the fusion: RRF sees ranks, not scores, so a
+# partial match (another shop of the same trade, 记花店 of 邓记花店) would otherwise count as much as
+# the verbatim one and let the picture ranking, which cannot read, decide between them.
+TEXT_TIER = 0.1
 
 
 @dataclass
@@ -277,9 +281,11 @@ class Searcher:
         """The picture ranking (with captions when ``fuse``) and the OCR text ranking merged by RRF,
         or the text ranking alone (``ocr="only"``); each hit says what matched it and which line."""
         matches = self.text_matches(query, where)
-        line = {m.image: m.line for m in matches}
         if ocr == "only":
+            line = {m.image: m.line for m in matches}
             return [self._matched(r, m.image, m.score, False, line) for r, m in enumerate(matches[:k], start=1)]
+        matches = [m for m in matches if m.score >= matches[0].score - TEXT_TIER]
+        line = {m.image: m.line for m in matches}
         depth = max(RRF_DEPTH, k)
         if fuse:
             scores = self.fused_scores(vector, depth)

@@ -263,3 +263,22 @@ def test_photos_without_text_stop_after_the_small_detection(tmp_path):
     assert not any(engine.has_text(open_image(p.read_bytes(), PROBE_SIDE // 2)) for p in photos)
     sign = make_text_pictures(tmp_path / "sign", 6, seed=5)[5]
     assert sign.kind == "sign" and engine.has_text(Image.open(tmp_path / "sign" / sign.name))
+
+
+@pytest.mark.slow     # two 12 MP photos to draw
+def test_a_photo_decoded_for_the_model_is_probed_there_and_not_decoded_again(tmp_path, monkeypatch):
+    from benchmarks.peers import make_photos
+    from clip_retrieval import api, extract
+
+    folder = tmp_path / "photos"
+    photos = make_photos(folder, 2, (4032, 3024))    # 1/8 draft decode for the model: 504x378, enough to probe
+    invoice = make_text_pictures(folder, 3, seed=2)[2]
+    probed = []
+    real = extract._probe
+    monkeypatch.setattr(extract, "_probe", lambda path, max_pixels: probed.append(path.name) or real(path, max_pixels))
+    result = api.extract_features(images=folder, model="demo", out=tmp_path / "out", quiet=True, ocr=True,
+                                  num_workers=1)
+    assert not {p.name for p in photos} & set(probed) and invoice.name in probed
+    text = {Path(m["path"]).name: result.ocr.text_of(i) for i, m in enumerate(result.manifest.images)}
+    assert text[photos[0].name] == "" and "发票" in text[invoice.name]
+    assert result.ocr_read == 5
