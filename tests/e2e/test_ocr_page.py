@@ -4,16 +4,10 @@ read in a picture is shown as text, never run (a picture whose text is <script> 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.e2e.test_web import FLAGS, CHROMIUM, _free_port, playwright  # noqa: F401  (same browser setup)
+from tests.e2e.test_web import FLAGS, CHROMIUM, playwright, start_page
 
 pytest.importorskip("rapidocr_onnxruntime")
 pytestmark = [pytest.mark.slow,
@@ -34,22 +28,7 @@ def server(tmp_path_factory):
     _draw_script(folder / "script.jpg")
     features = folder.parent / "out"
     api.extract_features(images=folder, model="demo", out=features, quiet=True, ocr=True, num_workers=1)
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([sys.executable, "-m", "clip_retrieval", "serve", "--features", str(features),
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("server did not start")
+    proc, url, _ = start_page(features)
     yield {"url": url, "script": SCRIPT}
     proc.terminate()
     proc.wait(20)
