@@ -52,7 +52,8 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
                      rules: str | os.PathLike | None = DEFAULT_RULES, update: bool = False,
                      exact_decode: bool = False, skip_bad_rows: bool = False, engine: str = "local",
                      ray_address: str | None = None, workers: int | None = None,
-                     shard_size: int | None = None, follow_links: bool = False) -> ExtractResult:
+                     shard_size: int | None = None, follow_links: bool = False,
+                     ocr: bool = False) -> ExtractResult:
     """Validate the collection first (cheap), then load the model and encode it.
 
     When the rules file exists, the expansion cache is built too, so first searches are fast.
@@ -66,6 +67,8 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
     engine saves. Every engine works in shards (the local one in small ones, ``engines.local_shard_size``), so a
     rerun after an interruption or a crash encodes only the shards not finished.
     ``follow_links`` follows symbolic links in ``images`` that lead outside it (``scan_images`` has the policy).
+    ``ocr`` also reads the text in the images (``models.ocr``, the ``ocr`` extra) into ``ocr_text.json``;
+    an ``update`` of features that have OCR text keeps reading it (``ocr_wanted``).
     """
     if csv is not None and images is not None:
         raise InputError("--csv 和 --images 只能选一个 / give either --csv or --images, not both")
@@ -85,10 +88,12 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
             previous.check_model(model, weights_fingerprint(model, checkpoint), checkpoint)
     accept = (lambda e: previous.check_model(e.name, e.fingerprint, checkpoint)) if previous is not None else None
     model_slot = OnDemand(encoder or (lambda: open_encoder(model, checkpoint, device)), accept)
+    ocr_engine = ocr_wanted(ocr, out if previous is not None else None)
     # an --update with nothing new loads no model; a first extraction opens it at once
     result = extract(model_slot if previous is not None else model_slot.get(), coll, out, batch_size=batch_size,
                      num_workers=num_workers, quiet=quiet, max_pixels=max_pixels, checkpoint=checkpoint,
-                     previous=previous, exact_decode=exact_decode, encode=sharded.encode)
+                     previous=previous, exact_decode=exact_decode, encode=sharded.encode,
+                     ocr=ocr_engine, read_text=sharded.read_text if ocr_engine and engine == "ray" else None)
     sharded.finish()
     result.shards = sharded.summary()
     if previous is not None:   # the index built over the old features would stop serving searches
@@ -106,6 +111,20 @@ def extract_features(csv: str | os.PathLike | None = None, images: str | os.Path
         elif not (Path(out) / store.EXPANSION_CACHE_FILE).is_file():
             _keep_expansion_cache(out, cache, fingerprint, table.sha256)
     return result
+
+
+def ocr_wanted(ocr: bool, previous: str | os.PathLike | None):
+    """The OCR engine's opener when text is to be read (asked for, or the features being updated have
+    some), else None; a missing ``ocr`` extra is refused now, before any image is read."""
+    from .features.ocrtext import OCR_FILE
+    from .models.ocr import engine_identity, open_ocr
+
+    if not ocr and not (previous is not None and (Path(previous) / OCR_FILE).is_file()):
+        return None
+    if not ocr:
+        log.info("these features have OCR text: --update reads the text of new images too")
+    engine_identity()
+    return open_ocr
 
 
 def _model_of(out: str | os.PathLike, checkpoint: str | None) -> tuple[str, str | None]:
@@ -215,18 +234,25 @@ def record_for(searcher: Searcher, result: SearchResult) -> dict:
         rules_sha256=rules.sha256 if used else None, rules_path=rules.path if used else None,
         backend=searcher.index.name)
     record["dictionary"] = used and searcher.dictionary is not None
+    if result.ocr is not None:   # features with OCR text: how it was used, what it was, what each hit matched
+        record["ocr"] = result.ocr
+        record["ocr_fingerprint"] = searcher.ocr_text.fingerprint
+    for row, hit in zip(record["results"], result.results):
+        row.update(hit.ocr_json())
     return record
 
 
 def search(searcher: Searcher, query: str | None = None, k: int = 5, expand: bool = True,
            log_dir: str | os.PathLike | None = None, image: str | os.PathLike | None = None, to: str = "image",
-           text_weight: float = 0.5, fuse: bool = False, where: Where | None = None) -> tuple[SearchResult, dict]:
+           text_weight: float = 0.5, fuse: bool = False, where: Where | None = None,
+           ocr: str = "fuse") -> tuple[SearchResult, dict]:
     """Run one search (text, image, or image plus text) and append its record to the log.
 
-    The log goes to ``log_dir`` (the features folder by default).
+    The log goes to ``log_dir`` (the features folder by default). ``ocr``: how a text query uses the
+    text read in the images (``Searcher.search_text``).
     """
     result = run_query(searcher, query=query, k=k, expand=expand, image=image, to=to, text_weight=text_weight,
-                       fuse=fuse, where=where)
+                       fuse=fuse, where=where, ocr=ocr)
     record = record_for(searcher, result)
     searchlog.append(log_dir if log_dir is not None else searcher.store.folder, record)
     return result, record
@@ -258,7 +284,7 @@ def batch_queries(queries: str | os.PathLike | None = None,
 
 def search_many(searcher: Searcher, items: Iterable[tuple[str | None, str | None]], k: int = 5, expand: bool = True,
                 log_dir: str | os.PathLike | None = None, to: str = "image", text_weight: float = 0.5,
-                fuse: bool = False, where: Where | None = None) -> Iterator[QueryOutcome]:
+                fuse: bool = False, where: Where | None = None, ocr: str = "fuse") -> Iterator[QueryOutcome]:
     """Search (and log) each (text, image) pair in turn: the partial-result policy.
 
     A query a user got wrong (empty, an unreadable image) becomes that outcome's ``error``
@@ -268,7 +294,7 @@ def search_many(searcher: Searcher, items: Iterable[tuple[str | None, str | None
         outcome = QueryOutcome(n, query, image)
         try:
             outcome.result, _ = search(searcher, query, k=k, expand=expand, log_dir=log_dir, image=image, to=to,
-                                       text_weight=text_weight, fuse=fuse, where=where)
+                                       text_weight=text_weight, fuse=fuse, where=where, ocr=ocr)
         except UserError as exc:
             outcome.error = exc
         yield outcome
@@ -276,14 +302,14 @@ def search_many(searcher: Searcher, items: Iterable[tuple[str | None, str | None
 
 def run_query(searcher: Searcher, query: str | None = None, k: int = 5, expand: bool = True,
               image: str | os.PathLike | None = None, to: str = "image", text_weight: float = 0.5,
-              fuse: bool = False, where: Where | None = None) -> SearchResult:
+              fuse: bool = False, where: Where | None = None, ocr: str = "fuse") -> SearchResult:
     """Dispatch to the search mode the arguments name (shared by the CLI, the page and replay)."""
     if image is not None:
         return searcher.search_image(image, k=k, to=to, text=query, text_weight=text_weight, expand=expand,
                                      where=where)
     if to != "image":
         raise InputError("--to text 需要 --image / --to text needs --image PATH (image-to-text search)")
-    return searcher.search_text(query or "", k=k, expand=expand, fuse=fuse, where=where)
+    return searcher.search_text(query or "", k=k, expand=expand, fuse=fuse, where=where, ocr=ocr)
 
 
 def where_filter(searcher: Searcher, path_prefix: str | None = None,
@@ -335,7 +361,8 @@ def replay_records(records: list[dict] | list[searchlog.LogLine], log_path: str 
         result = run_query(searcher, query=None if mode == "image" else record.get("query"), k=record.get("k", 5),
                            expand=bool(record.get("expand")), image=record.get("image"), to=record.get("to", "image"),
                            text_weight=record.get("text_weight") or 0.5, fuse=record.get("fuse", False),
-                           where=Where(**record["where"]) if record.get("where") else None)
+                           where=Where(**record["where"]) if record.get("where") else None,
+                           ocr=record.get("ocr") or "fuse")
         return record_for(searcher, result)
 
     def holds(record: dict, path: str) -> bool:

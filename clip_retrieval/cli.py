@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per shard; an interrupted run re-encodes only the shards not finished "
                         "(default: 1000 with --engine ray; local: about 1%% of the images in whole batches, "
                         "at most 1000)")
+    p.add_argument("--ocr", action="store_true",
+                   help="也识别图片中的文字（截图、发票、车票、招牌），供检索匹配；需 pip install 'clipsou[ocr]' / also read "
+                        "the text in the images (screenshots, receipts, tickets, signs) so searches match it; needs "
+                        "pip install 'clipsou[ocr]' (default: off; --update of features with text keeps reading it)")
     _common(p)
 
     p = sub.add_parser("search", help="search the features with a text query, an image, or both")
@@ -178,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true",
                    help="show the whole top-k, also hits below the relevance cutoff (default: off, the relevant "
                         "hits and how many more are below the cutoff; --json always gives the whole top-k)")
+    ocr = p.add_mutually_exclusive_group()
+    ocr.add_argument("--ocr-only", action="store_true",
+                     help="只按图中识别出的文字检索（需 extract --ocr），不用画面 / rank by the text read in the images "
+                          "alone (needs features made with extract --ocr), not by the picture (default: off; with "
+                          "such features the text is fused with the picture ranking)")
+    ocr.add_argument("--no-ocr", action="store_true",
+                     help="忽略图中文字，只按画面检索 / ignore the text read in the images, rank by the picture alone "
+                          "(default: off)")
 
     p = sub.add_parser("serve", help="the web page: every search mode in a browser")
     _features_arg(p)
@@ -325,7 +337,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                   update=args.update, exact_decode=args.exact_decode,
                                   skip_bad_rows=args.skip_bad_rows, engine=args.engine,
                                   ray_address=args.ray_address, workers=args.workers, shard_size=args.shard_size,
-                                  follow_links=args.follow_links)
+                                  follow_links=args.follow_links, ocr=args.ocr)
     counts = result.manifest.counts
     shards = (f"; shards: {result.shards['planned']}, {result.shards['resumed']} resumed from an earlier run"
               if result.shards and (result.shards["resumed"] or args.engine != "local" or args.shard_size) else "")
@@ -339,6 +351,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
               f"features and was built by an older version that did not record its options; searches use the exact "
               f"scan until you rebuild it: clipsou index --backend {result.index['backend']} --features {args.out}",
               file=sys.stderr)
+    if result.ocr is not None:
+        _print_ocr_summary(result)
     for entry in result.skipped:
         where = f" (line {entry['row']})" if entry.get("row") else ""   # folder mode has no CSV line
         print(f"  skipped / 跳过: {entry['path']}{where}: {entry['reason']}", file=sys.stderr)
@@ -370,6 +384,23 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_ocr_summary(result) -> None:
+    text = result.ocr
+    print(f"文字识别 / OCR: {text.with_text} of {len(text.images)} images have text (read {result.ocr_read}, "
+          f"reused {len(text.images) - result.ocr_read}, failed {len(text.failed)})")
+    for entry in text.failed:
+        print(f"  OCR failed / 文字识别失败: {entry['path']}: {entry['reason']} (picture features kept)", file=sys.stderr)
+
+
+def _print_ocr_of(hit) -> None:
+    """Under a hit: what matched it and the line (features with OCR text only)."""
+    if hit.matched_by:
+        line = f"  text / 文字: {hit.ocr_line}" if hit.ocr_line else ""
+        print(f"{'':>14}matched by / 匹配: {hit.matched_by}{line}")
+    elif hit.ocr_text:
+        print(f"{'':>14}text / 图中文字: {hit.ocr_text}")
+
+
 def _print_result(result, as_json: bool, backend: str = "exact", show_all: bool = False) -> None:
     if as_json:
         print(json.dumps(dict(result.to_json(), backend=backend), ensure_ascii=False), flush=True)
@@ -389,10 +420,12 @@ def _print_result(result, as_json: bool, backend: str = "exact", show_all: bool 
         print(f"{'rank':>4}  {'score':>6}  {'band':<9}  caption / 描述  (image / 图片)")
         for hit in hits:
             print(f"{hit.rank:>4}  {hit.score:6.4f}  {_band_text(hit):<9}  {hit.caption}  ({hit.image_path})")
+            _print_ocr_of(hit)
     elif hits:
         print(f"{'rank':>4}  {'score':>6}  {'band':<9}  image / 图片  caption / 描述")
         for hit in hits:
             print(f"{hit.rank:>4}  {hit.score:6.4f}  {_band_text(hit):<9}  {hit.image_path}  {hit.caption}")
+            _print_ocr_of(hit)
     for note in notes:
         print(note)
     if result.excluded:     # a copy of the query in the collection answers "is it in my library already?"
@@ -455,7 +488,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         for outcome in api.search_many(searcher, items, k=args.top_k, expand=not args.no_expand,
                                        log_dir=args.log_dir, to=args.to, text_weight=args.text_weight,
-                                       fuse=args.fuse, where=where):
+                                       fuse=args.fuse, where=where,
+                                       ocr="only" if args.ocr_only else "off" if args.no_ocr else "fuse"):
             if outcome.error is not None:
                 if single:
                     raise outcome.error

@@ -26,7 +26,7 @@ import socket
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from tqdm import tqdm
 
@@ -34,7 +34,7 @@ from . import __version__
 from .collection.dataset import DEFAULT_MAX_PIXELS
 from .core.extras import require
 from .core.errors import ClusterError, InputError, UserError
-from .extract import encode_images, image_bar
+from .extract import encode_images, image_bar, read_texts, text_bar
 from .features.shards import DEFAULT_SHARD_SIZE, Decoding, Shard, ShardJournal, ShardResult, assemble, plan
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Runner(Protocol):
     """Runs ``encode_shard`` for each shard somewhere; every shard is in the journal when it returns."""
 
     def run(self, encoder: Encoder, shards: Sequence[Shard], journal: ShardJournal, decoding: Decoding,
-            settings: WorkerSettings, bar: tqdm) -> None: ...
+            settings: WorkerSettings, bar: tqdm, seen: Callable | None = None) -> None: ...
 
 
 class InProcessRunner:
@@ -89,8 +89,9 @@ class InProcessRunner:
     an interrupted run keeps every shard finished before it."""
 
     def run(self, encoder: Encoder, shards: Sequence[Shard], journal: ShardJournal, decoding: Decoding,
-            settings: WorkerSettings, bar: tqdm) -> None:
+            settings: WorkerSettings, bar: tqdm, seen: Callable | None = None) -> None:
         ends = list(itertools.accumulate(len(s.paths) for s in shards))
+        place = [s.start + j for s in shards for j in range(len(s.paths))]   # this run's position -> the plan's
         saved = 0
         node = socket.gethostname()
 
@@ -107,7 +108,15 @@ class InProcessRunner:
 
         encode_images(encoder, [Path(p) for s in shards for p in s.paths], settings.batch_size,
                       settings.num_workers, True, decoding.max_pixels, settings.exact_decode, bar=bar,
-                      after_batch=save_finished)
+                      after_batch=save_finished, seen=None if seen is None else (lambda i, img: seen(place[i], img)))
+
+    def read_text(self, ocr, blocks: list[list[Path]], quiet: bool, max_pixels: int,
+                  num_workers: int | None) -> tuple[list, list[str]]:
+        return read_texts(ocr, [p for block in blocks for p in block], quiet, max_pixels, num_workers)
+
+
+def _chunks(paths: list[Path], size: int) -> list[list[Path]]:
+    return [paths[start:start + size] for start in range(0, len(paths), size)]
 
 
 class ShardedEngine:
@@ -122,8 +131,9 @@ class ShardedEngine:
         self.planned = self.resumed = 0
 
     def encode(self, encoder: Encoder, paths: list[Path], batch_size: int = 32, num_workers: int | None = None,
-               quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, exact_decode: bool = False
-               ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
+               quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, exact_decode: bool = False,
+               seen: Callable | None = None) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
+        """``seen(position in paths, picture)``: as ``encode_images``' (this process's runner only)."""
         decoding = Decoding(fingerprint=encoder.fingerprint, dim=encoder.dim,
                             image_size=None if exact_decode else encoder.image_size, max_pixels=max_pixels)
         size = self.shard_size or local_shard_size(len(paths), batch_size)
@@ -136,9 +146,16 @@ class ShardedEngine:
         settings = WorkerSettings(self.model, self.checkpoint, self.device, batch_size, num_workers, exact_decode)
         with image_bar(len(paths), quiet, initial=sum(len(s.paths) for s in shards if s.index in done)) as bar:
             if todo:
-                self.runner.run(encoder, todo, self.journal, decoding, settings, bar)
+                self.runner.run(encoder, todo, self.journal, decoding, settings, bar, seen)
         results = {s.index: self.journal.read(s, decoding) for s in shards}
         return assemble(shards, results, len(paths), decoding.dim)
+
+    def read_text(self, ocr, paths: list[Path], quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  num_workers: int | None = None) -> tuple[list, list[str]]:
+        """``extract.read_texts``' stand-in: the OCR of the images, in blocks of the shard size, where the
+        runner runs (Ray tasks each open their own OCR engine). Not journaled: text is cheap to read again."""
+        return self.runner.read_text(ocr, _chunks(paths, self.shard_size or DEFAULT_SHARD_SIZE), quiet, max_pixels,
+                                     num_workers)
 
     def finish(self) -> None:
         """The features are saved: the journal has done its job."""
@@ -196,7 +213,8 @@ class RayRunner:
         self.workers = workers
 
     def run(self, encoder: Encoder, shards: Sequence[Shard], journal: ShardJournal, decoding: Decoding,
-            settings: WorkerSettings, bar: tqdm) -> None:
+            settings: WorkerSettings, bar: tqdm, seen: Callable | None = None) -> None:
+        """``seen`` is not called: the pictures are decoded in the tasks, not here."""
         import ray
         from ray.exceptions import RayError, RayTaskError
 
@@ -246,6 +264,29 @@ class RayRunner:
             if started:
                 ray.shutdown()
 
+    def read_text(self, ocr, blocks: list[list[Path]], quiet: bool, max_pixels: int,
+                  num_workers: int | None) -> tuple[list, list[str]]:
+        """Each block a Ray task (one CPU, retried like the encoding's), results back in order."""
+        import ray
+
+        started = self._connect(ray)
+        lines: list = []
+        reasons: list[str] = []
+        try:
+            task = ray.remote(_read_text_task).options(num_cpus=1, scheduling_strategy="SPREAD",
+                                                       max_retries=TASK_RETRIES)
+            refs = [task.remote([str(p) for p in block], max_pixels) for block in blocks]
+            with text_bar(sum(map(len, blocks)), quiet) as bar:
+                for ref, block in zip(refs, blocks):
+                    block_lines, block_reasons = ray.get(ref)
+                    lines += block_lines
+                    reasons += block_reasons
+                    bar.update(len(block))
+        finally:
+            if started:
+                ray.shutdown()
+        return lines, reasons
+
     def _connect(self, ray) -> bool:
         """Join the cluster at the address, else start a local Ray; True when this run must shut it down."""
         if ray.is_initialized():
@@ -291,3 +332,16 @@ def _encode_shard_task(shard: Shard, out: str, decoding: Decoding, settings: Wor
                          f"weights (--checkpoint on a shared path)")
     encode_shard(encoder, shard, ShardJournal(out), decoding, settings, node=host)
     return host
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_ocr():
+    """The OCR engine of this Ray worker process, opened once for all its blocks (one thread: one CPU a task)."""
+    from .models.ocr import open_ocr
+
+    return open_ocr(threads=1)
+
+
+def _read_text_task(paths: list[str], max_pixels: int) -> tuple[list, list[str]]:
+    """A Ray task: the OCR of one block of images, read on this node."""
+    return read_texts(_worker_ocr(), [Path(p) for p in paths], True, max_pixels, 1)

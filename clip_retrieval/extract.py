@@ -25,14 +25,16 @@ import numpy as np
 from tqdm import tqdm
 
 from .features import store
-from .collection.dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images
-from .core.errors import InputError
+from .features.ocrtext import OCR_FILE, OcrImage, OcrLine, OcrText, read_ocr, reusable_lines
+from .collection.dataset import DEFAULT_MAX_PIXELS, Collection, ImageFiles, collate_images, open_image
+from .core.errors import InputError, UserError
 from .core.cpus import usable_cpus
 from .core.hashing import sha256_file
 from .models.encoder import OnDemand
 
 if TYPE_CHECKING:
     from .models import Encoder
+    from .models.ocr import OcrEngine
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class ExtractResult:
     encoded_captions: int = 0
     shards: dict = field(default_factory=dict)   # a sharded engine's {"planned", "resumed"}: empty for the local one
     index: dict | None = None   # after --update: the index rebuilt to match (index.refresh), None when none serves them
+    ocr: OcrText | None = None                   # the text read in the images (extract --ocr)
+    ocr_read: int = 0                            # images OCR read this run (the rest were reused)
 
 
 # encode_images' signature: (encoder, paths, batch_size, num_workers, quiet, max_pixels, exact_decode) -> its result
@@ -92,7 +96,8 @@ def _batches_in_processes(dataset: ImageFiles, batch_size: int, workers: int, pi
 
 def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num_workers: int | None = None,
                   quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, exact_decode: bool = False,
-                  bar: tqdm | None = None, after_batch: Callable[[int, tuple], None] | None = None
+                  bar: tqdm | None = None, after_batch: Callable[[int, tuple], None] | None = None,
+                  seen: Callable | None = None
                   ) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str, str]]]:
     """Encode image files in batches, decoding ahead while the model runs.
 
@@ -104,7 +109,8 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
     engine that encodes the images shard by shard keeps one bar over them all). ``after_batch(n,
     so_far)``: called after each batch with how many leading positions are final (batches come
     back in order) and the four results as filled so far, so an engine can save finished shards
-    while the pipeline keeps running.
+    while the pipeline keeps running. ``seen(position, picture)`` is shown each decoded picture
+    in the decoding threads (ONNX Runtime only): the OCR probe reuses the decode.
     """
     feats = np.zeros((len(paths), encoder.dim), dtype=np.float32)
     kept = np.zeros(len(paths), dtype=bool)
@@ -112,10 +118,12 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
     skipped: list[tuple[int, str, str]] = []
     if not paths:
         return feats, kept, hashes, skipped
-    dataset = ImageFiles(paths, encoder.preprocess, None if exact_decode else encoder.image_size, max_pixels)
+    threads = encoder.runtime == "onnxruntime"
+    dataset = ImageFiles(paths, encoder.preprocess, None if exact_decode else encoder.image_size, max_pixels,
+                         seen=seen if threads else None)
     workers = default_workers() if num_workers is None else num_workers
     encoder.prefetch("visual")      # an ONNX session opens while the first batch decodes
-    if encoder.runtime == "onnxruntime":
+    if threads:
         batches = _batches_in_threads(dataset, batch_size, workers)
     else:
         batches = _batches_in_processes(dataset, batch_size, workers, encoder.device.type == "cuda")
@@ -135,6 +143,90 @@ def encode_images(encoder: Encoder, paths: list[Path], batch_size: int = 32, num
             if after_batch is not None:
                 after_batch(done, (feats, kept, hashes, skipped))
     return feats, kept, hashes, sorted(skipped)
+
+
+# read_texts' signature: (ocr, paths, quiet, max_pixels) -> (lines per path, None where OCR failed; reasons)
+TextReading = Callable[..., "tuple[list[list[OcrLine] | None], list[str]]"]
+
+
+def _probe(path: Path, max_pixels: int):
+    """A file's bytes and its small copy for the first detection pass (a JPEG decodes in draft mode)."""
+    from .models.ocr import PROBE_SIDE
+
+    data = path.read_bytes()
+    return data, open_image(data, PROBE_SIDE // 2, max_pixels)
+
+
+def read_texts(ocr: OcrEngine | Callable[[], OcrEngine], paths: list[Path], quiet: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+               num_workers: int | None = None, bar: tqdm | None = None
+               ) -> tuple[list[list[OcrLine] | None], list[str]]:
+    """The lines of text in each image: small copies decode ahead in threads while the detector runs.
+
+    Detection runs first on the small copy; only an image where it finds text is decoded
+    larger and recognised, so a photo without text costs one draft decode and one small
+    detection. A file OCR cannot read gets ``None`` and its reason (its picture features stay).
+    ``ocr``: the engine, or the function that opens it (called here, once).
+    """
+    from .models.ocr import READ_SIDE
+
+    ocr = ocr if hasattr(ocr, "read_found") else ocr()
+    lines: list[list[OcrLine] | None] = [None] * len(paths)
+    reasons = [""] * len(paths)
+    workers = default_workers() if num_workers is None else max(1, num_workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            (contextlib.nullcontext(bar) if bar is not None else text_bar(len(paths), quiet)) as bar:
+        pending: deque = deque()
+        todo = iter(enumerate(paths))
+        for i, path in todo:
+            pending.append((i, pool.submit(_probe, path, max_pixels)))
+            if len(pending) >= 4 * workers:
+                break
+        while pending:
+            i, future = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt[0], pool.submit(_probe, nxt[1], max_pixels)))
+            try:
+                data, probe = future.result()
+                found = ocr.read_found(open_image(data, READ_SIDE // 2, max_pixels)) if ocr.has_text(probe) else []
+                lines[i] = [line.to_json() for line in found]
+            except (OSError, ValueError, RuntimeError) as exc:   # ORT raises RuntimeError subclasses
+                reasons[i] = f"OCR failed: {exc}"
+                log.warning("文字识别失败 / OCR failed on %s: %s (its picture features are kept)", paths[i], exc)
+            bar.update(1)
+            if lines[i]:
+                bar.set_postfix(with_text=sum(1 for x in lines if x), refresh=False)
+    return lines, reasons
+
+
+class _ProbeDuringDecode:
+    """The OCR probe run on the picture the model's decoding thread already decoded (``encode_images``' ``seen``).
+
+    A phone photo decodes once, not twice: that decode is as large as the probe's own (JPEG draft
+    mode keeps each side at least the model's input size, 1/8 of a 12 MP photo is 504x378). Only
+    "no text here" is kept (a set of positions, no pictures held): those images need no OCR pass at
+    all; a picture too small to judge, or with text, is read by ``read_texts`` as usual.
+    """
+
+    MIN_SIDE = 480      # a decode smaller than this is left to read_texts' own probe
+
+    def __init__(self, ocr: OcrEngine | Callable[[], OcrEngine]):
+        self.engine = ocr if hasattr(ocr, "read_found") else ocr()
+        self.no_text: set[int] = set()
+
+    def __call__(self, position: int, img) -> None:
+        if max(img.size) < self.MIN_SIDE:
+            return
+        try:
+            if not self.engine.has_text(img):
+                self.no_text.add(position)
+        except Exception as exc:  # noqa: BLE001  a probe failure only means read_texts looks again
+            log.debug("OCR probe during decoding failed on position %d: %s", position, exc)
+
+
+def text_bar(total: int, quiet: bool, initial: int = 0) -> tqdm:
+    """The OCR progress bar, the same in every engine."""
+    return tqdm(total=total, initial=initial, desc="text / 文字", unit="img", disable=quiet)
 
 
 def image_bar(total: int, quiet: bool, initial: int = 0) -> tqdm:
@@ -187,7 +279,9 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
             num_workers: int | None = None, quiet: bool = False,
             max_pixels: int = DEFAULT_MAX_PIXELS, checkpoint: str | None = None,
             previous: store.FeatureStore | None = None, exact_decode: bool = False,
-            encode: ImageEncoding | None = None) -> ExtractResult:
+            encode: ImageEncoding | None = None,
+            ocr: OcrEngine | Callable[[], OcrEngine] | None = None,
+            read_text: TextReading | None = None) -> ExtractResult:
     """Encode a collection and save features + manifest under ``out`` (atomically).
 
     With ``previous`` (features made by the same model), only new or changed images and
@@ -197,6 +291,9 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
     exact, see ``encode_images``) is recorded too; ``previous`` image vectors made in the
     other mode are not reused. ``encode`` is where the images are encoded (``encode_images``,
     here, by default; an engine from ``engines`` runs it in shards, on a Ray cluster for one).
+    ``ocr`` (an engine, or the function that opens one when an image needs reading) reads the text
+    in the images into the OCR sidecar saved with the features; ``read_text`` is where (``read_texts``
+    here by default). Without ``ocr`` an old sidecar in ``out`` is removed, as it no longer matches.
     """
     if batch_size < 1:
         raise InputError(f"--batch-size 至少为 1 / --batch-size must be at least 1, got {batch_size}")
@@ -207,9 +304,14 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
     reuse = _reusable(coll, paths, stats, previous) if same_decode else {}
     todo = [i for i in range(len(paths)) if i not in reuse]
     model = encoder if isinstance(encoder, OnDemand) else OnDemand(encoder)
+    # text read here (not in Ray tasks): the probe looks at each picture as the model's decoding threads decode it
+    probe = _ProbeDuringDecode(ocr) if ocr is not None and todo and read_text is None else None
+    if probe is not None:
+        ocr = probe.engine
     if todo:
         new_feats, new_kept, new_hashes, new_skipped = (encode or encode_images)(
-            model.get(), [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels, exact_decode)
+            model.get(), [paths[i] for i in todo], batch_size, num_workers, quiet, max_pixels, exact_decode,
+            **({"seen": probe} if probe is not None else {}))
     else:
         new_feats, new_kept, new_hashes, new_skipped = None, np.zeros(0, dtype=bool), [], []
     dim = _model_info(model, previous, checkpoint).dim
@@ -254,9 +356,52 @@ def extract(encoder: Encoder | OnDemand, coll: Collection, out: str | os.PathLik
         source=source, root=coll.root, images=images, captions=caption_entries, skipped=skipped_entries,
         image_decode=decode,
         environment=_environment(model, previous))
-    written = store.save(out, image_feats, text_feats, manifest)
+    ocr_text, ocr_read = None, 0
+    if ocr is not None:
+        no_text = {todo[j] for j in probe.no_text} if probe is not None else set()
+        ocr_text, ocr_read = _ocr_text(ocr, [paths[i] for i in keep], [hashes[i] for i in keep],
+                                       [coll.images[i] for i in keep], previous, quiet, max_pixels, num_workers,
+                                       read_text or read_texts, {n for n, i in enumerate(keep) if i in no_text})
+    written = store.save(out, image_feats, text_feats, manifest,
+                         sidecars={OCR_FILE: ocr_text.to_text} if ocr_text is not None else None)
+    if ocr_text is None and (Path(out) / OCR_FILE).is_file():
+        (Path(out) / OCR_FILE).unlink()
+        log.info("removed %s: extracted without --ocr, the old text no longer matches the features", OCR_FILE)
     return ExtractResult(manifest=written, skipped=skipped_entries, encoded_images=int(new_kept.sum()),
-                         reused_images=len(reuse), encoded_captions=encoded_captions)
+                         reused_images=len(reuse), encoded_captions=encoded_captions,
+                         ocr=ocr_text, ocr_read=ocr_read)
+
+
+def _ocr_text(ocr: OcrEngine | Callable[[], OcrEngine], paths: list[Path], hashes: list[str], shown: list[str],
+              previous: store.FeatureStore | None, quiet: bool, max_pixels: int, num_workers: int | None,
+              read_text: TextReading, no_text: set[int] = frozenset()) -> tuple[OcrText, int]:
+    """The sidecar for the kept images: lines of unchanged files reused, the rest read; (text, how many read).
+
+    ``no_text``: positions whose probe, run on the picture decoded for the model, found no line of text.
+    """
+    from .models.ocr import engine_identity
+
+    identity = engine_identity()
+    old = None
+    if previous is not None:
+        try:
+            old = read_ocr(previous.folder, previous.manifest.generation)
+        except UserError as exc:   # a damaged or stale sidecar is read again, not trusted
+            log.warning("%s", exc)
+    known = reusable_lines(old, identity)
+    todo = [i for i, digest in enumerate(hashes) if digest not in known and i not in no_text]
+    found: dict[int, list[OcrLine] | None] = {i: [] for i in no_text if hashes[i] not in known}
+    reasons: dict[int, str] = {}
+    if todo:
+        lines, why = read_text(ocr, [paths[i] for i in todo], quiet, max_pixels, num_workers)
+        found.update(zip(todo, lines))
+        reasons = {i: r for i, r in zip(todo, why) if r}
+    # a failed image keeps no hash here, so the next --update tries it again
+    images: list[OcrImage] = [{"sha256": "" if i in reasons else digest,
+                               "lines": known[digest] if i not in found else found[i] or []}
+                              for i, digest in enumerate(hashes)]
+    failed = [{"path": shown[i], "reason": reason} for i, reason in sorted(reasons.items())]
+    return OcrText(engine=identity, images=images, failed=failed), len(found)
 
 
 def _skipped_entry(path: str, row: int, reason: str, sha256: str | None = None) -> store.SkippedEntry:

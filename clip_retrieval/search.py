@@ -27,6 +27,8 @@ from .index.base import RowMask, VectorIndex, Where
 from .index.exact import ExactIndex, exact_topk
 from .models import OnDemand, is_exported
 from .features.store import FeatureStore
+from .features.ocrtext import OcrText, read_ocr
+from .query.textmatch import TextMatch, TextMatcher
 
 if TYPE_CHECKING:
     from .models import Encoder
@@ -36,6 +38,18 @@ log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 200
 RRF_K = 60          # the constant of reciprocal-rank fusion (Cormack et al.)
 RRF_DEPTH = 200     # how deep each ranking is read before fusing
+OCR_MODES = ("fuse", "off", "only")   # the text read in images: fused with the picture ranking, ignored, alone
+OCR_TEXT_SHOWN = 200                  # characters of an image's recognised text a hit carries
+# Only text matches this close to the best one join the fusion: RRF sees ranks, not scores, so a
+# partial match (another shop of the same trade, 记花店 of 邓记花店) would otherwise count as much as
+# the verbatim one and let the picture ranking, which cannot read, decide between them.
+TEXT_TIER = 0.1
+# The text ranking counts twice in the fusion: an image whose text holds the query verbatim is rarely
+# an accident, while the picture ranking is read 200 deep and always has a first place, so with equal
+# weights a text match the picture ranking left out would only tie the picture's first (and "发票"
+# would interleave invoices with whatever photo looked closest). A query no text matches ranks by
+# the picture alone, unchanged.
+TEXT_WEIGHT = 2.0
 
 
 @dataclass
@@ -48,6 +62,14 @@ class Hit:
     caption_row: int | None = None           # image-to-text: the caption's row in the captions file
     relevant: bool | None = None             # above the query's relevance cutoff (``relevance.judge``)
     band: str | None = None                  # high, medium, low (``relevance.BANDS``)
+    matched_by: str | None = None            # features with OCR text: "picture", "text" or "both"
+    ocr_line: str | None = None              # the recognised line the query matched
+    ocr_text: str | None = None              # the image's recognised text (its start)
+
+    def ocr_json(self) -> dict:
+        """The OCR keys of this hit's ``--json`` row (none when the features have no text)."""
+        out = {"matched_by": self.matched_by, "ocr_line": self.ocr_line, "ocr_text": self.ocr_text}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 @dataclass
@@ -67,6 +89,7 @@ class SearchResult:
     fuse: bool = False                       # text: image and caption rankings merged by RRF
     expansion: Expansion | None = None       # the whole expansion: normalised query, groups, notice
     raw_query: str | None = None             # exactly as typed, before cleaning and normalising
+    ocr: str | None = None                   # text mode over features with OCR text: "fuse", "off" or "only"
 
     @property
     def notice(self) -> str | None:
@@ -102,6 +125,10 @@ class SearchResult:
             out["notice"] = self.expansion.notice
         if self.excluded:
             out["excluded"] = self.excluded
+        if self.ocr is not None:
+            out["ocr"] = self.ocr
+        for row, hit in zip(out["results"], self.results):
+            row.update(hit.ocr_json())
         return out
 
 
@@ -180,6 +207,8 @@ class Searcher:
         self._caption_rows: list[tuple[str, int, int]] | None = None
         self._caption_matrix: np.ndarray | None = None
         self._calibration: relevance.Calibration | None = None
+        self._ocr_text: OcrText | None | bool = False      # False: not read yet
+        self._text_matcher: TextMatcher | None = None
 
     def _accept(self, encoder: Encoder) -> None:
         self.store.check_model(encoder.name, encoder.fingerprint, self.checkpoint)
@@ -233,9 +262,73 @@ class Searcher:
         return ids[0][keep], scores[0][keep]
 
     def _hit(self, rank: int, image: int, score: float) -> Hit:
-        """A result row for an indexed image, shown with its first caption."""
+        """A result row for an indexed image, shown with its first caption (and its recognised text, if any)."""
         captions = self.store.captions_of(image)
-        return Hit(rank, float(score), self.store.image_path(image), captions[0] if captions else "", image)
+        hit = Hit(rank, float(score), self.store.image_path(image), captions[0] if captions else "", image)
+        hit.ocr_text = self.recognised_text(image)
+        return hit
+
+    @property
+    def ocr_text(self) -> OcrText | None:
+        """The text read in the images (``extract --ocr``), read on first need; None when there is none."""
+        if self._ocr_text is False:
+            self._ocr_text = read_ocr(self.store.folder, self.store.manifest.generation)
+        return self._ocr_text
+
+    def recognised_text(self, image: int) -> str | None:
+        """The start of an image's recognised text, or None (no text, or features without OCR)."""
+        if self.ocr_text is None:
+            return None
+        text = self.ocr_text.text_of(image)
+        return text[:OCR_TEXT_SHOWN] if text else None
+
+    def text_matcher(self) -> TextMatcher:
+        """The OCR lines indexed for matching, built once; the rules table's segmentation cuts queries."""
+        if self._text_matcher is None:
+            text = self.ocr_text
+            if text is None:
+                raise InputError(f"{self.store.folder}: 没有识别的文字 / has no OCR text; read it first: "
+                                 f"clipsou extract --update --ocr --out {self.store.folder}")
+            lines = [[line["text"] for line in text.lines_of(i)] for i in range(len(self.store.manifest.images))]
+            self._text_matcher = TextMatcher(lines, self.rules.segment if self.rules is not None else None)
+        return self._text_matcher
+
+    def text_matches(self, query: str, where: Where | None = None) -> list[TextMatch]:
+        """Images whose recognised text holds the query, best first, passing ``where``."""
+        keep = self._mask(where) if where is not None else None
+        return self.text_matcher().match(query, keep=(lambda i: bool(keep[i])) if keep is not None else None)
+
+    def with_text(self, vector: np.ndarray, query: str, k: int, where: Where | None, fuse: bool,
+                  ocr: str) -> list[Hit]:
+        """The picture ranking (with captions when ``fuse``) and the OCR text ranking merged by RRF,
+        or the text ranking alone (``ocr="only"``); each hit says what matched it and which line."""
+        matches = self.text_matches(query, where)
+        if ocr == "only":
+            line = {m.image: m.line for m in matches}
+            return [self._matched(r, m.image, m.score, False, line) for r, m in enumerate(matches[:k], start=1)]
+        matches = [m for m in matches if m.score >= matches[0].score - TEXT_TIER]
+        line = {m.image: m.line for m in matches}
+        depth = max(RRF_DEPTH, k)
+        if fuse:
+            scores = self.fused_scores(vector, depth)
+            if where is not None:
+                scores[~self._mask(where)] = 0.0
+        else:
+            ids, _ = self.nearest(vector, min(depth, self._matrix.shape[0]), where)
+            scores = np.zeros(self._matrix.shape[0], dtype=np.float64)
+            scores[ids] += 1.0 / (RRF_K + np.arange(1, len(ids) + 1))
+        by_picture = set(sorted(np.flatnonzero(scores).tolist(), key=lambda i: (-scores[i], i))[:k])
+        for rank, m in enumerate(matches, start=1):
+            scores[m.image] += TEXT_WEIGHT / (RRF_K + rank)
+        best = sorted(np.flatnonzero(scores).tolist(), key=lambda i: (-scores[i], i))[:k]
+        return [self._matched(r, i, scores[i], i in by_picture, line) for r, i in enumerate(best, start=1)]
+
+    def _matched(self, rank: int, image: int, score: float, by_picture: bool, line: dict[int, str]) -> Hit:
+        hit = self._hit(rank, image, score)
+        by_text = image in line
+        hit.matched_by = "both" if by_picture and by_text else "text" if by_text else "picture"
+        hit.ocr_line = line.get(image)
+        return hit
 
     def search_vector(self, vector: np.ndarray, k: int, where: Where | None = None) -> list[Hit]:
         idx, scores = self.nearest(vector, k, where)
@@ -249,22 +342,38 @@ class Searcher:
         self.encoder.prefetch("text")     # the exported model: cheap to open, its sessions open on first use
 
     def search_text(self, query: str, k: int = 5, expand: bool = True, fuse: bool = False,
-                    where: Where | None = None) -> SearchResult:
+                    where: Where | None = None, ocr: str = "fuse") -> SearchResult:
         """Expand, encode, pool, renormalise, scan: the whole text-to-image path.
 
         ``fuse`` ranks the images by their own vectors and by their captions' vectors and
         merges the two rankings by reciprocal-rank fusion. ``where`` keeps only images passing it.
+        On features with OCR text (``extract --ocr``), ``ocr="fuse"`` (the default) merges the
+        text the images hold into the ranking the same way, ``"only"`` ranks by that text alone
+        (no model loads), ``"off"`` ignores it.
         """
         _check_k(k)
+        if ocr not in OCR_MODES:
+            raise InputError(f"ocr 只能是 {'/'.join(OCR_MODES)} / ocr must be one of {', '.join(OCR_MODES)}, got {ocr!r}")
         text, truncated = clean_query(query)
+        if ocr == "only":
+            self.text_matcher()     # features without OCR text are refused before anything else
+            expansion = Expansion(query=text, phrases=[Phrase(text, script_of(text), 1.0, source="query")])
+            return SearchResult(query=text, expansions=[], results=self.with_text(None, text, k, where, False, ocr),
+                                model=self.store.model, k=k, expand=False, truncated=truncated,
+                                expansion=expansion, raw_query=query, where=where, ocr=ocr)
         if text not in self._cache_rows:
             self._prefetch_text_tower()
         expansion = self.expand(text, expand)
         vector = self.query_vector(expansion)
-        hits = self.fused(vector, k, where) if fuse else self.search_vector(vector, k, where)
+        has_text = ocr == "fuse" and self.ocr_text is not None
+        if has_text:
+            hits = self.with_text(vector, text, k, where, fuse, ocr)
+        else:
+            hits = self.fused(vector, k, where) if fuse else self.search_vector(vector, k, where)
         result = SearchResult(query=text, expansions=expansion.expansions, results=hits,
                               model=self.store.model, k=k, expand=expand, truncated=truncated,
-                              fuse=fuse, expansion=expansion, raw_query=query, where=where)
+                              fuse=fuse, expansion=expansion, raw_query=query, where=where,
+                              ocr=ocr if self.ocr_text is not None else None)
         return self.judge(result, vector)
 
     def _captions(self) -> tuple[list[tuple[str, int, int]], np.ndarray]:
@@ -380,7 +489,8 @@ class Searcher:
     def judge(self, result: SearchResult, vector: np.ndarray, parts: np.ndarray | None = None) -> SearchResult:
         """Mark each hit relevant or not, with its band, against this collection's calibration.
 
-        Fused hits are judged by their image's cosine with the query (a rank-fusion score is no cosine);
+        Fused hits are judged by their image's cosine with the query (a rank-fusion score is no cosine), and
+        a hit whose OCR text matched the query is relevant whatever its picture scores;
         image plus text (``parts``: the image and text vectors) by each part (``relevance.judge_image_text``).
         """
         reference = self.calibration.reference(result.mode, result.to)
@@ -393,10 +503,13 @@ class Searcher:
         if parts is not None:
             verdicts = relevance.judge_image_text(rows @ parts[0], rows @ parts[1], collection(parts[1]), reference)
         else:
-            scores = rows @ vector if result.fuse else np.asarray([h.score for h in result.results])
+            ranked = result.fuse or any(h.matched_by for h in result.results)   # rank-fusion scores, no cosines
+            scores = rows @ vector if ranked else np.asarray([h.score for h in result.results])
             verdicts = relevance.judge(scores, reference, collection(vector) if reference.kind == "z" else None)
         for hit, verdict in zip(result.results, verdicts):
             hit.relevant, hit.band = verdict.relevant, verdict.band
+            if hit.matched_by in ("text", "both"):   # the query's words are written in the picture: relevant
+                hit.relevant, hit.band = True, verdict.band if verdict.band == "high" else "medium"
         result.relevance = reference.to_json()
         return result
 

@@ -55,6 +55,13 @@ def _expansions(result) -> str:
     return "\n".join(lines + ["扩展 / expansions:", ""] + [f"- {line}" for line in result.expansion_lines()])
 
 
+def _ocr_caption(hit) -> str:
+    """A gallery caption's OCR part: what matched the hit and its line (Gradio shows captions as plain text)."""
+    if hit.matched_by:
+        return f"\n[{hit.matched_by}] {hit.ocr_line or ''}".rstrip()
+    return f"\n{hit.ocr_text}" if hit.ocr_text else ""
+
+
 def _probabilities(item: dict) -> dict:
     """A classify entry's probabilities, or its reason as the tab's status line."""
     if "error" in item:
@@ -107,11 +114,11 @@ class Page:
 
     def _gallery(self, result, show_all: bool = False) -> list:
         """Thumbnails of the relevant hits (else the closest few; ``show_all``: the whole top-k), captioned
-        with rank, score, band, the file's name and its caption (a folder has no captions)."""
+        with rank, score, the file's name, its caption (a folder has no captions), band and OCR match."""
         hits, _ = shown(result.results, result.relevance, show_all)
         return [(self._thumbnail_file(h.index),
                  f"#{h.rank}  {h.score:.3f}  {Path(self._collection_path(h.index)).name}  {h.caption}".rstrip()
-                 + _band(h)) for h in hits]
+                 + _band(h) + _ocr_caption(h)) for h in hits]
 
     def paths_of(self, gallery: list) -> list[str]:
         """The collection paths of a gallery this page made (its thumbnails are named by image number)."""
@@ -220,7 +227,8 @@ class Page:
     def image_to_text(self, upload, k: float):
         def work(path):
             result = api.search(self.searcher, image=path, k=int(k), to="text")[0]
-            return [[h.rank, round(h.score, 4), h.caption, self._collection_path(h.index)] for h in result.results]
+            return [[h.rank, round(h.score, 4), h.caption, self._collection_path(h.index), h.ocr_text or ""]
+                    for h in result.results]
         return self._with_upload(upload, work, [])
 
     def classify(self, upload, labels: str):
@@ -326,7 +334,8 @@ def build(page: Page):
                                                              elem_id="i2i-results"), "i2i-results"))
         _upload_tab("以图搜文 / image to text", "i2t", "搜索 / Search", page.image_to_text,
                     lambda: gr.Slider(1, 20, value=5, step=1, label="top-k"),
-                    lambda: gr.Dataframe(headers=["rank", "score", "caption", "image"], elem_id="i2t-results"))
+                    lambda: gr.Dataframe(headers=["rank", "score", "caption", "image", "text / 图中文字"],
+                                         datatype=["number", "number", "str", "str", "str"], elem_id="i2t-results"))
         _upload_tab("零样本分类 / zero-shot", "cls", "分类 / Classify", page.classify,
                     lambda: gr.Textbox(label="标签 / labels", value="猫,狗,小猪,兔子,汽车", elem_id="labels"),
                     lambda: gr.Label(label="概率 / probabilities", elem_id="cls-results"))

@@ -655,11 +655,12 @@ class ImageFiles:
     """
 
     def __init__(self, paths: list[Path], preprocess: Callable, target_size: int | None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, seen: Callable[[int, Image.Image], None] | None = None):
         self.paths = paths
         self.preprocess = preprocess
         self.target_size = target_size
         self.max_pixels = max_pixels
+        self.seen = seen      # shown each decoded picture (the OCR probe reuses the decode)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -674,7 +675,10 @@ class ImageFiles:
             return i, None, "", f"unreadable: {exc.strerror or exc}"
         digest = sha256_bytes(data)
         try:
-            pixels = self.preprocess(open_image(data, self.target_size, self.max_pixels, Path(self.paths[i]).suffix))
+            img = open_image(data, self.target_size, self.max_pixels, Path(self.paths[i]).suffix)
+            if self.seen is not None:
+                self.seen(i, img)
+            pixels = self.preprocess(img)
         except ValueError as exc:
             return i, None, digest, str(exc)
         return i, pixels, digest, ""

@@ -26,6 +26,7 @@ EXTRAS = {
     "pi_heif": ("heic", "HEIC/HEIF photos"),
     "rawpy": ("raw", "camera RAW files"),
     "watchdog": ("watch", "filesystem events for clipsou watch"),
+    "rapidocr_onnxruntime": ("ocr", "extract --ocr (reading the text in images)"),
 }
 
 

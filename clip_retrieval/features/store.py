@@ -314,8 +314,13 @@ class FeatureStore:
                 f"{self.manifest.rebuild_command(self.folder, model or self.model, checkpoint)}")
 
 
-def save(folder: str | os.PathLike, image_features, text_features, manifest: Manifest) -> Manifest:
-    """Write the three files together, atomically; returns the manifest as written (arrays or CPU tensors)."""
+def save(folder: str | os.PathLike, image_features, text_features, manifest: Manifest,
+         sidecars: dict[str, Callable[[str], str]] | None = None) -> Manifest:
+    """Write the three files together, atomically; returns the manifest as written (arrays or CPU tensors).
+
+    ``sidecars``: more files of the same set (the OCR text), each a file name and a function
+    of the new generation id giving its text, so a reader can tell they belong together.
+    """
     folder = Path(folder)
     image_features = np.ascontiguousarray(image_features, dtype=np.float32)
     text_features = np.ascontiguousarray(text_features, dtype=np.float32)
@@ -330,6 +335,8 @@ def save(folder: str | os.PathLike, image_features, text_features, manifest: Man
         (folder / IMAGE_FILE, lambda tmp: ptfile.write(tmp, {"features": image_features, "generation": generation})),
         (folder / TEXT_FILE, lambda tmp: ptfile.write(tmp, {"features": text_features, "generation": generation})),
         (folder / MANIFEST_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8")),
+        *[(folder / name, lambda tmp, body=make(generation): tmp.write_text(body, encoding="utf-8"))
+          for name, make in (sidecars or {}).items()],
     ], needed)
     return written
 

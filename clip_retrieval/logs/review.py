@@ -326,9 +326,20 @@ def search_html(record: dict, outcome: searchlog.ReplayOutcome | None = None) ->
                      f"<img alt='#{hit.get('rank')}' src='{_data_uri(file)}'></a>"
                      f"<figcaption>#{hit.get('rank')} {shown}<br><span class='name' title='"
                      f"{html.escape(str(file), quote=True)}'>{html.escape(Path(shown_path).name)}</span><br>"
-                     f"{html.escape(str(hit.get('caption') or ''))}</figcaption></figure>")
+                     f"{html.escape(str(hit.get('caption') or ''))}{_ocr_html(hit)}</figcaption></figure>")
     parts.append("<div class='hits'>" + "".join(cards) + "</div></section>")
     return "".join(parts)
+
+
+def _ocr_html(hit: dict) -> str:
+    """What matched a hit and the text read in it, escaped: OCR text is whatever an image shows."""
+    parts = []
+    if hit.get("matched_by"):
+        parts.append(f"<span class='by'>{html.escape(str(hit['matched_by']))}</span>")
+    text = hit.get("ocr_line") or hit.get("ocr_text")
+    if text:
+        parts.append(f"<span class='ocr'>{html.escape(str(text))}</span>")
+    return "<br>" + " ".join(parts) if parts else ""
 
 
 STYLE = """
@@ -339,6 +350,7 @@ section.search{border:1px solid #ddd;border-radius:8px;padding:.6em 1em;margin:0
 figure img{width:96px;height:96px;object-fit:cover;border-radius:4px} img.q{height:48px;vertical-align:middle}
 table.exp{border-collapse:collapse;font-size:.9em;margin:.3em 0} table.exp th{text-align:left;padding-right:.8em}
 .name{word-break:break-all;color:#345} p.setup{color:#666;font-size:.85em;margin:.2em 0}
+.by{color:#176c2f} .ocr{color:#555;font-style:italic}
 .src{color:#888} .muted{color:#888} .replay.ok{color:#176c2f} .replay.diff{color:#a33} .replay.skip{color:#a60}
 """
 

@@ -93,6 +93,8 @@ def format_block(record: dict) -> str:
         lines[0] += "  (-> captions / 图搜文)"
     if record.get("fuse"):
         lines[0] += "  (fused with captions / 融合描述)"
+    if record.get("ocr") in ("fuse", "only"):
+        lines[0] += "  (OCR text only / 仅图中文字)" if record["ocr"] == "only" else "  (with OCR text / 含图中文字)"
     if mode == "image+text" and record.get("image"):
         lines.append(f"  image / 图片: {record['image']}")
     if record.get("normalized_query") not in (None, record["query"]):
@@ -118,6 +120,9 @@ def format_block(record: dict) -> str:
         band = f"  [{hit['band']}]" if hit.get("band") else ""
         lines.append(f"  {hit['rank']:>3}. {hit['score']:.4f}{band}  {hit.get('path') or hit['image_path']}  "
                      f"{hit['caption']}")
+        if hit.get("matched_by"):
+            lines.append(f"       matched by / 匹配: {hit['matched_by']}"
+                         + (f"  text / 文字: {hit['ocr_line']}" if hit.get("ocr_line") else ""))
     return "\n".join(lines) + "\n\n"
 
 
@@ -166,6 +171,7 @@ RECORD_FIELDS = frozenset({
     "normalized_query", "expand", "expansions", "untranslated", "k", "where", "backend", "model",
     "model_fingerprint", "features_dir", "collection_root", "features_fingerprint", "caption_features_fingerprint",
     "captions_sha256", "rules_path", "rules_sha256", "tool_version", "results", "dictionary", "relevance"})
+RECORD_FIELDS |= {"ocr", "ocr_fingerprint"}   # api.record_for, for features with OCR text
 MAX_NAMED_LINES = 20   # skipped lines named one by one; past this, one line counts the rest
 
 
@@ -258,7 +264,9 @@ INPUTS = (("model", "model", "model"),
           ("caption_features_fingerprint", "captions", "caption features"),
           ("captions_sha256", "captions", "captions file"),
           ("rules_sha256", "rules", "rules"),
-          ("backend", "index", "index backend"))
+          ("backend", "index", "index backend"),
+          ("ocr_fingerprint", "ocr text", "OCR text"))
+OPTIONAL_INPUTS = {"ocr_fingerprint"}     # recorded only for features with OCR text
 RANKING_ONLY, CAUSE_UNKNOWN = "ranking only", "cause unknown"
 # Scores are logged to 6 decimals; a change beyond this with the same ranking is drift worth naming
 # (other weights or features that happen to rank alike), below it rounding and BLAS noise.
@@ -397,7 +405,7 @@ def compare(record: dict, fresh: dict, holds: Holds | None = None) -> ReplayOutc
     if {"images", "captions"} <= set(causes) and not _captions_explain(record, old, new, holds):
         causes.remove("captions")
     if not causes:
-        known = all(key in record for key, _, _ in INPUTS)
+        known = all(key in record for key, _, _ in INPUTS if key not in OPTIONAL_INPUTS)
         causes = [RANKING_ONLY if known else CAUSE_UNKNOWN]
     return ReplayOutcome(record, DIFFERENT, changes + differs, causes, None, new)
 

@@ -110,6 +110,7 @@ def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path, cli):
     shutil.copytree(small_collection.parent / "images", folder)
     (folder / "empty.png").write_bytes(b"")
     (folder / "IMG_0001.HEIC").write_bytes(b"an iPhone photo")
+    (folder / "mockup.psd").write_bytes(b"a Photoshop file")
     (folder / "broken.png").write_bytes((folder / "piglet_grass_00.png").read_bytes()[:200])
     os.symlink("/nonexistent", folder / "broken_link.jpg")
     os.symlink(folder / "loopb", folder / "loopa")
@@ -122,11 +123,14 @@ def test_images_folder_mode(small_collection, tiny_open_clip, tmp_path, cli):
     assert {s["path"]: s["reason"] for s in manifest["skipped"]}["empty.png"].startswith("empty file (0 bytes)")
     assert "skipped / 跳过: empty.png: empty file (0 bytes); copy it again or delete it" in proc.stderr and "row 0" not in proc.stderr
     assert "skipped / 跳过: broken_link.jpg: 符号链接失效或循环 / broken or looping symbolic link" in proc.stderr
-    assert manifest["skipped"][-1]["path"] == "broken_link.jpg" and manifest["counts"]["skipped"] == 3
+    assert manifest["skipped"][-1]["path"] == "broken_link.jpg" and manifest["counts"]["skipped"] == 4
+    # HEIC is read (the heic extra is in dev), so a file that only has the name is skipped as damaged
+    assert "skipped / 跳过: IMG_0001.HEIC: not a readable image: damaged, cut short, or not really a .heic file" \
+        in proc.stderr
     assert all("row" not in entry for entry in manifest["skipped"])   # folder mode has no CSV line
     assert "encoded 32 images" in proc.stdout
-    assert "files of other types not read: 1 (.heic 1); convert the photos among them to JPEG or PNG" in proc.stderr
-    assert manifest["source"]["ignored_types"] == {".heic": 1}
+    assert "files of other types not read: 1 (.psd 1); convert the photos among them to JPEG or PNG" in proc.stderr
+    assert manifest["source"]["ignored_types"] == {".psd": 1}
     proc = cli("search", "--features", str(out), "--query", "金毛", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"][0]["caption"] == ""

@@ -39,10 +39,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_collection):
-    features = tmp_path_factory.mktemp("web") / "out"
-    shutil.copytree(demo_collection / "out", features)   # the page logs into its features folder
+def start_page(features: Path) -> tuple[subprocess.Popen, str, str]:
+    """``clipsou serve`` on a free port, answering: (process, url, its first line)."""
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
     proc = subprocess.Popen([sys.executable, "-m", "clip_retrieval", "serve", "--features", str(features),
@@ -66,6 +64,15 @@ def server(tmp_path_factory, demo_collection):
     except BaseException:
         proc.kill()
         raise
+    return proc, url, banner
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_collection):
+    features = tmp_path_factory.mktemp("web") / "out"
+    shutil.copytree(demo_collection / "out", features)   # the page logs into its features folder
+    proc, url, banner = start_page(features)
+    uploads = Path(re.search(r"uploads: (\S+);", banner).group(1))
     yield {"url": url, "features": features, "banner": banner, "uploads": uploads}
     proc.terminate()
     proc.wait(20)

@@ -40,8 +40,8 @@ def _declared(reqs) -> set[str]:
 
 
 @pytest.mark.parametrize("folder, extras", [
-    ("clip_retrieval", ["ann", "web", "multilingual", "qdrant", "ray", "heic", "raw", "watch"]),
-    ("tests", ["ann", "web", "multilingual", "qdrant", "ray", "heic", "raw", "watch", "dev"]),
+    ("clip_retrieval", ["ann", "web", "multilingual", "qdrant", "ray", "heic", "raw", "watch", "ocr"]),
+    ("tests", ["ann", "web", "multilingual", "qdrant", "ray", "heic", "raw", "watch", "ocr", "dev"]),
     ("benchmarks", ["ann", "qdrant", "ray"]),
     ("scripts", ["dev"]),
 ])
