@@ -37,6 +37,16 @@ SOURCES = ("query", "normalisation", "rule", "dictionary")
 # an English rendering that starts with one of these follows the thing it places ("dog on the grass")
 PREPOSITIONS = ("on ", "in ", "at ", "by ", "under ", "near ", "inside ", "beside ", "behind ", "in front of ")
 LOCALISERS = "上里中内边"    # a place word ending in one already holds the connector's place sense
+# Words that carry the grammar of a request, not its content (issue 22 item 11): particles,
+# question forms and measure words. Read as connectors that English drops, unless the table
+# lists them itself; "有没有兔子" asks for a rabbit, it is not "have haven't rabbit".
+FUNCTION_WORDS = ("吗", "呢", "吧", "啊", "呀", "嘛", "哦", "有", "有没有", "有无", "是", "是不是", "是否", "哪里",
+                  "哪儿", "在哪", "在哪里", "在哪儿", "什么", "哪些", "哪个", "请", "找", "帮我找", "一些", "些",
+                  "几只", "两只", "一群", "群", "匹", "双", "棵", "朵", "座", "位", "能", "可以", "一下", "看看")
+MAX_COMPOUND = 6            # longest dictionary word looked for across segments (寻回犬, 金毛寻回犬)
+SCENE_TAGS = ("s", "ns", "f", "t")    # jieba's place, place name, direction and time tags
+TIME_SENSES = ("night", "midnight", "evening", "morning", "dawn", "dusk", "noon", "afternoon", "daytime", "nighttime")
+_ADJECTIVE = re.compile(r"(al|ic|ous|ern|ful|ive|ish|ary)$")
 _ARTICLE = re.compile(r"^(a|an|the) ")
 _A_BEFORE_VOWEL = re.compile(r"\ba (?=[aeiou])")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -126,6 +136,12 @@ class Expansion:
     @property
     def expansions(self) -> list[Phrase]:
         return self.phrases[1:]
+
+    @property
+    def pooled_expansions(self) -> list[Phrase]:
+        """What was pooled besides the query itself: the flat ``expansions`` list of ``--json`` (issue 22
+        item 15: a Traditional query's Simplified text is listed only when the model pooled it)."""
+        return [p for p in self.pooled[1:] if p is not self.phrases[0]]
 
     @property
     def pooled(self) -> list[Phrase]:
@@ -227,7 +243,9 @@ class RuleTable:
         for rule in rules:
             for term in [rule.key, *rule.aliases]:
                 self._lookup[_norm(term)] = rule
-        self._connector: dict[str, Connector] = {w: c for c in self.connectors for w in c.words}
+        self._connector: dict[str, Connector] = {w: Connector([w], "", 0) for w in FUNCTION_WORDS
+                                                 if _norm(w) not in self._lookup}
+        self._connector.update({w: c for c in self.connectors for w in c.words})
         self._segmenter = None
 
     def __len__(self) -> int:
@@ -246,13 +264,15 @@ class RuleTable:
         return any(term in norm for term in self._lookup)
 
     def segment(self, text: str) -> list[str]:
-        """jieba's words, with every key, alias and connecting word registered so it is never split."""
+        """jieba's words, with every key, alias and connecting word of two or more characters registered so it is
+        never split. A one-character term cannot be split, and registering it at a user word's frequency would
+        make it beat the ordinary words it is part of (绿地 is not 绿 + 地, 跑车 not 跑 + 车: issue 22 item 12)."""
         if self._segmenter is None:
             from .dictionary import load_dictionary
             from .segmentation import Segmenter
 
             self._segmenter = Segmenter(load_dictionary(),
-                                        [t for t in [*self.terms(), *self._connector] if " " not in t])
+                                        [t for t in [*self.terms(), *self._connector] if " " not in t and len(t) > 1])
         return self._segmenter.cut(text)
 
     def substitute(self, query: str, languages: frozenset[str] | set[str] = frozenset(LANGUAGES)) -> Expansion:
@@ -301,7 +321,7 @@ class RuleTable:
                 pieces.append(_Piece(word, "literal"))
             else:
                 pieces += self._dictionary_pieces(word, dictionary)
-        return pieces
+        return _whole_words(pieces, dictionary)
 
     def _dictionary_pieces(self, word: str, dictionary: Dictionary | None) -> list[_Piece]:
         """A word no rule covers: the dictionary's senses for it, or for its longest known parts."""
@@ -348,7 +368,7 @@ class RuleTable:
         if "zh" in languages:
             phrases += self._render_zh(pieces, languages)
         if "en" in languages:
-            phrases += self._render_en(pieces)
+            phrases += self._render_en(pieces, dictionary)
         untranslated = []
         if "zh" not in languages:
             untranslated = list(dict.fromkeys(
@@ -383,14 +403,19 @@ class RuleTable:
                 out.append(Phrase(text, "zh", weight, "+".join(r.rule.key for r in rules), "rule"))
         return out
 
-    def _render_en(self, pieces: list[_Piece]) -> list[Phrase]:
+    def _render_en(self, pieces: list[_Piece], dictionary: Dictionary | None = None) -> list[Phrase]:
         """Every term in English in the query's order, place phrases last ("golden retriever on the grass")."""
         options: dict[int, list[tuple[str, float, str]]] = {}
-        for p in pieces:
+        content = sum(p.kind in ("rule", "dictionary", "literal") for p in pieces)
+        for n, p in enumerate(pieces):
             if p.kind == "rule":
                 options[id(p)] = [(x.text, x.weight, "rule") for x in p.rule.expansions if x.lang == "en"]
             elif p.kind == "dictionary":
-                options[id(p)] = [(s, DICTIONARY_WEIGHT, "dictionary") for s in p.senses]
+                after = next((q for q in pieces[n + 1:] if q.kind != "other"), None)
+                wrapped = after is not None and after.kind == "connector" and "{}" in after.connector.en
+                scene = None if wrapped or content < 2 else _scene_senses(p, dictionary)
+                senses = scene or (_noun_senses(p.senses) if wrapped else p.senses)
+                options[id(p)] = [(s, DICTIONARY_WEIGHT, "dictionary") for s in senses]
             elif p.kind == "literal" and p.text not in ("a", "an", "the"):
                 options[id(p)] = [(p.text, self.original_weight, "rule")]
         options = {k: v for k, v in options.items() if v}
@@ -434,6 +459,54 @@ class RuleTable:
     def prompts(self, label: str, lang: str) -> list[str]:
         """The label dropped into each prompt template of ``lang`` (the label itself when none)."""
         return [t.format(label) for t in self.templates.get(lang, [])] or [label]
+
+
+def _whole_words(pieces: list[_Piece], dictionary: Dictionary | None) -> list[_Piece]:
+    """Adjacent pieces joined back into the longest word CC-CEDICT knows whole (issue 22 items 12, 13).
+
+    Segmentation and the part-by-part fallback cut 寻回犬 ("retriever") into 寻|回|犬 and leave a
+    one-character alias beside the rest of its word; a dictionary word longer than every table term
+    inside it is looked up whole. Connecting words and Latin text are never joined.
+    """
+    if dictionary is None:
+        return pieces
+    joinable = {"rule", "dictionary", "untranslated"}
+    out: list[_Piece] = []
+    i = 0
+    while i < len(pieces):
+        for j in range(len(pieces), i + 1, -1):
+            run = pieces[i:j]
+            text = "".join(p.text for p in run)
+            if len(text) > MAX_COMPOUND or not all(p.kind in joinable for p in run):
+                continue
+            longest_rule = max((len(p.text) for p in run if p.kind == "rule"), default=0)
+            if len(text) > longest_rule and (senses := dictionary.senses(text)):
+                out.append(_Piece(text, "dictionary", senses=senses))
+                i = j
+                break
+        else:
+            out.append(pieces[i])
+            i += 1
+    return out
+
+
+def _noun_senses(senses: list[str]) -> list[str]:
+    """The senses that read as nouns first ("seacoast" before "coastal"), all of them when none do."""
+    nouns = [s for s in senses if not _ADJECTIVE.search(s.split()[-1])]
+    return nouns + [s for s in senses if s not in nouns]
+
+
+def _scene_senses(piece: _Piece, dictionary: Dictionary | None) -> list[str] | None:
+    """A dictionary word in a scene slot, placed as the table places scenes ("at the seacoast", "at midnight");
+    None when the word names no place or time (可爱的狗 stays "cute dog")."""
+    times = [s for s in piece.senses if s.split()[-1] in TIME_SENSES]
+    if times:
+        return [s if s.startswith(PREPOSITIONS) else f"at {s}" for s in times]
+    tag = dictionary.tag(piece.text) if dictionary is not None else ""
+    if tag not in SCENE_TAGS:
+        return None
+    nouns = [s for s in piece.senses if not _ADJECTIVE.search(s.split()[-1])] or piece.senses
+    return [s if s.startswith(PREPOSITIONS) else f"at the {s}" for s in nouns]
 
 
 def _distinct(phrases: list[Phrase], languages: frozenset[str] | set[str] | None) -> list[Phrase]:
