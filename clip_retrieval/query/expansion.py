@@ -141,7 +141,7 @@ class Expansion:
     def pooled_expansions(self) -> list[Phrase]:
         """What was pooled besides the query itself: the flat ``expansions`` list of ``--json`` (issue 22
         item 15: a Traditional query's Simplified text is listed only when the model pooled it)."""
-        return [p for p in self.pooled[1:] if p is not self.phrases[0]]
+        return [p for p in self.pooled if p is not self.phrases[0]]
 
     @property
     def pooled(self) -> list[Phrase]:
