@@ -1,4 +1,4 @@
-"""The word data the expansion reads: jieba's word frequencies and CC-CEDICT's English senses.
+"""The word data the expansion reads: jieba's word frequencies and part-of-speech tags, CC-CEDICT's English senses.
 
 Owns one SQLite file in the user cache (``words-v<N>-<stamp>.sqlite``), built once from
 what two packages ship: ``jieba``'s dictionary (MIT; 349,045 words with frequencies, used
