@@ -217,7 +217,7 @@ def test_words_the_dictionary_knows_whole_are_looked_up_whole(table, cedict):
 
 @pytest.mark.parametrize("query, english", [
     ("海岸的金色狗", "golden dog at the seacoast"),   # 海岸: "coastal; seacoast", the noun in a scene slot
-    ("半夜的猪", "piglet at midnight"),
+    ("半夜的猪", "hog at midnight"),
     ("可爱的狗", "adorable dog"),                     # not a place or a time: not placed as a scene
 ])
 def test_dictionary_scene_words_are_placed_as_scenes_with_noun_senses(table, cedict, query, english):
