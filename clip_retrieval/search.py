@@ -111,7 +111,7 @@ class SearchResult:
         """The ``--json`` object: query, expansions (flat, and grouped by language with sources), model, results."""
         out = {
             "query": self.query,
-            "expansions": [p.text for p in self.expansions],
+            "expansions": [p.text for p in (self.expansion.pooled_expansions if self.expansion else self.expansions)],
             "model": self.model,
             "results": [{"rank": h.rank, "score": round(h.score, 6), "image_path": h.image_path,
                          "caption": h.caption, **_relevance_json(h)} for h in self.results],

@@ -35,17 +35,31 @@ SUBJECT_PARAPHRASES = {
     "red_car": ["红车", "红色轿车"],
 }
 SCENE_PARAPHRASES = {"grass": "草坪上", "snow": "雪景里", "beach": "沙滩上", "night": "晚上"}
+# The everyday words for the demo's own subjects (issue 21 item 16): a first search for 猫 must
+# find the cats, whichever colour; each word's relevant pictures are every subject it names.
+EVERYDAY_WORDS = {
+    "猫": ("grey_cat", "orange_cat", "black_cat"), "猫咪": ("grey_cat", "orange_cat", "black_cat"),
+    "小猫": ("grey_cat", "orange_cat", "black_cat"), "狗": ("golden_retriever", "husky"),
+    "狗狗": ("golden_retriever", "husky"), "小狗": ("golden_retriever", "husky"), "猪": ("piglet",),
+    "兔": ("rabbit",), "小兔": ("rabbit",), "车": ("red_car",), "汽车": ("red_car",), "小汽车": ("red_car",),
+}
 
 
 def benchmark_queries(collection_csv: str | Path) -> dict[str, list[tuple[str, str]]]:
-    """``{"canonical": [(query, image_path)], "paraphrased": [...]}`` over a generated collection.
+    """``{"canonical": [(query, image_path)], "paraphrased": [...], "everyday": [...]}`` over a generated collection.
 
     Each subject alone, and each scene + subject pair, is a query; its relevant images are
-    those showing it.
+    those showing it. everyday: the plain words for the subjects (``EVERYDAY_WORDS``), alone and
+    with each scene ("草地上的猫").
     """
     with open(collection_csv, encoding="utf-8") as fh:
         images = sorted({row["image_path"] for row in csv.DictReader(fh)})
-    sets: dict[str, list[tuple[str, str]]] = {"canonical": [], "paraphrased": []}
+    sets: dict[str, list[tuple[str, str]]] = {"canonical": [], "paraphrased": [], "everyday": []}
+    for word, subjects in EVERYDAY_WORDS.items():
+        mine = [p for p in images if Path(p).name.startswith(tuple(s + "_" for s in subjects))]
+        sets["everyday"] += [(word, p) for p in mine]
+        for scene in SCENES:
+            sets["everyday"] += [(f"{scene.zh}的{word}", p) for p in mine if f"_{scene.key}_" in Path(p).name]
     for subject in SUBJECTS:
         mine = [p for p in images if Path(p).name.startswith(subject.key + "_")]
         sets["canonical"] += [(subject.zh, p) for p in mine]
@@ -72,14 +86,26 @@ COLOUR_SPLIT = {
 }
 DICTIONARY_SUBJECTS = {"兔": ("rabbit",), "猪": ("piglet",), "犬": ("golden_retriever", "husky")}
 DICTIONARY_SCENES = {"grass": "草上", "snow": "雪上", "beach": "海旁"}
+# Questions a person types (issue 22 item 11): particles, 有没有 / 是不是 / 吗 and measure words
+# around the subject and scene, never content to render.
+QUESTION_FORMS = ("{scene}有没有{subject}", "{scene}有{subject}吗", "是不是{scene}的{subject}",
+                  "有没有{scene}的一只{subject}", "{scene}的{subject}在哪里")
+# Words the table does not hold but CC-CEDICT does, whole (item 13: 寻回犬 is one word, "retriever"),
+# and ordinary words a one-character alias would split (item 12: 绿地 is not 绿 + 地, 跑车 not 跑 + 车).
+COMPOUND_SUBJECTS = {"golden_retriever": ("寻回犬", "金色寻回犬"), "red_car": ("跑车", "红色跑车")}
+# Scene words only the dictionary knows (items 12, 14), placed as scenes: 海岸 "at the coast", not "coastal".
+COMPOUND_SCENES = {"grass": ("绿地上",), "snow": ("白雪中",), "beach": ("海岸", "海岸边"), "night": ("半夜", "深夜里")}
 
 
 def language_benchmark_queries(collection_csv: str | Path) -> dict[str, list[tuple[str, str]]]:
-    """``{"single", "multi", "traditional", "dictionary": [(query, image_path)]}`` over a generated collection.
+    """``{"single", "multi", "traditional", "dictionary", "question", "compound", "dictionary_scene":
+    [(query, image_path)]}`` over a generated collection.
 
     single: one table term (each subject's key and Chinese paraphrases); multi: scene + subject
     and scene + colour + thing; traditional: the single queries in Taiwan Traditional; dictionary:
-    scene + subject in words only CC-CEDICT knows ("草上的兔").
+    scene + subject in words only CC-CEDICT knows ("草上的兔"); question: scene + subject asked
+    five ways (``QUESTION_FORMS``); compound: subjects CC-CEDICT knows as one word, alone and in a
+    scene ("雪地里的跑车"); dictionary_scene: scene words only the dictionary knows ("半夜的小猪").
     """
     import opencc
 
@@ -90,7 +116,8 @@ def language_benchmark_queries(collection_csv: str | Path) -> dict[str, list[tup
         prefix = f"{subject}_{scene}_" if scene else f"{subject}_"
         return [p for p in images if Path(p).name.startswith(prefix)]
 
-    sets: dict[str, list[tuple[str, str]]] = {"single": [], "multi": [], "traditional": [], "dictionary": []}
+    sets: dict[str, list[tuple[str, str]]] = {"single": [], "multi": [], "traditional": [], "dictionary": [],
+                                              "question": [], "compound": [], "dictionary_scene": []}
     for subject in SUBJECTS:
         names = [subject.zh] + [p for p in SUBJECT_PARAPHRASES[subject.key] if not p.isascii()]
         sets["single"] += [(name, p) for name in names for p in showing(subject.key)]
@@ -100,6 +127,14 @@ def language_benchmark_queries(collection_csv: str | Path) -> dict[str, list[tup
             if subject.key in COLOUR_SPLIT:
                 colour, thing = COLOUR_SPLIT[subject.key]
                 sets["multi"] += [(f"{scene.zh}的{colour}{thing}", p) for p in pair]
+            thing = "".join(COLOUR_SPLIT.get(subject.key, (subject.zh,)))
+            sets["question"] += [(form.format(scene=scene.zh, subject=name), p)
+                                 for form, name in zip(QUESTION_FORMS, [subject.zh, thing] * 3) for p in pair]
+            sets["dictionary_scene"] += [(f"{place}的{subject.zh}", p) for place in COMPOUND_SCENES[scene.key]
+                                         for p in pair]
+            sets["compound"] += [(f"{scene.zh}的{word}", p) for word in COMPOUND_SUBJECTS.get(subject.key, ())
+                                 for p in pair]
+        sets["compound"] += [(word, p) for word in COMPOUND_SUBJECTS.get(subject.key, ()) for p in showing(subject.key)]
     to_traditional = opencc.OpenCC("s2twp")
     sets["traditional"] = [(to_traditional.convert(q), p) for q, p in sets["single"]]
     for word, subjects in DICTIONARY_SUBJECTS.items():

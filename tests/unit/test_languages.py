@@ -186,3 +186,51 @@ def test_cli_groups_expansions_by_language_and_source(tiny_features, tmp_path, c
     assert any(e["source"] == "dictionary" for e in records[0]["expansions"])
     block = (tmp_path / "search_log.txt").read_text(encoding="utf-8")
     assert "[词典 dictionary]" in block and "normalised / 规范化: 黄金猎犬" in block
+
+
+# issue 22 items 11-15: Chinese phrasings rendered as a person would translate them
+@pytest.mark.parametrize("query, english", [
+    ("夜里有没有兔子", "rabbit at night"),
+    ("草地上有猫吗", "cat on the grass"),
+    ("是不是海边的一只小猪", "piglet at the beach"),
+    ("雪地里的黑猫在哪里", "black cat in the snow"),
+])
+def test_particles_question_forms_and_measure_words_are_not_rendered(table, cedict, query, english):
+    exp = table.expand(query, languages={"en"}, dictionary=cedict)
+    english_texts = [p.text for p in exp.pooled if p.lang == "en"]
+    assert english_texts[0] == english
+    words = {w for t in english_texts for w in t.split()}
+    assert not words & {"have", "haven't", "hasn't", "there", "is", "where", "whether"}
+
+
+@pytest.mark.parametrize("query, word", [("绿地上的小猪", "绿地"), ("雪里的跑车", "跑车"), ("白雪中的黑猫", "白雪")])
+def test_a_one_character_alias_does_not_split_the_word_it_is_part_of(table, query, word):
+    assert word in table.segment(query)
+
+
+def test_words_the_dictionary_knows_whole_are_looked_up_whole(table, cedict):
+    exp = table.expand("寻回犬", languages={"en"}, dictionary=cedict)
+    assert [p.text for p in exp.pooled if p.lang == "en"] == ["retriever"]
+    # a table term the dictionary word does not cover stays the table's ("金毛" is a rule)
+    assert table.expand("金毛寻回犬", languages={"en"}, dictionary=cedict).matched == ["金毛"]
+
+
+@pytest.mark.parametrize("query, english", [
+    ("海岸的金色狗", "golden dog at the seacoast"),   # 海岸: "coastal; seacoast", the noun in a scene slot
+    ("半夜的猪", "hog at midnight"),
+    ("可爱的狗", "adorable dog"),                     # not a place or a time: not placed as a scene
+])
+def test_dictionary_scene_words_are_placed_as_scenes_with_noun_senses(table, cedict, query, english):
+    exp = table.expand(query, languages={"en"}, dictionary=cedict)
+    assert [p.text for p in exp.pooled if p.lang == "en"][0] == english
+
+
+def test_json_expansions_list_only_what_was_pooled(table):
+    from clip_retrieval.search import SearchResult
+
+    exp = table.expand("黃金獵犬", languages=frozenset({"en"}))       # an English-only model
+    out = SearchResult(query="黃金獵犬", expansions=exp.expansions, results=[], model="m", k=5, expand=True,
+                       expansion=exp).to_json()
+    assert out["expansions"] == ["golden retriever", "a golden retriever dog"]
+    assert out["expansions_by_language"]["zh"][1] == {"text": "黄金猎犬", "source": "normalisation", "weight": 1.0,
+                                                      "pooled": False}

@@ -38,17 +38,21 @@ def test_exact_topk_matches_full_sort_with_stable_ties():
 
 def test_search_ranks_by_the_pooled_query_vector(tiny_features, tiny_open_clip):
     searcher = api.open_searcher(tiny_features, rules=ROOT / "rules" / "expansions.yaml", device="cpu")
-    result = searcher.search_text("草地上的金毛", k=4)
-    texts = ["草地上的金毛"] + [p.text for p in result.expansions]
-    assert len(texts) > 3
-    enc = searcher.encoder
-    want = pool(enc.encode_texts(texts), [1.0] * len(texts))
+    result = searcher.search_text("海岸的金毛", k=4)      # rule phrasings at 1, dictionary ones at 0.5
+    phrases = result.expansion.pooled
+    assert len(phrases) > 3 and phrases[0].text == "海岸的金毛" and len({p.weight for p in phrases}) > 1
+    # the expected vector by hand, not through the pooling under test: weighted sum of the encoder's
+    # unit vectors, each phrase at its own weight, scaled back to unit length
+    vectors = np.asarray(searcher.encoder.encode_texts([p.text for p in phrases]), dtype=np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    summed = sum(p.weight * v for p, v in zip(phrases, vectors))
+    want = summed / np.linalg.norm(summed)
     scores = searcher.store.image_features @ want
     order = np.argsort(-scores, kind="stable")[:4].tolist()
     assert [h.index for h in result.results] == order
     assert [h.rank for h in result.results] == [1, 2, 3, 4]
     assert np.allclose([h.score for h in result.results], scores[order], atol=1e-5)
-    no_exp = searcher.search_text("草地上的金毛", k=4, expand=False)
+    no_exp = searcher.search_text("海岸的金毛", k=4, expand=False)
     assert no_exp.expansions == [] and [h.score for h in no_exp.results] != [h.score for h in result.results]
 
 
@@ -125,3 +129,19 @@ def test_phrase_weights_from_the_rules_file_shape_the_pooled_vector(tiny_feature
     scores = searcher.store.image_features @ weighted
     assert [h.index for h in result.results] == np.argsort(-scores, kind="stable")[:8].tolist()
     assert np.allclose([h.score for h in result.results], scores[[h.index for h in result.results]], atol=1e-5)
+
+
+@pytest.mark.parametrize("share", [0.2, 0.8])
+def test_image_plus_text_gives_the_text_its_share(tiny_features, small_collection, share):
+    """The fused vector is (1 - share) x image + share x text, renormalised: an unequal share catches a swap."""
+    searcher = api.open_searcher(tiny_features, rules=ROOT / "rules" / "expansions.yaml", device="cpu")
+    picture = sorted((small_collection.parent / "images").glob("*.png"))[0]
+    result = searcher.search_image(picture, k=3, text="海边的小猪", text_weight=share)
+    image, _ = searcher.image_vector(picture)
+    text = searcher.query_vector(result.expansion)
+    image, text = (np.asarray(v, dtype=np.float64) / np.linalg.norm(v) for v in (image, text))
+    mixed = (1 - share) * image + share * text
+    mixed /= np.linalg.norm(mixed)
+    scores = searcher.store.image_features @ mixed
+    assert np.allclose([h.score for h in result.results], [scores[h.index] for h in result.results], atol=1e-5)
+    assert result.text_weight == share and result.mode == "image+text"

@@ -33,11 +33,12 @@ def table():
 
 @pytest.fixture(scope="module")
 def reference(table):
-    """jieba as the expansion used it before: its full dictionary plus the table's words."""
+    """jieba as the expansion used it before: its full dictionary plus the table's words of two or more
+    characters (a one-character term is not registered: it would split 绿地 into 绿 + 地)."""
     jieba.setLogLevel(logging.WARNING)
     tokenizer = jieba.Tokenizer()
     for term in [*table.terms(), *table._connector]:
-        if " " not in term:
+        if " " not in term and len(term) > 1:
             tokenizer.add_word(term, freq=USER_WORD_FREQ)
     return tokenizer
 
