@@ -356,7 +356,7 @@ def test_vit_b32_architecture_exports_equal_to_torch(tmp_path):
 
 # ---------------------------------------------------------------- Chinese-CLIP on ONNX Runtime
 
-CN_TEXTS = ["金毛", "窗边的台灯", "桌上的咖啡杯 Hello, World!", "café " * 40, "x", ""]
+CN_TEXTS = ["金毛", "窗边的台灯", "桌上的咖啡杯 Hello, World!", "café " * 40, "一只金毛在草地上奔跑" * 8, "x", ""]
 
 
 def test_bert_tokenizer_gives_cn_clips_ids_without_torch():
