@@ -30,7 +30,9 @@ on the torch runtime it used before.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -44,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = "ViT-B-32"
 RCLIP_MODEL_SUBDIR = "ViT-B-32-256-datacomp_s34b_b86k"   # where rclip 3.x and 4.x look for their ONNX files
@@ -303,6 +306,14 @@ class Rclip:
         cmd = [self.python, "-c", RCLIP_SHIM, str(self.image_size), "--no-indexing", "-f", "-t", "10", text]
         return run_measured(cmd, photos, self._env(state))
 
+    def vectors(self, state: Path) -> tuple[list[str], np.ndarray]:
+        """The image paths and vectors in its database (float32 blobs in SQLite)."""
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(state / "db.sqlite3")) as db:
+            rows = db.execute("SELECT filepath, vector FROM images WHERE deleted IS NOT 1").fetchall()
+        return [r[0] for r in rows], np.stack([np.frombuffer(r[1], np.float32) for r in rows])
+
 
 class ClipRetrieval:
     """``clip-retrieval inference`` over a folder of images, text off (the folder has no captions). It has no
@@ -507,9 +518,9 @@ def run(sizes: dict, work: Path, pythons: dict, progress) -> dict:
                         f"{tool}_index_{size}_cpu_s_per_image": m["cpu_s"] / count,
                         f"{tool}_index_{size}_images_per_s_excl_load":
                             count / max(m["wall_s"] - res.get(f"{tool}_fixed_s", 0), 1e-9)})
-    if "clip_retrieval" in peers and "clip_retrieval_index_small_s" in res:
-        res["clip_retrieval_cosine_to_ours"] = _same_vectors(peers["clip_retrieval"].tool, work / "clip_retrieval_small_0",
-                                                             work / "out_small")
+    for name, peer in peers.items():        # the same weights: the same vectors for the same photos
+        if f"{name}_index_small_s" in res:
+            res[f"{name}_cosine_to_ours"] = _same_vectors(peer.tool, work / f"{name}_small_0", work / "out_small")
 
     progress("one-shot queries in fresh processes")
     for key, text in (("table", QUERY_IN_TABLE), ("other", QUERY_OTHER)):
@@ -571,13 +582,14 @@ def run(sizes: dict, work: Path, pythons: dict, progress) -> dict:
     return res
 
 
-def _same_vectors(tool: ClipRetrieval, state: Path, ours_out: Path) -> float | None:
-    """The lowest cosine between clip-retrieval's vector and ours for the same photo (the weights are the same)."""
+def _same_vectors(tool, state: Path, ours_out: Path) -> float | None:
+    """The lowest cosine between a peer's vector and ours for the same photo (the weights are the same)."""
     from clip_retrieval.features import store
 
     try:
         paths, theirs = tool.vectors(state)
-    except (RuntimeError, OSError, ValueError):
+    except (RuntimeError, OSError, ValueError, ImportError) as exc:
+        log.warning("cannot read %s's vectors: %s", type(tool).__name__, exc)
         return None
     feats = store.load(ours_out, with_text=False)
     mine = {Path(e["path"]).name: v for e, v in zip(feats.manifest.images, np.asarray(feats.image_features))}
@@ -672,9 +684,10 @@ def print_table(res: dict, sizes: dict) -> None:
         else:
             for fig, why in peer.get("not_measured", {}).items():
                 print(f"{PEER_LABEL[n]} {peer['version']}: {fig} not measured: {why}")
-    if res.get("clip_retrieval_cosine_to_ours") is not None:
-        print(f"same weights: lowest cosine between clip-retrieval's image vector and ours, same photo: "
-              f"{res['clip_retrieval_cosine_to_ours']:.6f}")
+    for n in ran:
+        if res.get(f"{n}_cosine_to_ours") is not None:
+            print(f"same weights: lowest cosine between {PEER_LABEL[n]}'s image vector and ours, same photo: "
+                  f"{res[f'{n}_cosine_to_ours']:.6f}")
     print(f"best peer per figure: {', '.join(f'{k} {PEER_LABEL.get(v, v)}' for k, v in res['best_peer'].items() if v)}")
     print(f"our first use of the model (ONNX export + rules table, once per weights): {res['ours_first_use_s']:.1f} s")
     print(f"fixed cost of one run (one photo): ours {res['ours_fixed_s']:.2f} s"
