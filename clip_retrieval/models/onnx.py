@@ -6,8 +6,10 @@ each a small graph with its weights in one file beside it (``<tower>.data``,
 ``<tower>.opt.data``), the tokenizer vocabulary and ``card.json`` with what the model needs
 at run time), and ``OnnxEncoder``, which speaks the ``Encoder`` interface in
 numpy and opens each tower's session only when it is first used, so indexing loads only
-the image tower and a query only the text tower. Export needs torch and open_clip; using
-the files needs neither.
+the image tower and a query only the text tower. Two families export: open_clip's CLIP
+and Chinese-CLIP (``cn_clip``: a ViT or ModifiedResNet image tower, a RoBERTa-style BERT text
+tower read at its [CLS] token, cn_clip's WordPiece vocabulary, a squashing resize). Export
+needs torch and the family's package; using the files needs neither torch nor open_clip.
 
 Weights sit outside the graph so that ONNX Runtime memory-maps them instead of copying
 them onto the heap: a query touches only the rows of the token-embedding table it gathers
@@ -32,7 +34,7 @@ import numpy as np
 
 from ..core.cpus import usable_cpus
 from ..core.files import read_json_map, remember_in_json_map
-from .tokenizer import ClipTokenizer, trim_padding
+from .tokenizer import BertTokenizer, ClipTokenizer, trim_padding
 from .transform import FILTERS, ImageTransform
 
 if TYPE_CHECKING:
@@ -69,14 +71,24 @@ def read_card(fingerprint: str) -> dict | None:
     return card
 
 
+def _is_cn_clip(model) -> bool:
+    try:
+        from cn_clip.clip.model import CLIP as CnClip
+    except ImportError:
+        return False
+    return isinstance(model, CnClip)
+
+
 def unsupported_reason(encoder: "TorchEncoder") -> str | None:
     """Why this torch encoder cannot run on the ONNX path (None when it can)."""
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer, _clean_lower
 
     model, tokenizer = encoder.model, encoder._tokenize
+    if _is_cn_clip(model):
+        return _cn_clip_unsupported_reason(model)
     if not isinstance(model, CLIP):
-        return f"{type(model).__name__} is not an open_clip CLIP model"
+        return f"{type(model).__name__} is not an open_clip CLIP model nor a Chinese-CLIP model"
     if not _trimmable(model):
         return "the text tower is not a causal open_clip transformer pooled at the end token"
     if not isinstance(tokenizer, SimpleTokenizer) or tokenizer.clean_fn is not _clean_lower or tokenizer.reduction_fn:
@@ -87,7 +99,24 @@ def unsupported_reason(encoder: "TorchEncoder") -> str | None:
     return None
 
 
+def _cn_clip_unsupported_reason(model) -> str | None:
+    """Chinese-CLIP runs on ONNX Runtime with its standard towers (flash attention is a CUDA kernel)."""
+    from cn_clip.clip.model import ModifiedResNet, VisualTransformer
+
+    if not isinstance(model.visual, (VisualTransformer, ModifiedResNet)):
+        return f"the image tower {type(model.visual).__name__} is not Chinese-CLIP's ViT or ModifiedResNet"
+    if any(getattr(block, "use_flash_attention", False) for block in model.modules()):
+        return "the model was built with flash attention"
+    return None
+
+
+CN_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # cn_clip.clip.utils.image_transform's Normalize
+CN_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 def _transform_of(encoder: "TorchEncoder") -> ImageTransform:
+    if _is_cn_clip(encoder.model):
+        return ImageTransform(encoder.image_size, CN_CLIP_MEAN, CN_CLIP_STD, "bicubic", resize="squash")
     from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     cfg = getattr(encoder.model.visual, "preprocess_cfg", {}) or {}
@@ -172,6 +201,30 @@ def _text_module(model):
     return Text().eval()
 
 
+def _cn_clip_modules(model):
+    """Chinese-CLIP's two towers as export modules: ``encode_image``, and ``encode_text`` over tokens of any
+    width (its attention mask comes from the padding, so trimmed padding gives the same vectors)."""
+    import torch
+
+    class Visual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.clip = model
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            return self.clip.encode_image(pixels)
+
+    class Text(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.clip = model
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.clip.encode_text(tokens)
+
+    return Visual().eval(), Text().eval()
+
+
 def _save_tower(module, example, staging: Path, tower: str, input_name: str, dynamic: dict) -> None:
     """Export one tower as ``<tower>.onnx`` + ``<tower>.data``, then let ORT write its optimised copy.
 
@@ -224,21 +277,38 @@ def export(encoder: "TorchEncoder") -> Path:
     final = card_dir(encoder.fingerprint)
     model = encoder.model.float().eval().to("cpu")
     size = encoder.image_size
+    cn_clip = _is_cn_clip(model)
 
     def fill(staging: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with _plain_attention(getattr(model.visual, "transformer", None)):
-                _save_tower(model.visual, torch.zeros(2, 3, size, size), staging, "visual", "pixels", {0: "batch"})
             tokens = torch.zeros(2, 8, dtype=torch.long)
-            tokens[:, 0], tokens[:, 3] = 49406, 49407
-            with _plain_attention(model.transformer):
-                _save_tower(_text_module(model), tokens, staging, "text", "tokens", {0: "batch", 1: "width"})
-        shutil.copy2(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", staging / "vocab.txt.gz")
+            if cn_clip:
+                import cn_clip as cn_clip_package
+
+                visual, text = _cn_clip_modules(model)
+                _save_tower(visual, torch.zeros(2, 3, size, size), staging, "visual", "pixels", {0: "batch"})
+                tokens[:, 0], tokens[0, 1:3], tokens[1, 1:6], tokens[0, 3], tokens[1, 6] = 101, 5000, 6000, 102, 102
+                _save_tower(text, tokens, staging, "text", "tokens", {0: "batch", 1: "width"})
+                vocab = Path(cn_clip_package.__file__).parent / "clip" / "vocab.txt"
+                tokenizer = {"kind": "bert", "vocab": "vocab.txt"}
+                versions = {"cn_clip": _version("cn_clip")}
+            else:
+                with _plain_attention(getattr(model.visual, "transformer", None)):
+                    _save_tower(model.visual, torch.zeros(2, 3, size, size), staging, "visual", "pixels",
+                                {0: "batch"})
+                tokens[:, 0], tokens[:, 3] = 49406, 49407
+                with _plain_attention(model.transformer):
+                    _save_tower(_text_module(model), tokens, staging, "text", "tokens", {0: "batch", 1: "width"})
+                vocab = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+                tokenizer = {"kind": "clip", "vocab": "vocab.txt.gz"}
+                versions = {"open_clip": open_clip.__version__}
+        shutil.copy2(vocab, staging / tokenizer["vocab"])
         card = {"version": CARD_VERSION, "name": encoder.name, "fingerprint": encoder.fingerprint,
                 "dim": encoder.dim, "languages": sorted(encoder.languages), "logit_scale": encoder.logit_scale,
                 "context_length": encoder.context_length, "transform": _transform_of(encoder).to_json(),
-                "exported_with": {"torch": torch.__version__, "open_clip": open_clip.__version__, "opset": OPSET,
+                "tokenizer": tokenizer,
+                "exported_with": {"torch": torch.__version__, **versions, "opset": OPSET,
                                   "onnxruntime": ort.__version__}}   # the one that wrote *.opt.onnx
         (staging / CARD_FILE).write_text(json.dumps(card, indent=1), encoding="utf-8")
 
@@ -246,6 +316,15 @@ def export(encoder: "TorchEncoder") -> Path:
     model.to(encoder.device)
     log.info("exported %s to %s", encoder.name, final)
     return final
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _options():
@@ -313,13 +392,15 @@ class OnnxEncoder:
         self.logit_scale = float(card["logit_scale"])
         self.context_length = int(card["context_length"])
         t = card["transform"]
-        self.preprocess = ImageTransform(int(t["size"]), tuple(t["mean"]), tuple(t["std"]), t["interpolation"])
+        self.preprocess = ImageTransform(int(t["size"]), tuple(t["mean"]), tuple(t["std"]), t["interpolation"],
+                                         t.get("resize", "shortest"))
+        self._tokenizer_card = card.get("tokenizer") or {"kind": "clip", "vocab": "vocab.txt.gz"}
         self.image_size = self.preprocess.size
         self.device = CpuDevice()
         self._sessions: dict = {}
         self._pending: dict = {}
         self._opening = {tower: threading.Lock() for tower in TOWERS}   # the web page's threads share one encoder
-        self._tokenizer: ClipTokenizer | None = None
+        self._tokenizer: ClipTokenizer | BertTokenizer | None = None
 
     @property
     def id(self) -> str:
@@ -360,7 +441,8 @@ class OnnxEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         if self._tokenizer is None:
-            self._tokenizer = ClipTokenizer(self.folder / "vocab.txt.gz", self.context_length)
+            kind = BertTokenizer if self._tokenizer_card["kind"] == "bert" else ClipTokenizer
+            self._tokenizer = kind(self.folder / self._tokenizer_card["vocab"], self.context_length)
         return self._tokenizer(list(texts))
 
     def encode_images(self, pixels) -> np.ndarray:

@@ -1,14 +1,17 @@
-"""open_clip's CLIP byte-pair tokenizer in plain Python and numpy (no torch).
+"""The tokenizers of the ONNX text towers in plain Python and numpy (no torch).
 
-Gives the same token ids as ``open_clip.tokenizer.SimpleTokenizer`` with its default
-``lower`` cleaning and truncation (a test compares them on the rules table), so the
-ONNX text tower can be fed without importing open_clip (4 s) or torch.
+``ClipTokenizer``: open_clip's CLIP byte-pair tokenizer, the same token ids as
+``open_clip.tokenizer.SimpleTokenizer`` with its default ``lower`` cleaning and truncation
+(a test compares them on the rules table), so the ONNX text tower can be fed without
+importing open_clip (4 s) or torch. ``BertTokenizer``: Chinese-CLIP's WordPiece tokenizer,
+cn_clip's own code run without importing the ``cn_clip.clip`` package (which imports torch).
 """
 
 from __future__ import annotations
 
 import gzip
 import html
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
@@ -98,6 +101,36 @@ class ClipTokenizer:
             out[row, :len(ids)] = ids
         return out
 
+
+class BertTokenizer:
+    """Texts to ``int64[N, context_length]`` ids as ``cn_clip.clip.tokenize`` gives them: [CLS] text [SEP], 0-padded."""
+
+    def __init__(self, vocab_path: str | Path, context_length: int = 52):
+        self.tokenizer = _cn_clip_bert_module().FullTokenizer(vocab_file=str(vocab_path))
+        self.cls, self.sep = self.tokenizer.vocab["[CLS]"], self.tokenizer.vocab["[SEP]"]
+        self.context_length = context_length
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.context_length), dtype=np.int64)
+        for row, text in enumerate(texts):
+            ids = self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(text))[:self.context_length - 2]
+            ids = [self.cls, *ids, self.sep]
+            out[row, :len(ids)] = ids
+        return out
+
+
+@lru_cache()
+def _cn_clip_bert_module():
+    """cn_clip's ``bert_tokenizer`` module, loaded from its file (it needs only the standard library and six):
+    ``import cn_clip.clip.bert_tokenizer`` would run ``cn_clip.clip/__init__``, which imports torch."""
+    spec = importlib.util.find_spec("cn_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("No module named 'cn_clip'", name="cn_clip")   # a dependency of clipsou itself
+    path = Path(list(spec.submodule_search_locations)[0]) / "clip" / "bert_tokenizer.py"
+    module_spec = importlib.util.spec_from_file_location("clip_retrieval_cn_clip_bert_tokenizer", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def trim_padding(tokens: ArrayLike, pad_id: int = 0) -> ArrayLike:

@@ -1,8 +1,9 @@
-"""open_clip's inference image transform in PIL and numpy (no torchvision).
+"""open_clip's and Chinese-CLIP's inference image transforms in PIL and numpy (no torchvision).
 
 Resize the shortest side with PIL's bicubic filter (what torchvision does to a PIL
 image), centre-crop, scale to [0, 1], normalise: the same pixels as open_clip's
-``Resize -> CenterCrop -> ToTensor -> Normalize`` (a test compares them).
+``Resize -> CenterCrop -> ToTensor -> Normalize`` (a test compares them). Chinese-CLIP's
+``Resize((size, size))`` squashes the whole picture to a square instead (``resize="squash"``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,14 @@ class ImageTransform:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    resize: str = "shortest"     # or "squash": both sides to ``size`` (Chinese-CLIP), nothing cropped
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         """An RGB picture to ``float32[3, size, size]``."""
+        if self.resize == "squash":
+            if img.size != (self.size, self.size):
+                img = img.resize((self.size, self.size), FILTERS[self.interpolation])
+            return self._normalise(img)
         width, height = img.size
         short, long = (width, height) if width <= height else (height, width)
         if short != self.size:
@@ -32,7 +38,9 @@ class ImageTransform:
             img = img.resize(new, FILTERS[self.interpolation])
         width, height = img.size
         top, left = int(round((height - self.size) / 2.0)), int(round((width - self.size) / 2.0))
-        img = img.crop((left, top, left + self.size, top + self.size))
+        return self._normalise(img.crop((left, top, left + self.size, top + self.size)))
+
+    def _normalise(self, img: Image.Image) -> np.ndarray:
         rgb = np.asarray(img.convert("RGB"))
         std = np.asarray(self.std, np.float32)
         scale, shift = np.float32(1 / 255) / std, np.asarray(self.mean, np.float32) / std
@@ -43,4 +51,5 @@ class ImageTransform:
         return out
 
     def to_json(self) -> dict:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation,
+                "resize": self.resize}

@@ -352,3 +352,95 @@ def test_vit_b32_architecture_exports_equal_to_torch(tmp_path):
     assert _cosines(lean.encode_texts(texts), enc.encode_texts(texts)).min() > 1 - 1e-4
     pixels = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     assert _cosines(lean.encode_images(pixels.numpy()), enc.encode_images(pixels)).min() > 1 - 1e-4
+
+
+# ---------------------------------------------------------------- Chinese-CLIP on ONNX Runtime
+
+CN_TEXTS = ["金毛", "窗边的台灯", "桌上的咖啡杯 Hello, World!", "café " * 40, "一只金毛在草地上奔跑" * 8, "x", ""]
+
+
+def test_bert_tokenizer_gives_cn_clips_ids_without_torch():
+    """cn_clip's WordPiece ids (rules table, mixed scripts, truncation at 52) from a process that never imports torch."""
+    probe = ("import sys, json, os, importlib.util; from clip_retrieval.models.tokenizer import BertTokenizer; "
+             "vocab = os.path.join(importlib.util.find_spec('cn_clip').submodule_search_locations[0], 'clip', 'vocab.txt'); "
+             "ids = BertTokenizer(vocab)(json.loads(sys.stdin.read())).tolist(); "
+             "print(json.dumps({'ids': ids, 'torch': 'torch' in sys.modules}))")
+    from cn_clip.clip import tokenize
+
+    texts = _rule_texts() + CN_TEXTS
+    done = subprocess.run([sys.executable, "-c", probe], input=json.dumps(texts), capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["torch"] is False
+    assert np.array_equal(np.asarray(got["ids"]), tokenize(texts).numpy())
+
+
+def test_squash_transform_gives_cn_clips_pixels():
+    from cn_clip.clip import image_transform
+
+    reference = image_transform(224)
+    ours = ImageTransform(224, onnx.CN_CLIP_MEAN, onnx.CN_CLIP_STD, resize="squash")
+    rng = np.random.default_rng(0)
+    for width, height in [(640, 480), (480, 640), (224, 224), (100, 50)]:
+        img = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        assert np.abs(ours(img) - reference(img).numpy()).max() < 1e-5
+
+
+def test_cn_clip_runs_on_onnx_equal_to_torch(tiny_cn_clip):
+    enc = load_encoder("cn_clip:tiny", str(tiny_cn_clip), "cpu")
+    lean = open_encoder("cn_clip:tiny", str(tiny_cn_clip), "cpu")
+    assert isinstance(lean, onnx.OnnxEncoder) and lean.fingerprint == enc.fingerprint and lean.dim == enc.dim
+    assert lean.context_length == 52 and lean.languages == frozenset({"zh"})
+    texts = _rule_texts() + CN_TEXTS
+    assert _cosines(lean.encode_texts(texts), enc.encode_texts(texts)).min() > 1 - 1e-4
+    pixels = torch.randn(3, 3, enc.image_size, enc.image_size, generator=torch.Generator().manual_seed(0))
+    assert _cosines(lean.encode_images(pixels.numpy()), enc.encode_images(pixels)).min() > 1 - 1e-4
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    assert np.abs(lean.preprocess(img) - enc.preprocess(img).numpy()).max() < 1e-5
+
+
+def test_cn_clip_search_imports_no_torch_and_matches_the_torch_path(tiny_cn_clip, small_collection, tmp_path):
+    """Features made with Chinese-CLIP, then a fresh process searches (cached and encoded phrases) without torch."""
+    out = tmp_path / "features"
+    api.extract_features(csv=small_collection, model="cn_clip:tiny", checkpoint=str(tiny_cn_clip), out=out,
+                         num_workers=0, device="cpu", quiet=True, rules=RULES)
+    probe = ("import sys, json; from clip_retrieval import cli; "
+             "codes = [cli.main(['search', '--features', sys.argv[1], '-q', q, '--json', '--quiet', "
+             "'--rules', sys.argv[2], '--log-dir', sys.argv[3]]) for q in ('金毛', '窗边的台灯')]; "
+             "print(json.dumps({'codes': codes, 'torch': 'torch' in sys.modules, 'cn_clip': 'cn_clip' in sys.modules}))")
+    done = subprocess.run([sys.executable, "-c", probe, str(out), str(RULES), str(tmp_path / "logs")],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    *results, status = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert status == {"codes": [0, 0], "torch": False, "cn_clip": False}
+    searcher = api.open_searcher(out, rules=RULES, device="cpu")
+    searcher._accept(load_encoder("cn_clip:tiny", str(tiny_cn_clip), "cpu"))
+    searcher.use_cache([], np.empty((0, 0), np.float32))     # encode everything with torch
+    for got, query in zip(results, ("金毛", "窗边的台灯")):
+        want = searcher.search_text(query, k=5)
+        assert [r["image_path"] for r in got["results"]] == [h.image_path for h in want.results]
+        assert np.allclose([r["score"] for r in got["results"]], [h.score for h in want.results], atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["ViT-B-16", "RN50"])
+def test_cn_clip_architectures_export_equal_to_torch(arch, tmp_path):
+    """Chinese-CLIP's real architectures (random weights; ViT + RoBERTa-wwm-base, ModifiedResNet + RBT3):
+    both towers within 1e-4 cosine of torch."""
+    from cn_clip.clip import utils as cn_utils
+
+    torch.manual_seed(0)
+    model = cn_utils.create_model(cn_utils._MODEL_INFO[arch]["struct"]).float().eval()
+    path = tmp_path / f"{arch}.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    del model
+    enc = load_encoder(f"cn_clip:{arch}", str(path), "cpu")
+    onnx.export(enc)
+    lean = onnx.open_exported(enc.fingerprint)
+    texts = _rule_texts()[:64] + CN_TEXTS
+    assert _cosines(lean.encode_texts(texts), enc.encode_texts(texts)).min() > 1 - 1e-4
+    size = enc.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    assert _cosines(lean.encode_images(pixels.numpy()), enc.encode_images(pixels)).min() > 1 - 1e-4
