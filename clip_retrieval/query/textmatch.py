@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .expansion import normalize_query
+from .normalisation import normalize_query
 
 MIN_MATCH = 0.6          # below this share of the query a text is not a match
 JOINED_DISCOUNT = 0.9    # a query matched only across lines counts a little less than within one
