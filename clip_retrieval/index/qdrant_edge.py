@@ -166,6 +166,8 @@ def create(store: FeatureStore, path: str, name: str, options: dict, quiet: bool
     matrix = store.image_matrix()
     counts = {}
     with BuildLock(folder):
+        for left in folder.parent.glob(f".{folder.name}.*"):  # a killed build's copy (no build runs but ours)
+            shutil.rmtree(left, ignore_errors=True)
         old = None if options.get("recreate") else read_meta(folder)
         if old is not None:
             check_identity(old, old.get("dim"), name, store, str(folder))
