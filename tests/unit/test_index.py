@@ -498,3 +498,25 @@ def test_two_builds_at_once_never_corrupt_the_index_and_readers_share_it(foldere
     assert [r.returncode for r in readers] == [0, 0], outputs
     answers = [[h["image_path"] for h in json.loads(o)["results"]] for o, _ in outputs]
     assert answers[0] == answers[1] and len(answers[0]) == 5
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("truncated", "the index file is damaged or truncated"),
+    ("other kind", "holds a flat index of 96 32-d vectors, index.json describes a hnsw index of 96 32-d vectors"),
+])
+def test_a_damaged_faiss_file_names_the_rebuild(foldered, tmp_path, capsys, damage, says):
+    from clip_retrieval.index import faiss as fx
+
+    out = _copy(foldered[1], tmp_path)
+    assert _index(out, "faiss", "--kind", "hnsw") == 0
+    config = (out / INDEX_CONFIG).read_text(encoding="utf-8")
+    if damage == "truncated":
+        data = (out / fx.INDEX_FILE).read_bytes()
+        (out / fx.INDEX_FILE).write_bytes(data[:len(data) // 2])
+    else:                                           # another build's file beside this index.json
+        assert _index(out, "faiss", "--kind", "flat") == 0
+        (out / INDEX_CONFIG).write_text(config, encoding="utf-8")
+    capsys.readouterr()
+    assert cli.main(["search", "--features", str(out), "-q", "灰猫", "--no-expand", "-k", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err and "clipsou index --backend faiss" in err, err
