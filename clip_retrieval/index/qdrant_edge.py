@@ -202,7 +202,7 @@ def create(store: FeatureStore, path: str, name: str, options: dict, quiet: bool
                 shard.close()
                 shard = _load(edge, shard_dir, {"engine_version": engine_version()}, rebuild,
                               _config(edge, dim, options, INDEXING_THRESHOLD_KB))
-            if not quiet:
+            if not quiet and len(rows) * dim * 4 > INDEXING_THRESHOLD_KB * 1024:  # minutes at a million points
                 log.warning("qdrant: 构建 HNSW 图 / building the HNSW graph over %d points", len(rows))
             shard.optimize()
             held = shard.count(edge.CountRequest(exact=True))
