@@ -1,4 +1,5 @@
-"""Index backends behind one interface: exact, FAISS and Qdrant (embedded local mode, the real client).
+"""Index backends behind one interface: exact, FAISS and Qdrant (locally on Qdrant Edge, the real engine;
+qdrant-client's local mode where Edge does not import).
 
 Features come from the tiny open_clip model over a generated collection laid out in folders,
 so filters by folder and caption have something to tell apart.
@@ -335,17 +336,16 @@ def test_client_local_mode_past_its_recommended_size_warns(foldered, tmp_path, m
 
 def _interrupting(monkeypatch, after: int, how):
     """Make the Edge bulk load stop (``how()``) after ``after`` batches of 10 points."""
+    import qdrant_edge
+
     from clip_retrieval.index import qdrant_edge as qe
 
     monkeypatch.setattr(qe, "UPLOAD_BATCH", 10)
-    real = qe.edge_point if hasattr(qe, "edge_point") else None
-    del real
-    import qdrant_edge
 
     calls = {"n": 0}
     real_upsert = qdrant_edge.UpdateOperation.upsert_points
 
-    class Stopping:
+    class Stopping:            # the engine module, with upsert_points wrapped
         def __getattr__(self, name):
             return getattr(qdrant_edge, name)
 
@@ -388,6 +388,7 @@ def test_an_interrupted_recreate_leaves_the_previous_index_whole(foldered, tmp_p
     _same_top_k(served, exact, feats.image_matrix(), 10)
 
 
+@pytest.mark.slow
 def test_a_build_killed_mid_load_changes_nothing_searches_see(foldered, tmp_path, capsys):
     out = _copy(foldered[1], tmp_path)
     assert _index(out, "qdrant") == 0
