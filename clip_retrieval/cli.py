@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="auto", choices=["auto", "hnsw", "ivf", "flat"],
                    help="faiss: auto is exact below 20k vectors, HNSW up to 300k, IVF above (default: auto)")
     p.add_argument("--fp16", action="store_true", help="faiss: store vectors as float16, half the memory (default: off)")
-    p.add_argument("--qdrant-path", help=f"qdrant: embedded local mode in this folder (default: FEATURES/{q.LOCAL_FOLDER})")
+    p.add_argument("--qdrant-path", help=f"qdrant: 本地索引文件夹，Qdrant Edge 引擎 / a local index in this folder, on "
+                                         f"Qdrant's engine in-process (Qdrant Edge) (default: FEATURES/{q.LOCAL_FOLDER})")
     p.add_argument("--qdrant-url", help=f"qdrant: a server or cluster, e.g. http://localhost:6333; its API key is read "
                                         f"from ${q.API_KEY_ENV} (default: local mode)")
     p.add_argument("--collection", default=q.DEFAULT_COLLECTION,
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hnsw-ef", type=int, default=q.HNSW_EF,
                    help=f"qdrant: HNSW search breadth, higher is more exact and slower (default: {q.HNSW_EF})")
     p.add_argument("--recreate", action="store_true",
-                   help="qdrant: drop the collection and upload everything again (default: sync changes only)")
+                   help="qdrant: 全部重建 / rebuild from every point (local: on a copy swapped in whole) "
+                        "(default: sync changes only)")
     _common(p)
 
     p = sub.add_parser("train", help="train (--arch) or fine-tune (--model) a CLIP model on a captions file")

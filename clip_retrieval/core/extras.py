@@ -21,6 +21,7 @@ EXTRAS = {
     "gradio": ("web", "the web page (serve)"),
     "gradio_client": ("web", "the web page (serve)"),
     "qdrant_client": ("qdrant", "the qdrant index backend"),
+    "qdrant_edge": ("qdrant", "the local qdrant index (Qdrant Edge)"),
     "transformers": ("multilingual", "XLM-R / NLLB / SigLIP 2 text towers"),
     "ray": ("ray", "extract --engine ray"),
     "pi_heif": ("heic", "HEIC/HEIF photos"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.extras import require
-from ..core.errors import InputError
+from ..core.errors import FeatureStoreError, InputError
 from ..features.store import FeatureStore
 from ..core.files import write_atomic
 from .base import RowMask, Where, padded
@@ -128,12 +128,31 @@ def load(folder: str | os.PathLike, meta: dict) -> AnnIndex:
         raise InputError(f"{path}: 文件缺失 / is missing; "
                          f"rebuild it with clipsou index --backend faiss --features {folder}")
     faiss = _faiss()
-    index = faiss.read_index(str(path))
+    rebuild = f"rebuild it with clipsou index --backend faiss --features {folder}"
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:  # a truncated or overwritten file: faiss says only "read error"
+        raise FeatureStoreError(f"{path}: 索引文件已损坏 / the index file is damaged or truncated "
+                                f"({str(exc).strip().splitlines()[-1][:120]}); {rebuild}") from None
+    found = _describe(faiss, index)
+    expected = (meta.get("kind"), meta.get("count"), meta.get("dim"))
+    if found != expected:
+        raise FeatureStoreError(f"{path}: 索引文件与 index.json 不符 / the index file does not match index.json: it "
+                                f"holds a {found[0]} index of {found[1]} {found[2]}-d vectors, index.json describes a "
+                                f"{expected[0]} index of {expected[1]} {expected[2]}-d vectors; {rebuild}")
     if meta["kind"] == "hnsw":
         faiss.downcast_index(index).hnsw.efSearch = meta["params"]["ef_search"]
     elif meta["kind"] == "ivf":
         faiss.extract_index_ivf(index).nprobe = meta["params"]["nprobe"]
     return AnnIndex(index, meta)
+
+
+def _describe(faiss, index) -> tuple[str, int, int]:
+    """(kind, vectors, dimension) of a loaded index, in ``build``'s terms."""
+    index = faiss.downcast_index(index)
+    kind = ("hnsw" if isinstance(index, faiss.IndexHNSW) else "ivf" if isinstance(index, faiss.IndexIVF)
+            else "flat" if isinstance(index, (faiss.IndexFlat, faiss.IndexScalarQuantizer)) else type(index).__name__)
+    return kind, int(index.ntotal), int(index.d)
 
 
 class FaissIndex:

@@ -1,8 +1,11 @@
 """The Qdrant backend: a vector database, embedded (a local folder) or a server/cluster.
 
-Owns connecting (with a short timeout and clear failures), creating the collection (cosine,
-HNSW settings, shards and replicas, payload indexes), syncing it with a features folder
-(only new, changed and removed points are written) and searching it with payload filters.
+Owns choosing the engine (``--qdrant-url``: a server through qdrant-client; a local folder:
+Qdrant Edge, ``qdrant_edge.py``, or qdrant-client's local mode where Edge does not import, said
+in one line), connecting to a server (with a short timeout and clear failures), creating the
+collection there (cosine, HNSW settings, shards and replicas, payload indexes), syncing it with a
+features folder (only new, changed and removed points are written) and searching it with payload
+filters. Point ids, payloads and identity checks are shared with Edge (``qdrant_common.py``).
 
 A point's id is a UUID taken from the sha256 of the image's content hash and its path, so
 re-indexing the same features writes the same points (idempotent), and two files with the
@@ -15,17 +18,18 @@ or ``index.json``.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
-import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.extras import require
-from ..core.errors import InputError, ModelMismatchError, VectorDatabaseError
-from .base import Row, Where, check_positive, padded, rows_of
+from ..core.errors import InputError, VectorDatabaseError
+from .base import VectorIndex, Where, check_positive, padded, rows_of
+from .qdrant_common import (API_KEY_ENV, DEFAULT_COLLECTION, HNSW_EF, HNSW_EF_CONSTRUCT, HNSW_M,  # noqa: F401
+                            LOCAL_FOLDER, check_count, check_identity, metadata, payload, point_id)
+from .qdrant_common import to_filter as _to_filter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,11 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "QDRANT_API_KEY"
-DEFAULT_COLLECTION = "clip_retrieval"
-LOCAL_FOLDER = "qdrant"            # local mode's default folder, inside the features folder
 TIMEOUT_S = 5                      # a missing server is named within seconds, never waited on
-HNSW_M, HNSW_EF_CONSTRUCT, HNSW_EF = 16, 100, 128
+CLIENT_LOCAL = "qdrant-client-local"   # index.json's engine for qdrant-client's local mode (and indexes without one)
 UPLOAD_BATCH, UPLOAD_RETRIES = 256, 3
 
 # One embedded client per folder and process: local mode locks its folder, so a second client
@@ -119,47 +120,18 @@ def connect(path: str | os.PathLike | None = None, url: str | None = None):
     return client
 
 
-def point_id(row: Row) -> str:
-    """The point's UUID: from the content hash and the path, so the same image always gets the same id."""
-    return str(uuid.UUID(hashlib.sha256(f"{row.sha256}\n{row.path}".encode("utf-8")).hexdigest()[:32]))
-
-
-def payload(row: Row) -> dict:
-    return {"path": row.path, "captions": row.captions, "sha256": row.sha256}
-
-
 def to_filter(where: Where | None):
-    """The ``Where`` filters as a Qdrant payload filter on the indexed ``path`` and ``captions`` fields."""
-    if where is None:
-        return None
+    """The ``Where`` filters as a qdrant-client payload filter."""
     from qdrant_client import models
 
-    must = []
-    if where.path_prefix is not None:
-        must.append(models.FieldCondition(key="path", match=models.MatchPrefix(prefix=where.path_prefix + "/")))
-    if where.caption_contains is not None:
-        must.append(models.FieldCondition(key="captions", match=models.MatchSubstring(substring=where.caption_contains)))
-    return models.Filter(must=must)
+    return _to_filter(where, models)
 
 
 def _check_collection(client, name: str, store: FeatureStore, where: str) -> None:
     """Refuse a collection made from another model, weights or dimension, naming both."""
     info = client.get_collection(name)
-    meta = info.config.metadata or {}
     vectors = info.config.params.vectors
-    size = vectors.size if hasattr(vectors, "size") else None
-    dim = store.image_features.shape[1]
-    theirs = f"{meta.get('model', 'unknown model')} ({size}-d)"
-    ours = f"{store.model} ({dim}-d)"
-    if meta.get("model") != store.model or size != dim:
-        raise ModelMismatchError(
-            f"Qdrant 集合 {name}（{where}）由 {theirs} 生成，特征由 {ours} 生成 / collection {name} at {where} holds "
-            f"{theirs} vectors, the features in {store.folder} are {ours}; use another --collection, or --recreate")
-    if meta.get("model_fingerprint") != store.model_fingerprint:
-        raise ModelMismatchError(
-            f"Qdrant 集合 {name}（{where}）来自另一组权重 / collection {name} at {where} was built with "
-            f"{store.model} weights {meta.get('model_fingerprint')}, the features in {store.folder} with "
-            f"{store.model_fingerprint}; use another --collection, or --recreate")
+    check_identity(info.config.metadata or {}, vectors.size if hasattr(vectors, "size") else None, name, store, where)
 
 
 def _create_collection(client, name: str, store: FeatureStore, options: dict, local: bool) -> None:
@@ -170,8 +142,7 @@ def _create_collection(client, name: str, store: FeatureStore, options: dict, lo
         vectors_config=models.VectorParams(size=store.image_features.shape[1], distance=models.Distance.COSINE),
         hnsw_config=models.HnswConfigDiff(m=options["hnsw_m"], ef_construct=options["hnsw_ef_construct"]),
         shard_number=options.get("shards"), replication_factor=options.get("replicas"),
-        metadata={"model": store.model, "model_fingerprint": store.model_fingerprint,
-                  "dim": store.image_features.shape[1], "tool": "clip_retrieval"})
+        metadata=metadata(store))
     if local:  # local mode scans payloads and warns that indexes do nothing there
         return
     keyword_prefix = models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, prefix=True)
@@ -206,15 +177,51 @@ def create(store: FeatureStore, folder: str | os.PathLike, options: dict, quiet:
 
     Returns the config for ``index.json``, with how many points were written and deleted.
     """
-    from qdrant_client import models
-    from tqdm import tqdm
-
     for flag in ("shards", "replicas", "hnsw_m", "hnsw_ef_construct", "hnsw_ef"):
         check_positive("--" + flag.replace("_", "-"), options.get(flag))
     options = {"hnsw_m": HNSW_M, "hnsw_ef_construct": HNSW_EF_CONSTRUCT, "hnsw_ef": HNSW_EF,
                **{k: v for k, v in options.items() if v is not None}}
     path, url = _location(store, options)
     name = options.get("collection") or DEFAULT_COLLECTION
+    config = {"collection": name, "path": _stored_path(path, folder), "url": url, "count": len(store.manifest.images),
+              "dim": store.image_features.shape[1],
+              "hnsw": {"m": options["hnsw_m"], "ef_construct": options["hnsw_ef_construct"], "ef": options["hnsw_ef"]},
+              "shards": options.get("shards"), "replicas": options.get("replicas")}
+    if url:
+        config["api_key_env"] = API_KEY_ENV
+    if path is not None and _edge().available():
+        config.update(_edge().create(store, path, name, options, quiet))
+        log.info("qdrant edge %s at %s: %d points written, %d deleted", name, path, config["written"],
+                 config["deleted"])
+        return config
+    if path is not None:
+        log.warning("Qdrant Edge（qdrant-edge-py）在此不可用，改用 qdrant-client 的本地模式 / Qdrant Edge (qdrant-edge-py) "
+                    "does not import here, so %s uses qdrant-client's local mode (a numpy scan, slow past 20,000 "
+                    "points): pip install qdrant-edge-py, or use a server (--qdrant-url)", path)
+        config["engine"] = CLIENT_LOCAL
+    return {**config, **_sync_client(store, path, url, name, options, quiet)}
+
+
+def _edge():
+    from . import qdrant_edge
+
+    return qdrant_edge
+
+
+def _stored_path(path: str | None, folder: str | os.PathLike) -> str | None:
+    """The local folder as index.json records it: relative to the features when inside them."""
+    if path is None:
+        return None
+    inside = Path(path).resolve().is_relative_to(Path(folder).resolve())
+    return os.path.relpath(path, Path(folder).resolve()) if inside else path
+
+
+def _sync_client(store: FeatureStore, path: str | None, url: str | None, name: str, options: dict,
+                 quiet: bool) -> dict:
+    """Sync a collection through qdrant-client (a server, or its local mode): upsert, delete, counts."""
+    from qdrant_client import models
+    from tqdm import tqdm
+
     where = url or path
     client = connect(path, url)
     if options.get("recreate") and client.collection_exists(name):
@@ -238,19 +245,8 @@ def create(store: FeatureStore, folder: str | os.PathLike, options: dict, quiet:
         client.delete(name, points_selector=models.PointIdsList(points=stale[start:start + 4096]), wait=True)
     if path is not None:
         _warn_large(len(rows), path)
-    stored_path = None
-    if path is not None:
-        inside = Path(path).resolve().is_relative_to(Path(folder).resolve())
-        stored_path = os.path.relpath(path, Path(folder).resolve()) if inside else path
-    config = {"collection": name, "path": stored_path, "url": url, "count": len(rows),
-              "dim": store.image_features.shape[1], "written": len(todo), "deleted": len(stale),
-              "hnsw": {"m": options["hnsw_m"], "ef_construct": options["hnsw_ef_construct"],
-                       "ef": options["hnsw_ef"]},
-              "shards": options.get("shards"), "replicas": options.get("replicas")}
-    if url:
-        config["api_key_env"] = API_KEY_ENV
     log.info("qdrant %s at %s: %d points written, %d deleted", name, where, len(todo), len(stale))
-    return config
+    return {"written": len(todo), "deleted": len(stale)}
 
 
 class QdrantIndex:
@@ -285,14 +281,22 @@ class QdrantIndex:
         return padded(out, k)
 
 
-def open_index(store: FeatureStore, config: dict) -> QdrantIndex:
-    """Connect as ``index.json`` says and check the collection still matches the features' model."""
+def open_index(store: FeatureStore, config: dict) -> VectorIndex:
+    """Connect as ``index.json`` says and check the collection still matches the features' model and count."""
     url = config.get("url")
     path = None if url else str((Path(store.folder) / config["path"]).resolve())
+    ef = config.get("hnsw", {}).get("ef", HNSW_EF)
+    if config.get("engine") == _edge().ENGINE:
+        return _edge().open_index(store, path, config, ef)
+    if path is not None and _edge().available():
+        log.warning("%s 由 qdrant-client 本地模式建立，重建后改用 Qdrant Edge / %s was built by qdrant-client's local mode "
+                    "(a numpy scan); clipsou index --backend qdrant --recreate --features %s moves it to Qdrant Edge",
+                    path, path, store.folder)
     client = connect(path, url)
     name = config["collection"]
     if not client.collection_exists(name):
         raise VectorDatabaseError(f"Qdrant 集合 {name} 不存在 / collection {name} is missing at {url or path}; "
                                   f"rebuild it with clipsou index --backend qdrant --features {store.folder}")
     _check_collection(client, name, store, url or path)
-    return QdrantIndex(store, client, name, config.get("hnsw", {}).get("ef", HNSW_EF) if url else None)
+    check_count(client.count(name, exact=True).count, config, store, url or path)
+    return QdrantIndex(store, client, name, ef if url else None)

@@ -10,7 +10,7 @@ from clip_retrieval.core import extras
 
 
 @pytest.mark.parametrize("module, extra, argv", [
-    ("qdrant_client", "qdrant", ["index", "--backend", "qdrant"]),
+    ("qdrant_client", "qdrant", ["index", "--backend", "qdrant", "--qdrant-url", "http://127.0.0.1:9"]),
     ("faiss", "ann", ["index", "--backend", "faiss"]),
     ("gradio", "web", ["serve"]),
 ])
@@ -28,7 +28,7 @@ def test_a_deep_import_of_a_missing_extra_is_named_too(cli, tiny_features, monke
 
     monkeypatch.setitem(sys.modules, "qdrant_client", None)
     monkeypatch.setattr(qdrant, "_client_module", lambda: __import__("qdrant_client.models"))
-    ran = cli("index", "--backend", "qdrant", "--features", tiny_features)
+    ran = cli("index", "--backend", "qdrant", "--qdrant-url", "http://127.0.0.1:9", "--features", tiny_features)
     assert ran.returncode == 2 and f"{extras.DISTRIBUTION}[qdrant]" in ran.stderr
 
 

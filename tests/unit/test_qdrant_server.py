@@ -73,3 +73,18 @@ def test_server_sync_is_idempotent_and_refuses_another_model(features, collectio
                replace(feats.manifest, model=replace(feats.manifest.model, name="open_clip:other")))
     with pytest.raises(ModelMismatchError, match="open_clip:other"):
         api.build_index(other, "qdrant", url=URL, collection=collection)
+
+
+def test_an_index_moves_local_to_server_and_back_by_re_indexing_the_features(features, collection):
+    """The documented move: the features are the source of truth, so each direction is one ``index`` run."""
+    local = api.build_index(features, "qdrant")
+    assert local["engine"] == "qdrant-edge"
+    feats = store.load(features, with_text=False)
+    queries = feats.image_matrix()[:4]
+    local_rows = open_index(feats).search(queries, 5)[0]
+    server = api.build_index(features, "qdrant", url=URL, collection=collection)
+    assert server["url"] == URL and server["written"] == server["count"]
+    assert (open_index(feats).search(queries, 5)[0] == local_rows).all()
+    back = api.build_index(features, "qdrant")              # the local index was kept: nothing to write
+    assert back["engine"] == "qdrant-edge" and back["written"] == 0
+    assert (open_index(feats).search(queries, 5)[0] == local_rows).all()
