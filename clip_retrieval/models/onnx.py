@@ -183,46 +183,34 @@ def _plain_attention(transformer):
             block.attn = attn
 
 
-def _text_module(model):
-    """The text tower over tokens of any width (padding trimmed at run time, as the torch path does):
-    open_clip's ``text_forward`` itself, its attention swapped for the shape-free form while exporting."""
+def _tower(model, run):
+    """An export module over one tower: ``run(model, input)`` as its forward pass (the model as a submodule)."""
     import torch
 
-    from .openclip import text_forward
-
-    class Text(torch.nn.Module):
+    class Tower(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.clip = model
 
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return text_forward(self.clip, tokens)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return run(self.clip, x)
 
-    return Text().eval()
+    return Tower().eval()
+
+
+def _text_module(model):
+    """The text tower over tokens of any width (padding trimmed at run time, as the torch path does):
+    open_clip's ``text_forward`` itself, its attention swapped for the shape-free form while exporting."""
+    from .openclip import text_forward
+
+    return _tower(model, text_forward)
 
 
 def _cn_clip_modules(model):
     """Chinese-CLIP's two towers as export modules: ``encode_image``, and ``encode_text`` over tokens of any
     width (its attention mask comes from the padding, so trimmed padding gives the same vectors)."""
-    import torch
-
-    class Visual(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.clip = model
-
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            return self.clip.encode_image(pixels)
-
-    class Text(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.clip = model
-
-        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return self.clip.encode_text(tokens)
-
-    return Visual().eval(), Text().eval()
+    return (_tower(model, lambda clip, pixels: clip.encode_image(pixels)),
+            _tower(model, lambda clip, tokens: clip.encode_text(tokens)))
 
 
 def _save_tower(module, example, staging: Path, tower: str, input_name: str, dynamic: dict) -> None:
